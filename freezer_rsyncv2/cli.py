@@ -1,0 +1,305 @@
+"""freezer-rsyncv2 command line: backup, restore, list; thin over the engine.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 finished with warnings
+(entries skipped or changed while read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from oslo_config import cfg
+from oslo_log import log
+
+import freezer_rsyncv2
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import opts
+from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2.engine import rsyncv2
+from freezer_rsyncv2.storage import local
+from freezer_rsyncv2.stream import compression
+
+LOG = log.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
+
+EPILOG = """exit codes:
+  0  success
+  1  failure (the reason is printed on one line)
+  2  usage error (bad or missing option)
+  3  finished with warnings (entries skipped or changed while read)
+"""
+
+
+class UsageError(Exception):
+    """A command line that cannot work (exit code 2)."""
+
+
+class TtyProgress(prog.Progress):
+    """One status line on a terminal, redrawn at most 5 times a second."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.name = ""
+        self.done = 0
+        self.entries = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def phase(self, name: str, total_bytes: int | None = None) -> None:
+        self._line(force=True)
+        self.name, self.done, self.entries = name, 0, 0
+        self.start = time.monotonic()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        self._line()
+
+    def entry(self, path: bytes, status: str) -> None:
+        self.entries += 1
+        self._line()
+
+    def _line(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.name or (not force and now - self._last < 0.2):
+            return
+        self._last = now
+        rate = self.done / max(now - self.start, 1e-6) / 1e6
+        self.stream.write("\r%s: %d entries, %s read, %.1f MB/s   "
+                          % (self.name, self.entries, _size(self.done), rate))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.name:
+            self._line(force=True)
+            self.stream.write("\n")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else (
+                "%.1f %s" % (n, unit))
+        n /= 1024
+    return str(n)
+
+
+def _date(text: str) -> int:
+    try:
+        return int(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected YYYY-MM-DDThh:mm:ss, got %r" % text) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freezer-rsyncv2", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="rsync-algorithm incremental backups (freezer_rsyncv2 %s)"
+                    % freezer_rsyncv2.__version__)
+    parser.add_argument("--version", action="version",
+                        version=freezer_rsyncv2.__version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--container", required=True,
+                       help="directory holding the backups (local storage)")
+        p.add_argument("--hostname", default=socket.gethostname(),
+                       help="host part of the backup name (default: this "
+                            "host, as freezer-agent does)")
+        p.add_argument("--config-file", action="append", default=[],
+                       help="oslo.config file with an [rsyncv2] section")
+        p.add_argument("--debug", action="store_true",
+                       help="log debug messages")
+
+    b = sub.add_parser("backup", help="back up a directory or a file",
+                       epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(b)
+    b.add_argument("--path-to-backup", required=True)
+    b.add_argument("--backup-name", required=True)
+    b.add_argument("--compression", choices=compression.NAMES)
+    b.add_argument("--encrypt-pass-file")
+    b.add_argument("--max-level", type=int)
+    b.add_argument("--always-level", type=int)
+    b.add_argument("--restart-always-level", type=float, metavar="DAYS")
+    b.add_argument("--no-incremental", action="store_true",
+                   help="force a new level 0")
+    b.add_argument("--exclude", action="append",
+                   help="glob pattern to leave out (repeatable)")
+    b.add_argument("--dereference-symlink", action="store_true")
+    b.add_argument("--rsync-block-size", type=int)
+    b.add_argument("--max-segment-size", type=int)
+    b.add_argument("--dry-run", action="store_true",
+                   help="read and delta everything, store nothing")
+
+    r = sub.add_parser("restore", help="restore a backup into a directory",
+                       epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(r)
+    r.add_argument("--backup-name", required=True)
+    r.add_argument("--restore-abs-path", required=True)
+    r.add_argument("--restore-from-date", type=_date,
+                   metavar="YYYY-MM-DDThh:mm:ss")
+    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--encrypt-pass-file")
+
+    ls = sub.add_parser("list", help="list chains, levels and sizes")
+    common(ls)
+    ls.add_argument("--backup-name")
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    conf = cfg.ConfigOpts()
+    log.register_options(conf)
+    conf(args=[], project="freezer-rsyncv2")
+    conf.set_override("debug", debug)
+    log.setup(conf, "freezer-rsyncv2")
+
+
+def _engine(args: argparse.Namespace, storage, progress) -> rsyncv2.Rsyncv2Engine:
+    conf = opts.load(args.config_file)
+    group = conf[opts.GROUP]
+
+    def pick(name: str, default_attr: str):
+        value = getattr(args, name, None)
+        return value if value not in (None, False, []) else group[default_attr]
+
+    return rsyncv2.Rsyncv2Engine(
+        storage=storage,
+        compression=pick("compression", "compression"),
+        encrypt_key=pick("encrypt_pass_file", "encrypt_pass_file"),
+        symlinks="soft" if pick("dereference_symlink",
+                                "dereference_symlink") else None,
+        exclude=pick("exclude", "exclude"),
+        max_segment_size=pick("max_segment_size", "max_segment_size"),
+        rsync_block_size=pick("rsync_block_size", "rsync_block_size"),
+        dry_run=getattr(args, "dry_run", False),
+        progress=progress)
+
+
+def _name(args: argparse.Namespace) -> str:
+    return "%s_%s" % (args.hostname, args.backup_name)
+
+
+def cmd_backup(args: argparse.Namespace, progress) -> int:
+    if not os.path.lexists(args.path_to_backup):
+        raise errors.SourceError("backup source %s does not exist"
+                                 % args.path_to_backup)
+    storage = local.LocalStorage(args.container,
+                                 args.max_segment_size or 32 * 1024 * 1024)
+    engine = _engine(args, storage, progress)
+    conf = opts.load(args.config_file)[opts.GROUP]
+    level = engine.backup(
+        os.path.abspath(args.path_to_backup), _name(args),
+        incremental=not args.no_incremental,
+        max_level=args.max_level if args.max_level is not None
+        else conf.max_level,
+        always_level=args.always_level if args.always_level is not None
+        else conf.always_level,
+        restart_always_level=args.restart_always_level
+        if args.restart_always_level is not None
+        else conf.restart_always_level)
+    s = engine.last_summary
+    if progress is not None:
+        progress.close()
+    print("%s level %d of %s%s" % ("dry run:" if args.dry_run else "backup",
+                                   level, _name(args),
+                                   " (nothing stored)" if args.dry_run else ""))
+    if s is not None:
+        print("  files: %d new, %d changed, %d metadata only, %d unchanged; "
+              "%d entries deleted" % (s.files_new, s.files_changed,
+                                      s.files_meta, s.files_unchanged,
+                                      s.entries_deleted))
+        print("  read %s, literal %s, copied %s, stored %s + manifest %s, "
+              "%.2f s" % (_size(s.bytes_read), _size(s.literal_bytes),
+                          _size(s.copied_bytes), _size(s.stored_bytes),
+                          _size(s.manifest_bytes), s.elapsed))
+        if s.partial:
+            print("  PARTIAL: %d warnings (see the log); exit code 3"
+                  % len(s.warnings))
+            return EXIT_WARNINGS
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, progress) -> int:
+    storage = local.LocalStorage(args.container, skip_prepare=True)
+    if not os.path.isdir(args.container):
+        raise errors.BackupNotFoundError("container %s does not exist"
+                                         % args.container)
+    engine = _engine(args, storage, progress)
+    start = time.monotonic()
+    level = engine.restore(_name(args), os.path.abspath(args.restore_abs_path),
+                           overwrite=args.overwrite,
+                           recent_to_date=args.restore_from_date,
+                           backup_media="fs")
+    if progress is not None:
+        progress.close()
+    print("restored %s up to level %d into %s in %.2f s"
+          % (_name(args), level, args.restore_abs_path,
+             time.monotonic() - start))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, progress) -> int:
+    if not os.path.isdir(args.container):
+        raise errors.BackupNotFoundError("container %s does not exist"
+                                         % args.container)
+    storage = local.LocalStorage(args.container, skip_prepare=True)
+    engine = rsyncv2.Rsyncv2Engine(storage=storage)
+    names = [_name(args)] if args.backup_name else \
+        storage.backup_names(engine.name)
+    if args.backup_name and not storage.list_chains(engine, names[0]):
+        raise errors.BackupNotFoundError("no backup named %s in %s"
+                                         % (names[0], args.container))
+    for name in names:
+        print(name)
+        for chain in storage.list_chains(engine, name):
+            first = chain[min(chain)]
+            print("  chain %s" % _iso(first.level_zero_timestamp))
+            for level in sorted(chain):
+                b = chain[level]
+                print("    level %d  %s  %s" % (level, _iso(b.timestamp),
+                                                 _size(storage.level_size(b))))
+    return EXIT_OK
+
+
+def _iso(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(int(ts)).strftime(
+        "%Y-%m-%dT%H:%M:%S")
+
+
+COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.debug)
+    progress = TtyProgress() if sys.stderr.isatty() else None
+    try:
+        return COMMANDS[args.command](args, progress)
+    except (errors.ConfigError, cfg.Error, UsageError) as err:
+        print("freezer-rsyncv2: error: %s" % err, file=sys.stderr)
+        return EXIT_USAGE
+    except (errors.Rsyncv2Error, OSError) as err:
+        if args.debug:
+            LOG.exception("failed")
+        print("freezer-rsyncv2: error: %s" % err, file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("freezer-rsyncv2: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":      # pragma: no cover
+    sys.exit(main())

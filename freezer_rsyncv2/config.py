@@ -1,0 +1,71 @@
+"""EngineConfig: Freezer's loose constructor keywords turned into one checked object."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.stream import compression
+
+DEFAULT_SEGMENT = 32 * 1024 * 1024
+MIN_SEGMENT = 4096
+MAX_BLOCK = 1 << 24
+
+# Freezer's --dereference-symlink values; any of them means "follow links".
+_DEREFERENCE = {None: False, "": False, "none": False, "soft": True,
+                "hard": True, "all": True, True: True, False: False}
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs to know, validated once at the edge."""
+
+    compression: str = "gzip"
+    encrypt_key: str | None = None
+    dereference: bool = False
+    exclude: tuple[str, ...] = ()
+    max_segment_size: int = DEFAULT_SEGMENT
+    block_size: int | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def from_kwargs(cls, compression: str | None = "gzip",
+                    encrypt_key: str | None = None,
+                    symlinks: Any = None,
+                    exclude: Any = None,
+                    max_segment_size: int | None = None,
+                    rsync_block_size: int | None = None,
+                    dry_run: bool = False,
+                    **_ignored: Any) -> "EngineConfig":
+        """Build from freezer-agent's keywords; unknown ones are ignored."""
+        codec = compression_name(compression)
+        if isinstance(symlinks, str):
+            symlinks = symlinks.lower()
+        if symlinks not in _DEREFERENCE:
+            raise errors.ConfigError(
+                "symlinks must be one of none, soft, hard, all, not %r"
+                % (symlinks,))
+        if isinstance(exclude, str):
+            patterns = tuple(p for p in exclude.split(",") if p)
+        else:
+            patterns = tuple(exclude or ())
+        segment = int(max_segment_size or DEFAULT_SEGMENT)
+        if segment < MIN_SEGMENT:
+            raise errors.ConfigError(
+                "max_segment_size must be at least %d bytes, not %d"
+                % (MIN_SEGMENT, segment))
+        block = int(rsync_block_size) if rsync_block_size else None
+        if block is not None and not 16 <= block <= MAX_BLOCK:
+            raise errors.ConfigError(
+                "rsync_block_size must be between 16 and %d, not %d"
+                % (MAX_BLOCK, block))
+        return cls(compression=codec, encrypt_key=encrypt_key or None,
+                   dereference=_DEREFERENCE[symlinks], exclude=patterns,
+                   max_segment_size=segment, block_size=block,
+                   dry_run=bool(dry_run))
+
+
+def compression_name(name: str | None) -> str:
+    """Check a compression name; returns its canonical spelling."""
+    return compression.by_name(name).name

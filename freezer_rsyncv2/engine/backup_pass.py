@@ -1,0 +1,366 @@
+"""One backup level: merge the tree walk with the previous manifest, emit records.
+
+The walk and the chain's effective manifest are both sorted by path, so they
+are merged as two sorted streams.  Each entry is classified (new, changed,
+metadata-only, unchanged, deleted); changed files are read once, feeding the
+whole-file digest, the next level's signature and, when the previous level
+has a signature, the rsync matcher.  New large files whose inode belonged to
+a deleted path are renames: they are held back to the end of the pass and
+sent as deltas against the old path (``prev_name``), which is deleted only
+after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+
+from oslo_log import log
+
+from freezer_rsyncv2 import config as cfgmod
+from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs import walk as fswalk
+from freezer_rsyncv2.rsync import matcher as rmatch
+from freezer_rsyncv2.rsync import signature as rsig
+from freezer_rsyncv2.stream import records
+
+LOG = log.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
+HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
+_ZEROS = bytes(READ_SIZE)
+_STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
+                "link_target", "rdev", "hardlink_to", "xattrs")
+
+
+def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in _STAT_FIELDS)
+
+
+class BackupPass:
+    """Produces the record bytes of one level and fills its manifest."""
+
+    def __init__(self, cfg: cfgmod.EngineConfig, root: str,
+                 previous: Iterable[mf.ManifestEntry],
+                 manifest: mf.ManifestWriter, level: int,
+                 summary: prog.Summary,
+                 progress: prog.Progress = prog.NULL,
+                 rename_lookup: Callable[[set[bytes]], dict] | None = None
+                 ) -> None:
+        self.cfg = cfg
+        self.root = os.fsencode(root)
+        self.previous = previous
+        self.manifest = manifest
+        self.level = level
+        self.summary = summary
+        self.progress = progress
+        self.rename_lookup = rename_lookup
+        self._rewritten: set[bytes] = set()
+        self._deleted_inodes: dict[tuple[int, int], bytes] = {}
+        self._held: list[fsentry.Entry] = []
+        self._deletes: list[bytes] = []
+        self._deleted_dir: bytes | None = None    # removed at the end
+        self._replaced_dir: bytes | None = None   # removed during the pass
+        try:
+            self._file_root = not stat.S_ISDIR(os.stat(self.root).st_mode)
+        except OSError:
+            self._file_root = False
+
+    # -- the pass ---------------------------------------------------------
+    def records(self) -> Iterator[bytes]:
+        yield records.begin({"level": self.level})
+        prev = iter(self.previous)
+        old = next(prev, None)
+        for e in fswalk.walk(self.root, exclude=self.cfg.exclude,
+                             dereference=self.cfg.dereference,
+                             on_warning=self._warn):
+            key = mf.sort_key(e.path)
+            while old is not None and mf.sort_key(old.entry.path) < key:
+                self._deleted(old)
+                old = next(prev, None)
+            match = None
+            if old is not None and old.entry.path == e.path:
+                match, old = old, next(prev, None)
+            yield from self._entry(e, match)
+        while old is not None:
+            self._deleted(old)
+            old = next(prev, None)
+        yield from self._renames()
+        for path in self._deletes:
+            yield records.delete(path)
+        yield records.end({"entries": self.summary.entries,
+                           "deleted": self.summary.entries_deleted})
+
+    def _warn(self, path: bytes, message: str) -> None:
+        text = "%s: %s" % (os.fsdecode(path), message)
+        LOG.warning(text)
+        self.summary.warnings.append(text)
+        self.progress.warning(path, message)
+
+    def _deleted(self, old: mf.ManifestEntry) -> None:
+        path = old.entry.path
+        self.manifest.tombstone(path)
+        self.summary.entries_deleted += 1
+        self.progress.entry(path, "deleted")
+        if _under(path, self._replaced_dir):
+            return      # gone with the directory a new entry replaced
+        if not _under(path, self._deleted_dir):
+            self._deletes.append(path)  # a deleted directory goes as a whole
+            if old.entry.kind == fsentry.KIND_DIR:
+                self._deleted_dir = path
+        if old.entry.kind == fsentry.KIND_FILE and old.has_signature \
+                and old.entry.size >= RENAME_MIN:
+            self._deleted_inodes[(old.entry.dev, old.entry.ino)] = path
+
+    def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None
+               ) -> Iterator[bytes]:
+        self.summary.entries += 1
+        if old is not None and old.entry.kind == fsentry.KIND_DIR \
+                and e.kind != fsentry.KIND_DIR:
+            self._replaced_dir = e.path  # restore replaces the whole tree
+        if e.kind == fsentry.KIND_FILE:
+            yield from self._file(e, old)
+            return
+        if e.kind == fsentry.KIND_HARDLINK:
+            changed = (old is None or old.entry.kind != e.kind
+                       or not _same_stat(old.entry, e)
+                       or e.hardlink_to in self._rewritten)
+        else:
+            changed = (old is None or old.entry.kind != e.kind
+                       or not _same_stat(old.entry, e))
+        if changed:
+            self.manifest.add(mf.ManifestEntry(e))
+            self._status(e, "new" if old is None else "changed")
+            yield records.entry(e, data=records.DATA_NONE)
+        else:
+            self._status(e, "unchanged")
+
+    def _status(self, e: fsentry.Entry, status: str) -> None:
+        if e.kind == fsentry.KIND_FILE:
+            attr = {"new": "files_new", "changed": "files_changed",
+                    "meta": "files_meta",
+                    "unchanged": "files_unchanged"}[status]
+            setattr(self.summary, attr, getattr(self.summary, attr) + 1)
+        self.progress.entry(e.path, status)
+
+    # -- regular files ----------------------------------------------------
+    def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None
+              ) -> Iterator[bytes]:
+        basis = old if (old is not None and old.entry.kind == fsentry.KIND_FILE
+                        and old.has_signature) else None
+        if basis is not None and basis.entry.size == e.size \
+                and basis.entry.mtime_ns == e.mtime_ns:
+            # rsync's quick check: same size and mtime means same content.
+            if basis.entry.ctime_ns == e.ctime_ns and basis.entry.ino == e.ino \
+                    and _same_stat(basis.entry, e):
+                self._status(e, "unchanged")
+                return
+            self.manifest.add(mf.ManifestEntry(e))
+            self._status(e, "meta")
+            yield records.entry(e, data=records.DATA_META)
+            return
+        if basis is None and old is None and self.level > 0 \
+                and e.size >= RENAME_MIN:
+            self._held.append(e)    # maybe a rename: decided after the walk
+            return
+        yield from self._send_file(e, basis, old)
+
+    def _send_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
+                   old: mf.ManifestEntry | None, prev_name: bytes | None = None,
+                   late: bool = False) -> Iterator[bytes]:
+        """Read the file once; hold its records back while they are small, so
+        an unchanged content (touched file) becomes a metadata-only record."""
+        held: list[bytes] | None = []
+        held_size = 0
+        result = None
+        for piece in self._read_file(e, basis, prev_name):
+            if isinstance(piece, tuple):
+                result = piece
+                continue
+            if held is None:
+                yield piece
+                continue
+            held.append(piece)
+            held_size += len(piece)
+            if held_size > HOLD_LIMIT:
+                yield from held
+                held = None
+        if result is None:
+            # Not readable: no record, so the chain keeps its old state.
+            self.summary.entries -= 1
+            return
+        entry_now, digest, sig, complete = result
+        if held is not None and basis is not None and prev_name is None \
+                and complete and digest == basis.digest \
+                and entry_now.size == basis.entry.size:
+            self.manifest.add(mf.ManifestEntry(entry_now, digest), late=late)
+            self._status(e, "meta")
+            yield records.entry(entry_now, data=records.DATA_META)
+            return
+        if held is not None:
+            yield from held
+        self._rewritten.add(e.path)
+        me = mf.ManifestEntry(entry_now, digest, sig.block_len,
+                              sig.weak_bytes(), sig.strong)
+        self.manifest.add(me, late=late)
+        self._status(e, "new" if old is None else "changed")
+
+    def _read_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
+                   prev_name: bytes | None) -> Iterator:
+        """Yield record bytes, then one tuple (entry, digest, signature, complete)."""
+        full = self.root if self._file_root else os.path.join(self.root, e.path)
+        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
+        if not self.cfg.dereference:
+            flags |= os.O_NOFOLLOW
+        try:
+            try:
+                fd = os.open(full, flags)
+            except PermissionError:
+                fd = os.open(full, flags & ~getattr(os, "O_NOATIME", 0))
+        except OSError as err:
+            self._warn(e.path, "skipped, cannot open: %s" % err.strerror)
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._warn(e.path, "skipped, no longer a regular file")
+                return
+            e = _refresh(e, st)
+            ranges = fswalk.data_ranges(fd, st.st_size)
+            sparse = sum(length for _o, length in ranges) < st.st_size
+            extra = {"data": records.DATA_FULL, "sp": sparse or None}
+            matcher = None
+            if basis is not None:
+                extra.update(data=records.DATA_DELTA, pn=prev_name,
+                             bl=basis.block_len, bs=basis.entry.size)
+                matcher = rmatch.Matcher(basis.signature())
+            yield records.entry(e, **extra)
+            digest = hashlib.sha256()
+            builder = rsig.SignatureBuilder(
+                rsig.block_size_for(st.st_size, self.cfg.block_size))
+            done = 0
+            for kind, offset, length in _regions(ranges, st.st_size):
+                if kind == "hole":
+                    for n in _split(length):
+                        zeros = _ZEROS[:n]
+                        digest.update(zeros)
+                        builder.update(zeros)
+                        if matcher is not None:
+                            yield from _ops(matcher.feed(zeros))
+                    if matcher is None:
+                        yield records.hole(length)
+                    done += length
+                    continue
+                for chunk in _read_range(fd, offset, length, e.path, self._warn):
+                    digest.update(chunk)
+                    builder.update(chunk)
+                    if matcher is not None:
+                        yield from _ops(matcher.feed(chunk))
+                    else:
+                        yield records.literal(chunk)
+                    self.summary.bytes_read += len(chunk)
+                    self.progress.advance(len(chunk))
+                    done += len(chunk)
+                if done < offset + length:
+                    break       # the file shrank while we read it
+            if matcher is not None:
+                yield from _ops(matcher.finish())
+                self.summary.literal_bytes += matcher.literal_bytes
+                self.summary.copied_bytes += matcher.copied_bytes
+            else:
+                self.summary.literal_bytes += done
+            value = digest.digest()
+            yield records.end_file(done, value)
+            after = os.fstat(fd)
+            complete = (done == st.st_size and after.st_size == st.st_size
+                        and after.st_mtime_ns == st.st_mtime_ns)
+            e.size = done
+            if not complete:
+                self._warn(e.path, "changed while being read; stored what "
+                                   "was read, will be read again next time")
+                e.mtime_ns = -1     # forces a re-read at the next level
+            yield (e, value, builder.finish(), complete)
+        finally:
+            os.close(fd)
+
+    # -- renames ----------------------------------------------------------
+    def _renames(self) -> Iterator[bytes]:
+        if not self._held:
+            return
+        pairs: dict[bytes, bytes] = {}       # new path -> old path
+        for e in self._held:
+            old_path = self._deleted_inodes.get((e.dev, e.ino))
+            if old_path is not None:
+                pairs[e.path] = old_path
+        bases = {}
+        if pairs and self.rename_lookup is not None:
+            bases = self.rename_lookup(set(pairs.values()))
+        for e in sorted(self._held, key=lambda x: mf.sort_key(x.path)):
+            old_path = pairs.get(e.path)
+            basis = bases.get(old_path) if old_path else None
+            yield from self._send_file(e, basis, None, late=True,
+                                       prev_name=old_path if basis else None)
+
+
+def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
+    """The entry as the open file is now (it may have changed since the walk)."""
+    e.size = st.st_size
+    e.mtime_ns = st.st_mtime_ns
+    e.ctime_ns = st.st_ctime_ns
+    e.ino = st.st_ino
+    e.mode = stat.S_IMODE(st.st_mode)
+    return e
+
+
+def _regions(ranges: list[tuple[int, int]], size: int
+             ) -> Iterator[tuple[str, int, int]]:
+    pos = 0
+    for offset, length in ranges:
+        if offset > pos:
+            yield ("hole", pos, offset - pos)
+        yield ("data", offset, length)
+        pos = offset + length
+    if pos < size:
+        yield ("hole", pos, size - pos)
+
+
+def _split(length: int) -> Iterator[int]:
+    while length > 0:
+        n = min(length, READ_SIZE)
+        yield n
+        length -= n
+
+
+def _under(path: bytes, top: bytes | None) -> bool:
+    return top is not None and path.startswith(top + b"/")
+
+
+def _read_range(fd: int, offset: int, length: int, path: bytes,
+                warn: Callable[[bytes, str], None]) -> Iterator[bytes]:
+    """Read a range; a read error ends it early (the caller sees the shortfall)."""
+    end = offset + length
+    while offset < end:
+        try:
+            chunk = os.pread(fd, min(READ_SIZE, end - offset), offset)
+        except InterruptedError:
+            continue
+        except OSError as err:
+            warn(path, "read error at byte %d: %s" % (offset, err.strerror))
+            return
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
+
+
+def _ops(ops: Iterable[tuple]) -> Iterator[bytes]:
+    for op in ops:
+        if op[0] == rmatch.COPY:
+            yield records.copy(op[1], op[2])
+        else:
+            yield records.literal(op[1])

@@ -1,0 +1,244 @@
+"""BackupEngine: Freezer's backup/restore workflow, talking to any Freezer-style storage.
+
+The base class does what freezer-agent's does (find the previous level, run
+the engine's ``backup_data`` generator and the storage's ``write_backup``
+on a bounded queue, upload engine metadata and then the metadata that makes
+the level visible; on restore replay levels 0..N through ``restore_level``),
+using only the storage methods Freezer's own base class uses.  Unlike
+Freezer's, it fetches the whole chain's manifests (each level stores a delta
+manifest), never hangs when one side fails, and re-raises the engine's own
+typed error instead of a generic one.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import multiprocessing
+import os
+import queue as pyqueue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from oslo_log import log
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.engine import queue as rqueue
+from freezer_rsyncv2.storage import base as sbase
+
+LOG = log.getLogger(__name__)
+
+
+def now() -> int:
+    """The clock backups are stamped with (tests replace it)."""
+    return int(time.time())
+
+
+class BackupEngine(metaclass=abc.ABCMeta):
+    """Freezer's engine contract; subclasses supply the data format."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        # Manifests of the chain below the level being written (0..N-1),
+        # fetched by backup(); backup_data() reads them.
+        self.chain_manifests: list[str] = []
+        # A dry run reads and deltas everything but stores nothing.
+        self.dry_run = False
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The engine name used in storage paths."""
+
+    @abc.abstractmethod
+    def metadata(self, backup_resource: str) -> dict:
+        """The JSON-able dict stored beside each level."""
+
+    @abc.abstractmethod
+    def backup_data(self, backup_path: str, manifest_path: str
+                    ) -> Iterator[bytes]:
+        """Yield the level's byte segments; (re)write the manifest at manifest_path."""
+
+    @abc.abstractmethod
+    def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
+                      except_queue: Any) -> None:
+        """Apply one level read from ``read_pipe.recv_bytes()`` until EOFError."""
+
+    # -- backup -----------------------------------------------------------
+    def backup_stream(self, backup_resource: str, rich_queue: Any,
+                      manifest_path: str) -> None:
+        rich_queue.put_messages(self.backup_data(backup_resource,
+                                                 manifest_path))
+
+    def backup(self, backup_resource: str, hostname_backup_name: str,
+               incremental: bool, max_level: int | None,
+               always_level: int | None, restart_always_level: float | None,
+               queue_size: int = 2) -> int:
+        """Write one level; returns its level number."""
+        prev = self.storage.previous_backup(
+            engine=self, hostname_backup_name=hostname_backup_name,
+            incremental=incremental, max_level=max_level,
+            always_level=always_level,
+            restart_always_level=restart_always_level)
+        tmpdir = tempfile.mkdtemp(prefix="rsyncv2-")
+        try:
+            engine_meta = os.path.join(tmpdir, "engine_meta")
+            freezer_meta = os.path.join(tmpdir, "freezer_meta")
+            self.chain_manifests = self._fetch_chain(
+                prev, hostname_backup_name, tmpdir)
+            if self.chain_manifests:
+                shutil.copyfile(self.chain_manifests[-1], engine_meta)
+            timestamp = now()
+            if prev is not None:
+                timestamp = max(timestamp, int(prev.timestamp) + 1)
+                level_zero = prev.level_zero_timestamp
+            else:
+                timestamp = self._fresh_level_zero(hostname_backup_name,
+                                                   timestamp)
+                level_zero = timestamp
+            backup = sbase.Backup(
+                engine=self, hostname_backup_name=hostname_backup_name,
+                level_zero_timestamp=level_zero, timestamp=timestamp,
+                level=prev.level + 1 if prev is not None else 0)
+            if self.dry_run:
+                for _segment in self.backup_data(backup_resource, engine_meta):
+                    pass
+                return backup.level
+            self._run_backup(backup_resource, engine_meta, backup, queue_size)
+            with open(freezer_meta, "wb") as out:
+                out.write(json.dumps(self.metadata(backup_resource)).encode())
+            self.storage.put_metadata(engine_meta, freezer_meta, backup)
+            return backup.level
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _fetch_chain(self, prev: Any, name: str, tmpdir: str) -> list[str]:
+        if prev is None:
+            return []
+        levels = self.storage.get_latest_level_zero_increments(
+            engine=self, hostname_backup_name=name)
+        paths = []
+        for level in range(prev.level + 1):
+            b = prev if level == prev.level else levels.get(level)
+            if b is None or b.level_zero_timestamp != prev.level_zero_timestamp:
+                raise errors.StorageError(
+                    "backup %s: level %d of the chain started at %s is "
+                    "missing" % (name, level, prev.level_zero_timestamp))
+            path = os.path.join(tmpdir, "manifest_%d" % level)
+            b.storage.get_file(b.engine_metadata_path, path)
+            paths.append(path)
+        return paths
+
+    def _fresh_level_zero(self, name: str, timestamp: int) -> int:
+        """A level-0 timestamp not used by an existing chain of this name."""
+        try:
+            zeros = self.storage.get_level_zero(engine=self,
+                                                hostname_backup_name=name)
+        except IndexError:
+            zeros = []
+        used = [int(z.level_zero_timestamp) for z in zeros]
+        if used and timestamp <= max(used):
+            timestamp = max(used) + 1
+        return timestamp
+
+    def _run_backup(self, backup_resource: str, engine_meta: str,
+                    backup: Any, queue_size: int) -> None:
+        """Producer and storage writer on a bounded queue; first error wins."""
+        rich_queue = rqueue.RichQueue(queue_size)
+        failures: list[BaseException] = []
+
+        def run(target, **kwargs) -> None:
+            try:
+                target(rich_queue=rich_queue, **kwargs)
+            except BaseException as err:     # reported after join
+                failures.append(err)
+                rich_queue.force_stop()
+
+        threads = [
+            threading.Thread(target=run, name="rsyncv2-backup-read",
+                             args=(self.backup_stream,),
+                             kwargs={"backup_resource": backup_resource,
+                                     "manifest_path": engine_meta},
+                             daemon=True),
+            threading.Thread(target=run, name="rsyncv2-backup-write",
+                             args=(self.storage.write_backup,),
+                             kwargs={"backup": backup}, daemon=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failures:
+            real = [f for f in failures
+                    if not isinstance(f, rqueue.QueueStopped)]
+            raise (real or failures)[0]
+
+    # -- restore ----------------------------------------------------------
+    def restore(self, hostname_backup_name: str, restore_resource: str,
+                overwrite: bool, recent_to_date: int | None,
+                backup_media: str | None = None) -> int:
+        """Replay levels 0..N of the newest chain; returns the level restored."""
+        if backup_media in (None, "fs"):
+            _prepare_restore_dir(restore_resource, overwrite)
+        backups = self.storage.get_latest_level_zero_increments(
+            engine=self, hostname_backup_name=hostname_backup_name,
+            recent_to_date=recent_to_date)
+        top = max(backups)
+        for level in range(top + 1):
+            if level not in backups:
+                raise errors.StorageError(
+                    "backup %s: level %d is missing from the chain, cannot "
+                    "restore level %d" % (hostname_backup_name, level, top))
+        for level in range(top + 1):
+            LOG.info("Restoring %s level %d", hostname_backup_name, level)
+            self._restore_one(restore_resource, backups[level])
+        return top
+
+    def _restore_one(self, restore_path: str, backup: Any) -> None:
+        read_pipe, write_pipe = multiprocessing.Pipe(duplex=False)
+        failures: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                for block in backup.storage.backup_blocks(backup):
+                    write_pipe.send_bytes(block)
+            except BrokenPipeError:
+                return          # the reader stopped first; it reports why
+            except BaseException as err:
+                failures.append(err)
+            finally:
+                write_pipe.close()
+
+        sender = threading.Thread(target=send, name="rsyncv2-restore-read",
+                                  daemon=True)
+        sender.start()
+        except_queue: pyqueue.Queue = pyqueue.Queue()
+        try:
+            self.restore_level(restore_path, read_pipe, backup, except_queue)
+        except BaseException as err:
+            read_pipe.close()
+            sender.join()
+            if failures:    # the storage failed first: that is the cause
+                raise failures[0] from err
+            raise
+        read_pipe.close()
+        sender.join()
+        if failures:
+            raise failures[0]
+
+
+def _prepare_restore_dir(path: str, overwrite: bool) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise errors.RestoreError("cannot create restore directory %s: %s"
+                                  % (path, err.strerror)) from err
+    if not os.path.isdir(path):
+        raise errors.RestoreError("restore path %s is not a directory" % path)
+    if not overwrite and os.listdir(path):
+        raise errors.RestoreError(
+            "restore directory %s is not empty; use --overwrite or choose "
+            "another path" % path)

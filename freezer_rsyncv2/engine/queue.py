@@ -1,0 +1,146 @@
+"""A bounded queue with Freezer's RichQueue interface that either side can force-stop."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from oslo_log import log
+
+from freezer_rsyncv2.errors import ConfigError, Rsyncv2Error
+
+LOG = log.getLogger(__name__)
+
+#: Default seconds between checks of the stop flag while blocked.
+DEFAULT_POLL_INTERVAL = 0.2
+
+
+class QueueStopped(Rsyncv2Error):
+    """The queue was force-stopped; the side that sees this must abandon its work."""
+
+
+class RichQueue:
+    """Bounded queue between one producer (the engine) and one consumer (a storage).
+
+    Interface of ``freezer.utils.streaming.RichQueue`` so Freezer's storages'
+    ``write_backup(rich_queue, backup)`` can consume it. Invariants: every
+    blocking wait polls the stop flag at least every ``poll_interval``
+    seconds, so ``force_stop()`` from either side makes the other raise
+    QueueStopped instead of hanging; ``finish()`` is only called after the
+    last ``put`` returned, so "finished and empty" means "drained".
+    """
+
+    def __init__(self, size: int = 2, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            # maxsize 0 would make queue.Queue unbounded: memory would grow without limit.
+            raise ConfigError(f"queue size must be an int >= 1, got {size!r}")
+        if not poll_interval > 0:
+            raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
+        self.data_queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.poll_interval = poll_interval
+        self._finished = threading.Event()
+        self._stopped = threading.Event()
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the producer called ``finish()`` (messages may remain queued)."""
+        return self._finished.is_set()
+
+    @property
+    def is_force_stop(self) -> bool:
+        """True once either side called ``force_stop()`` (name as in Freezer)."""
+        return self._stopped.is_set()
+
+    def finish(self) -> None:
+        """Producer side: no more messages will be put."""
+        self._finished.set()
+
+    def force_stop(self) -> None:
+        """Either side: abort the transfer; blocked and future put/get raise QueueStopped."""
+        if not self._stopped.is_set():
+            LOG.debug("RichQueue force-stopped")
+        self._stopped.set()
+
+    def check_stop(self) -> None:
+        """Raise QueueStopped if the queue was force-stopped."""
+        if self._stopped.is_set():
+            raise QueueStopped("queue was force-stopped")
+
+    def empty(self) -> bool:
+        """True if no message is queued right now."""
+        return self.data_queue.empty()
+
+    def has_more(self) -> bool:
+        """True while messages may still come; raises QueueStopped if stopped."""
+        self.check_stop()
+        return not self._finished.is_set() or not self.data_queue.empty()
+
+    # -- producer ----------------------------------------------------------------
+
+    def put(self, message: Any) -> None:
+        """Queue ``message``, blocking while full; raises QueueStopped if stopped.
+
+        Putting after ``finish()`` is a programming error: the consumer may
+        already have returned, so the message would be silently lost.
+        """
+        if self._finished.is_set():
+            raise RuntimeError("put() after finish()")
+        while True:
+            self.check_stop()
+            try:
+                self.data_queue.put(message, timeout=self.poll_interval)
+                return
+            except queue.Full:
+                continue
+
+    def put_messages(self, messages: Iterable[Any]) -> None:
+        """Put every message then ``finish()``.
+
+        If producing fails, the queue is force-stopped before re-raising so
+        the consumer stops with QueueStopped instead of waiting for a
+        ``finish()`` that will never come.
+        """
+        try:
+            for message in messages:
+                self.put(message)
+        except BaseException:
+            self.force_stop()
+            raise
+        self.finish()
+
+    # -- consumer ----------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Next message, blocking until one arrives.
+
+        Raises QueueStopped if stopped, and ``queue.Empty`` when the producer
+        finished and everything was consumed, or when ``timeout`` seconds
+        passed without a message.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.check_stop()
+            wait = self.poll_interval
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            try:
+                return self.data_queue.get(timeout=wait)
+            except queue.Empty:
+                # finish() happens after the last put(), so finished-then-empty is final.
+                if self._finished.is_set() and self.data_queue.empty():
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    def get_messages(self) -> Iterator[Any]:
+        """Yield messages until finished and drained; raises QueueStopped if stopped."""
+        while self.has_more():
+            try:
+                yield self.get()
+            except queue.Empty:
+                continue

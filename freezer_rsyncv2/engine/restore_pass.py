@@ -1,0 +1,203 @@
+"""One restore level: apply a decoded record stream to the restore tree.
+
+Records come from ``stream.records.decode`` (already type- and bound-checked);
+this module checks their order (data records only inside a file, a file's
+data closed by END_FILE) and hands every file system change to
+``fs.restore.RestoreTree``, which owns path safety and atomic replacement.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from oslo_log import log
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs import restore as fsrestore
+from freezer_rsyncv2.rsync import matcher as rmatch
+from freezer_rsyncv2.rsync import patcher as rpatch
+from freezer_rsyncv2.stream import records
+
+LOG = log.getLogger(__name__)
+
+HOLE_GRAIN = 4096
+
+
+class _FileData:
+    """Iterates one file's data records as pieces; learns size and digest
+    from its END_FILE record."""
+
+    def __init__(self, recs: Iterator[tuple], path: bytes, delta: bool
+                 ) -> None:
+        self._recs = recs
+        self._path = path
+        self._delta = delta
+        self.size: int | None = None
+        self.digest: bytes | None = None
+
+    def ops(self) -> Iterator:
+        """Data records as pieces (full) or matcher ops (delta)."""
+        for rec in self._recs:
+            rtype = rec[0]
+            if rtype == records.END_FILE:
+                self.size, self.digest = rec[1], rec[2]
+                return
+            if rtype == records.LITERAL:
+                yield (rmatch.LITERAL, rec[1]) if self._delta else rec[1]
+            elif rtype == records.COPY and self._delta:
+                yield (rmatch.COPY, rec[1], rec[2])
+            elif rtype == records.HOLE and not self._delta:
+                yield rec[1]
+            else:
+                raise errors.CorruptRecordError(
+                    "%s record inside the data of %r"
+                    % (records.NAMES[rtype], self._path))
+        raise errors.TruncatedError(
+            "stream ends inside the data of %r" % self._path)
+
+    def checked_digest(self) -> bytes:
+        if self.digest is None:
+            raise errors.TruncatedError("no END_FILE for %r" % self._path)
+        return self.digest
+
+
+def _punch_holes(pieces: Iterable[bytes]) -> Iterator[bytes | int]:
+    """Turn aligned all-zero 4 KiB runs into holes (for sparse sources)."""
+    for piece in pieces:
+        n = len(piece) // HOLE_GRAIN * HOLE_GRAIN
+        if n == 0:
+            yield piece
+            continue
+        blocks = np.frombuffer(piece, dtype=np.uint64, count=n // 8)
+        nonzero = blocks.reshape(-1, HOLE_GRAIN // 8).any(axis=1)
+        start = 0
+        for flag, run in _runs(nonzero):
+            length = run * HOLE_GRAIN
+            yield piece[start:start + length] if flag else length
+            start += length
+        if n < len(piece):
+            yield piece[n:]
+
+
+def _runs(flags: np.ndarray) -> Iterator[tuple[bool, int]]:
+    if not len(flags):
+        return
+    edges = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
+    bounds = np.concatenate(([0], edges, [len(flags)]))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield bool(flags[a]), int(b - a)
+
+
+class RestorePass:
+    """Applies one level's records; raises the library's typed errors."""
+
+    def __init__(self, tree: fsrestore.RestoreTree,
+                 progress: prog.Progress = prog.NULL) -> None:
+        self.tree = tree
+        self.progress = progress
+        self.files = 0
+        self.bytes_written = 0
+
+    def run(self, recs: Iterable[tuple]) -> dict:
+        it = iter(recs)
+        begin = next(it, None)
+        if begin is None or begin[0] != records.BEGIN:
+            raise errors.CorruptRecordError("stream does not open with BEGIN")
+        for rec in it:
+            rtype = rec[0]
+            if rtype == records.ENTRY:
+                self._entry(rec[1], rec[2], it)
+            elif rtype == records.DELETE:
+                self.tree.remove(rec[1])
+                self.progress.entry(rec[1], "deleted")
+            elif rtype == records.END:
+                self.tree.finish()
+                return rec[1]
+            else:
+                raise errors.CorruptRecordError(
+                    "%s record outside a file" % records.NAMES[rtype])
+        raise errors.TruncatedError("stream ends before its END record")
+
+    def _entry(self, e: fsentry.Entry, extra: dict, it: Iterator) -> None:
+        kind = e.kind
+        data = extra.get("data", records.DATA_NONE)
+        if kind != fsentry.KIND_FILE and data != records.DATA_NONE:
+            raise errors.CorruptRecordError(
+                "entry %r of kind %r carries data %r" % (e.path, kind, data))
+        if kind == fsentry.KIND_FILE:
+            self._file(e, extra, data, it)
+        elif kind == fsentry.KIND_DIR:
+            self.tree.make_dir(e)
+        elif kind == fsentry.KIND_SYMLINK:
+            if e.link_target is None:
+                raise errors.CorruptRecordError("symlink %r has no target"
+                                                % e.path)
+            self.tree.make_symlink(e)
+        elif kind == fsentry.KIND_FIFO:
+            self.tree.make_fifo(e)
+        elif kind in (fsentry.KIND_CHR, fsentry.KIND_BLK):
+            self.tree.make_device(e)
+        elif kind == fsentry.KIND_HARDLINK:
+            if e.hardlink_to is None:
+                raise errors.CorruptRecordError("hardlink %r has no target"
+                                                % e.path)
+            self.tree.make_hardlink(e)
+        self.progress.entry(e.path, "restored")
+
+    def _file(self, e: fsentry.Entry, extra: dict, data: str,
+              it: Iterator) -> None:
+        if data == records.DATA_META:
+            self.tree.set_meta(e)
+            return
+        if data not in (records.DATA_FULL, records.DATA_DELTA):
+            raise errors.CorruptRecordError(
+                "file %r has data kind %r" % (e.path, data))
+        self.files += 1
+        fdata = _FileData(it, e.path, data == records.DATA_DELTA)
+        if data == records.DATA_FULL:
+            pieces: Iterable = fdata.ops()
+            self._write(e, pieces, fdata)
+            return
+        basis_path = extra.get("pn", e.path)
+        block_len, basis_size = extra.get("bl"), extra.get("bs")
+        if not isinstance(block_len, int) or not isinstance(basis_size, int) \
+                or block_len <= 0 or basis_size < 0:
+            raise errors.CorruptRecordError(
+                "delta for %r lacks a valid basis block length/size" % e.path)
+        basis = self.tree.open_basis(basis_path)
+        if basis is None:
+            raise errors.RestoreError(
+                "delta for %r needs %r from the previous level, which is not "
+                "in the restore directory" % (e.path, basis_path))
+        with basis:
+            fd = basis.fileno()
+            actual = os.fstat(fd).st_size
+            if actual != basis_size:
+                raise errors.IntegrityError(
+                    "basis %r has %d bytes, the delta expects %d (was the "
+                    "restore directory changed between levels?)"
+                    % (basis_path, actual, basis_size))
+
+            def read(offset: int, length: int) -> bytes:
+                return os.pread(fd, length, offset)
+
+            pieces = rpatch.patch(fdata.ops(), read, block_len, basis_size)
+            if extra.get("sp"):
+                pieces = _punch_holes(pieces)
+            self._write(e, pieces, fdata)
+
+    def _write(self, e: fsentry.Entry, pieces: Iterable, fdata: _FileData
+               ) -> None:
+        def counted() -> Iterator:
+            for piece in pieces:
+                yield piece
+            if fdata.size is None:
+                raise errors.TruncatedError(
+                    "stream ends inside the data of %r" % e.path)
+            e.size = fdata.size     # the bytes actually read at backup time
+        self.bytes_written += self.tree.write_file(
+            e, counted(), fdata.checked_digest)

@@ -1,0 +1,256 @@
+"""Rsyncv2Engine: orchestrates walk -> delta -> records -> segments, and back on restore.
+
+It takes freezer-agent's constructor keywords, so freezer-agent can load it
+in place of Freezer's own rsyncv2 engine, and it is the engine behind our
+CLI.  The work itself lives elsewhere: ``backup_pass`` decides what each
+entry needs, ``stream`` encodes it, ``restore_pass`` and ``fs.restore`` put
+it back safely.
+"""
+
+from __future__ import annotations
+
+import os
+import queue as pyqueue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from oslo_log import log
+
+import freezer_rsyncv2
+from freezer_rsyncv2 import config as cfgmod
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2.engine import backup_pass
+from freezer_rsyncv2.engine import base
+from freezer_rsyncv2.engine import restore_pass
+from freezer_rsyncv2.fs import restore as fsrestore
+from freezer_rsyncv2.stream import compression, frames, records
+
+LOG = log.getLogger(__name__)
+
+_BATCH = 256 * 1024         # record bytes handed over per queue item
+_QUEUE_ITEMS = 16
+_DONE = object()
+
+
+class Rsyncv2Engine(base.BackupEngine):
+    """The rsync-algorithm engine, built from freezer-agent's keywords."""
+
+    def __init__(self, storage: Any = None, compression: str | None = "gzip",
+                 encrypt_key: str | None = None, symlinks: Any = None,
+                 exclude: Any = None, max_segment_size: int | None = None,
+                 rsync_block_size: int | None = None, dry_run: bool = False,
+                 progress: prog.Progress | None = None, **kwargs: Any) -> None:
+        super().__init__(storage)
+        self.cfg = cfgmod.EngineConfig.from_kwargs(
+            compression=compression, encrypt_key=encrypt_key,
+            symlinks=symlinks, exclude=exclude,
+            max_segment_size=max_segment_size,
+            rsync_block_size=rsync_block_size, dry_run=dry_run)
+        self.dry_run = self.cfg.dry_run
+        self.progress = progress or prog.NULL
+        self.last_summary: prog.Summary | None = None
+
+    @property
+    def name(self) -> str:
+        return "rsyncv2"
+
+    # -- Freezer's metadata -------------------------------------------------
+    def metadata(self, backup_resource: str = "") -> dict:
+        meta = {"engine_name": self.name,
+                "engine_version": freezer_rsyncv2.__version__,
+                "format_version": frames.VERSION,
+                "compression": self.cfg.compression,
+                "rsync_block_size": self.cfg.block_size or 0,
+                "encryption": bool(self.cfg.encrypt_key)}
+        if self.last_summary is not None:
+            meta["summary"] = self.last_summary.as_dict()
+        return meta
+
+    def _codec(self) -> compression.Codec:
+        return compression.by_name(self.cfg.compression)
+
+    def _cipher(self):
+        if self.cfg.encrypt_key:
+            raise errors.ConfigError(
+                "encryption (encrypt_key / --encrypt-pass-file) is not "
+                "supported yet by this version")
+        return None
+
+    def _cipher_factory(self) -> Callable:
+        return frames.null_cipher_for
+
+    # -- backup ---------------------------------------------------------------
+    def backup(self, backup_resource: str, hostname_backup_name: str,
+               incremental: bool, max_level: int | None,
+               always_level: int | None, restart_always_level: float | None,
+               queue_size: int = 2) -> int:
+        self._cipher()
+        if not os.path.lexists(backup_resource):
+            raise errors.SourceError("backup source %s does not exist"
+                                     % backup_resource)
+        return super().backup(backup_resource, hostname_backup_name,
+                              incremental, max_level, always_level,
+                              restart_always_level, queue_size)
+
+    def _previous_paths(self, manifest_path: str) -> list[str]:
+        if self.chain_manifests:
+            return list(self.chain_manifests)
+        # Called directly (as Freezer's base does) with only the previous
+        # level's manifest: use it alone.
+        if manifest_path and os.path.isfile(manifest_path) \
+                and os.path.getsize(manifest_path) > 0:
+            return [manifest_path]
+        return []
+
+    def backup_data(self, backup_path: str, manifest_path: str
+                    ) -> Iterator[bytes]:
+        """Yield the level's segments; the new manifest replaces manifest_path."""
+        previous = self._previous_paths(manifest_path)
+        summary = prog.Summary(level=len(previous))
+        self.last_summary = None
+        self.progress.phase("backup level %d" % summary.level)
+        write_queue: pyqueue.Queue = pyqueue.Queue(_QUEUE_ITEMS)
+        stop = threading.Event()
+        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
+                                   self._cipher(), level=summary.level)
+        worker = threading.Thread(
+            target=self._produce, name="rsyncv2-sign-delta", daemon=True,
+            args=(backup_path, previous, writer, summary, write_queue, stop))
+        worker.start()
+        encoder = frames.StreamEncoder(frames.KIND_DATA, self._codec(),
+                                       self._cipher())
+        try:
+            pieces = self._encode(encoder, _drain(write_queue))
+            for segment in frames.segments(pieces,
+                                           self.cfg.max_segment_size):
+                summary.stored_bytes += len(segment)
+                yield segment
+        finally:
+            stop.set()
+            worker.join()
+        summary.manifest_bytes = self.write_engine_meta(manifest_path, writer)
+        summary.finish()
+        self.last_summary = summary
+
+    @staticmethod
+    def _encode(encoder: frames.StreamEncoder, batches: Iterable[bytes]
+                ) -> Iterator[bytes]:
+        for batch in batches:
+            yield from encoder.write(batch)
+        yield from encoder.close()
+
+    def _produce(self, backup_path: str, previous: list[str],
+                 writer: mf.ManifestWriter, summary: prog.Summary,
+                 write_queue: pyqueue.Queue, stop: threading.Event) -> None:
+        """Worker thread: records into the queue; an error travels there too."""
+        try:
+            self._sign_delta(backup_path, previous, writer, summary,
+                             write_queue, stop)
+            _put(write_queue, _DONE, stop)
+        except BaseException as err:     # handed to the consumer
+            _put(write_queue, err, stop)
+
+    def get_sign_delta(self, fs_path: str, manifest_path: str,
+                       write_queue: Any) -> None:
+        """Walk and delta ``fs_path`` against the chain; records onto write_queue.
+
+        The records are batched into byte strings; the caller encodes them.
+        The new manifest is written to ``manifest_path`` when done.
+        """
+        previous = self._previous_paths(manifest_path)
+        summary = prog.Summary(level=len(previous))
+        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
+                                   self._cipher(), level=summary.level)
+        self._sign_delta(fs_path, previous, writer, summary, write_queue,
+                         threading.Event())
+        summary.manifest_bytes = self.write_engine_meta(manifest_path, writer)
+        summary.finish()
+        self.last_summary = summary
+
+    def _sign_delta(self, fs_path: str, previous: list[str],
+                    writer: mf.ManifestWriter, summary: prog.Summary,
+                    write_queue: Any, stop: threading.Event) -> None:
+        cipher = self._cipher_factory()
+
+        def lookup(paths: set[bytes]) -> dict:
+            return {me.entry.path: me for me in mf.overlay(previous, cipher)
+                    if me.entry.path in paths}
+
+        bpass = backup_pass.BackupPass(
+            self.cfg, fs_path, mf.overlay(previous, cipher), writer,
+            summary.level, summary, self.progress, rename_lookup=lookup)
+        batch: list[bytes] = []
+        size = 0
+        for rec in bpass.records():
+            batch.append(rec)
+            size += len(rec)
+            if size >= _BATCH:
+                _put(write_queue, b"".join(batch), stop)
+                batch, size = [], 0
+        if batch:
+            _put(write_queue, b"".join(batch), stop)
+
+    def write_engine_meta(self, manifest_path: str,
+                          files_meta: mf.ManifestWriter) -> int:
+        """Encode the level's manifest (engine metadata) at manifest_path."""
+        size = files_meta.close()
+        os.replace(manifest_path + ".new", manifest_path)
+        return size
+
+    # -- restore --------------------------------------------------------------
+    def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
+                      except_queue: Any) -> None:
+        """Apply one level read from read_pipe; errors also go to except_queue."""
+        level = getattr(backup, "level", "?")
+        self.progress.phase("restore level %s" % level)
+        try:
+            plain = frames.decode_frames(_recv_all(read_pipe),
+                                         frames.KIND_DATA,
+                                         self._cipher_factory())
+            with fsrestore.RestoreTree(restore_path,
+                                       on_warning=self._restore_warning) as tree:
+                restore_pass.RestorePass(tree, self.progress).run(
+                    records.decode(plain))
+        except errors.Rsyncv2Error as err:
+            named = type(err)("level %s of %s: %s" % (
+                level, getattr(backup, "hostname_backup_name", "?"), err))
+            except_queue.put(named)
+            raise named from err
+        except Exception as err:
+            except_queue.put(err)
+            raise
+
+    def _restore_warning(self, path: bytes, message: str) -> None:
+        LOG.warning("%s: %s", os.fsdecode(path), message)
+        self.progress.warning(path, message)
+
+
+def _recv_all(read_pipe: Any) -> Iterator[bytes]:
+    while True:
+        try:
+            yield read_pipe.recv_bytes()
+        except EOFError:
+            return
+
+
+def _put(q: pyqueue.Queue, item: Any, stop: threading.Event) -> None:
+    """Put that gives up when the consumer has gone (no hang)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except pyqueue.Full:
+            continue
+
+
+def _drain(q: pyqueue.Queue) -> Iterator[bytes]:
+    while True:
+        item = q.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -1,0 +1,1 @@
+"""File system side: tree walk on backup, safe restore."""

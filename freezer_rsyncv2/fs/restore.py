@@ -1,0 +1,384 @@
+"""Restore-side tree writer treating every stored path as hostile."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, cast
+
+from oslo_log import log
+
+from freezer_rsyncv2.errors import (
+    CorruptRecordError, IntegrityError, RestoreError, Rsyncv2Error,
+    UnsafePathError)
+from freezer_rsyncv2.fs import safepath
+from freezer_rsyncv2.fs.entry import (
+    DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX, create_temp, write_pieces
+from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
+from freezer_rsyncv2.fs.safepath import lstat_at, remove_at, show
+
+LOG = log.getLogger(__name__)
+
+WarningCallback = Callable[[bytes, str], None]
+
+_NODE_MODE = 0o600  # fifos and devices until their metadata is applied
+
+
+def _log_warning(path: bytes, message: str) -> None:
+    LOG.warning("%s: %s", show(path), message)
+
+
+@contextlib.contextmanager
+def _os_errors(path: bytes, action: str,
+               foreign: list[BaseException] | None = None) -> Iterator[None]:
+    """Turn stray OSErrors into RestoreError naming the path.
+
+    Exceptions listed in ``foreign`` (raised by caller-supplied data
+    iterators) are not ours to translate and pass through unchanged.
+    """
+    try:
+        yield
+    except Rsyncv2Error:
+        raise
+    except OSError as exc:
+        if foreign and any(exc is other for other in foreign):
+            raise
+        raise RestoreError(f"cannot {action} {show(path)}: "
+                           f"{exc.strerror or exc}") from exc
+
+
+class RestoreTree:
+    """Writes entries below one root directory, never outside it.
+
+    Every path is validated (``check_path``) and reached from the root's
+    descriptor one component at a time without following symlinks, so
+    neither a malicious record nor a symlink planted by an earlier record
+    or backup level can redirect a write or a deletion.  File data lands
+    in a temporary file renamed into place only after its digest and
+    length check out.  Directory metadata is deferred to ``finish()``
+    (deepest first) so that creating children neither disturbs restored
+    mtimes nor hits a read-only directory.
+
+    Used as a context manager, ``finish()`` runs on a clean exit; on an
+    exception only the descriptors are released.
+    """
+
+    def __init__(self, root: str | bytes | os.PathLike,
+                 on_warning: WarningCallback | None = None,
+                 restore_owner: bool | None = None) -> None:
+        """Open (creating it if needed) the restore root.
+
+        ``restore_owner`` defaults to "running as root"; ownership is
+        only attempted when it is true, and setuid/setgid bits are kept
+        only on objects whose ownership was restored.
+        """
+        root_b = os.fsencode(root)
+        self.root = root_b
+        self.warn: WarningCallback = (
+            _log_warning if on_warning is None else on_warning)
+        self.is_root = os.geteuid() == 0
+        if restore_owner is None:
+            restore_owner = self.is_root
+        self.meta = MetaApplier(restore_owner, self.warn)
+        self._dirs: dict[bytes, Entry] = {}
+        self._fd: int | None = None
+        with _os_errors(root_b, "open restore directory"):
+            os.makedirs(root_b, exist_ok=True)
+            fd = os.open(root_b, safepath.DIR_WALK_FLAGS & ~os.O_NOFOLLOW)
+        self._fd = fd
+
+    # -- plumbing -----------------------------------------------------
+
+    def __enter__(self) -> RestoreTree:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.finish()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the root descriptor (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def _root_fd(self) -> int:
+        if self._fd is None:
+            raise RestoreError("restore tree is closed")
+        return self._fd
+
+    check_path = staticmethod(safepath.check_path)
+
+    @contextlib.contextmanager
+    def _parent(self, path: bytes, create: bool = True
+                ) -> Iterator[tuple[int | None, bytes]]:
+        """Yield ``(parent dir fd or None if absent, last component)``."""
+        parts = safepath.check_path(path)
+        fd = safepath.open_dir(self._root_fd, parts[:-1], path, create=create)
+        try:
+            yield fd, parts[-1]
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _clear(self, dir_fd: int, name: bytes, path: bytes,
+               keep_dir: bool = False) -> os.stat_result | None:
+        """Remove what is at ``name`` (unless a directory and keep_dir).
+
+        Returns the stat of a kept directory, else None.
+        """
+        st = lstat_at(dir_fd, name)
+        if st is None:
+            return None
+        if keep_dir and stat.S_ISDIR(st.st_mode):
+            return st
+        if stat.S_ISDIR(st.st_mode):
+            self._dirs.pop(path, None)
+        remove_at(dir_fd, name)
+        return None
+
+    # -- directories --------------------------------------------------
+
+    def make_dir(self, entry: Entry) -> None:
+        """Create (or keep) a directory; its metadata waits for finish()."""
+        with _os_errors(entry.path, "create directory"), \
+                self._parent(entry.path) as (parent, name):
+            assert parent is not None
+            kept = self._clear(parent, name, entry.path, keep_dir=True)
+            if kept is None:
+                os.mkdir(name, safepath.IMPLICIT_DIR_MODE, dir_fd=parent)
+            elif not self.is_root and kept.st_mode & 0o700 != 0o700:
+                # An existing read-only directory (an earlier restore)
+                # must accept children; finish() sets the final mode.
+                self.meta.chmod_at(parent, name,
+                                   stat.S_IMODE(kept.st_mode) | 0o700)
+        self._dirs[entry.path] = entry
+
+    def finish(self) -> None:
+        """Apply deferred directory metadata, deepest directories first.
+
+        Deepest first: a parent's mtime is set after all changes inside
+        it, and a parent becomes read-only only once its subtree is done.
+        Directories removed or replaced since are skipped, including those
+        below an ancestor that a later record turned into a symlink (that
+        directory is no longer part of the tree; nothing is followed).
+        """
+        pending = sorted(self._dirs.values(),
+                         key=lambda e: e.path.count(b'/'), reverse=True)
+        self._dirs = {}
+        for entry in pending:
+            try:
+                self._finish_dir(entry)
+            except UnsafePathError as exc:
+                LOG.debug("skipping metadata of %s: %s", show(entry.path),
+                          exc)
+
+    def _finish_dir(self, entry: Entry) -> None:
+        with _os_errors(entry.path, "set metadata of"), \
+                self._parent(entry.path, create=False) as (parent, name):
+            if parent is not None:
+                st = lstat_at(parent, name)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    self.meta.apply_at(parent, name, entry)
+
+    # -- non-regular objects ------------------------------------------
+
+    def make_symlink(self, entry: Entry) -> None:
+        """Create a symlink (its target is data: stored as is, never used)."""
+        target = entry.link_target
+        if not isinstance(target, bytes) or not target or b'\0' in target:
+            raise CorruptRecordError(
+                f"symlink {show(entry.path)} has no valid target")
+        with _os_errors(entry.path, "create symlink"), \
+                self._parent(entry.path) as (parent, name):
+            assert parent is not None
+            self._clear(parent, name, entry.path)
+            os.symlink(target, name, dir_fd=parent)
+            self.meta.apply_at(parent, name, entry)
+
+    def make_fifo(self, entry: Entry) -> None:
+        """Create a named pipe."""
+        with _os_errors(entry.path, "create fifo"), \
+                self._parent(entry.path) as (parent, name):
+            assert parent is not None
+            self._clear(parent, name, entry.path)
+            os.mkfifo(name, _NODE_MODE, dir_fd=parent)
+            self.meta.apply_at(parent, name, entry)
+
+    def make_device(self, entry: Entry) -> None:
+        """Create a device node; skipped with a warning unless root."""
+        if entry.kind not in DEVICE_KINDS:
+            raise CorruptRecordError(
+                f"{show(entry.path)}: kind {entry.kind!r} is not a device")
+        if not self.is_root:
+            # Still validate the whole chain, so a planted symlink is
+            # reported the same way whoever runs the restore.
+            with _os_errors(entry.path, "check"), \
+                    self._parent(entry.path, create=False):
+                pass
+            self.warn(entry.path, "device not restored: needs root")
+            return
+        fmt = stat.S_IFBLK if entry.kind == KIND_BLK else stat.S_IFCHR
+        with _os_errors(entry.path, "create device"), \
+                self._parent(entry.path) as (parent, name):
+            assert parent is not None
+            self._clear(parent, name, entry.path)
+            try:
+                os.mknod(name, fmt | _NODE_MODE, entry.rdev, dir_fd=parent)
+            except PermissionError as exc:
+                self.warn(entry.path, f"device not restored: {exc.strerror}")
+                return
+            self.meta.apply_at(parent, name, entry)
+
+    def make_hardlink(self, entry: Entry) -> None:
+        """Link ``entry.path`` to the already restored ``hardlink_to``.
+
+        The source is validated like any path and must be a regular file
+        inside this tree, reached without following symlinks: a hostile
+        record cannot link (and later overwrite through) a file outside.
+        """
+        source = entry.hardlink_to
+        if not isinstance(source, bytes):
+            raise CorruptRecordError(
+                f"hardlink {show(entry.path)} has no target")
+        src_parts = safepath.check_path(source)
+        safepath.check_path(entry.path)
+        if source == entry.path:
+            raise CorruptRecordError(
+                f"hardlink {show(entry.path)} points to itself")
+        with _os_errors(entry.path, "create hardlink"), \
+                self._parent(source, create=False) as (src_dir, src_name):
+            st = None if src_dir is None else lstat_at(src_dir, src_name)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                raise RestoreError(
+                    f"hardlink {show(entry.path)}: target "
+                    f"{show(b'/'.join(src_parts))} is not a restored file")
+            assert src_dir is not None
+            with self._parent(entry.path) as (parent, name):
+                assert parent is not None
+                self._clear(parent, name, entry.path)
+                os.link(src_name, name, src_dir_fd=src_dir,
+                        dst_dir_fd=parent, follow_symlinks=False)
+                self.meta.apply_at(parent, name, entry)
+
+    # -- regular files ------------------------------------------------
+
+    def open_basis(self, path: bytes) -> BinaryIO | None:
+        """Open the existing regular file at ``path`` for reading, or None.
+
+        The rsync delta of a later level is applied against this basis.
+        Opened O_NOFOLLOW|O_NONBLOCK (a fifo planted there must not block
+        us) and type-checked on the descriptor, not by name.
+        """
+        with _os_errors(path, "open"), \
+                self._parent(path, create=False) as (parent, name):
+            if parent is None:
+                return None
+            st = lstat_at(parent, name)
+            if st is None:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                raise RestoreError(f"{show(path)} is not a regular file")
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise RestoreError(f"{show(path)} is not a regular file")
+                os.set_blocking(fd, True)
+                return cast(BinaryIO, os.fdopen(fd, 'rb'))
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def write_file(self, entry: Entry, pieces: Iterable[bytes | int],
+                   digest: bytes | Callable[[], bytes],
+                   hash_name: str = 'sha256') -> int:
+        """Write a regular file atomically; return the data bytes written.
+
+        ``pieces`` are data (bytes-like) or ints meaning a hole of that
+        many zero bytes, made with lseek so the result is sparse (a final
+        ftruncate keeps trailing holes).  The digest covers the logical
+        content (holes as zeros).  Nothing replaces the final name before
+        length and digest check out; on any failure (including one raised
+        by ``pieces``) the temporary file is removed.  The return value
+        counts bytes actually written, holes excluded.  ``digest`` may be
+        a callable, asked only once ``pieces`` is exhausted (a stream
+        carries a file's digest after its data).
+        """
+        hasher = hashlib.new(hash_name)
+        foreign: list[BaseException] = []
+        with _os_errors(entry.path, "write", foreign), \
+                self._parent(entry.path) as (parent, name):
+            assert parent is not None
+            fd, tmp = create_temp(parent)
+            try:
+                try:
+                    total, written = write_pieces(
+                        fd, pieces, hasher, entry.path, entry.size, foreign)
+                    if total != entry.size:
+                        raise IntegrityError(
+                            f"{show(entry.path)}: restored {total} bytes, "
+                            f"expected {entry.size}")
+                    if callable(digest):    # known once pieces are done
+                        digest = digest()
+                    if not hmac.compare_digest(hasher.digest(), digest):
+                        raise IntegrityError(
+                            f"{show(entry.path)}: {hash_name} digest "
+                            f"mismatch")
+                    os.ftruncate(fd, total)
+                    self.meta.apply_fd(fd, entry)
+                finally:
+                    os.close(fd)
+                # rename() replaces files and symlinks atomically, but
+                # not directories: those go first.
+                present = lstat_at(parent, name)
+                if present is not None and stat.S_ISDIR(present.st_mode):
+                    self._clear(parent, name, entry.path)
+                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=parent)
+                raise
+        return written
+
+    # -- removal and metadata-only changes ----------------------------
+
+    def remove(self, path: bytes) -> None:
+        """Delete whatever is at ``path`` (recursively); absent is fine."""
+        with _os_errors(path, "remove"), \
+                self._parent(path, create=False) as (parent, name):
+            if parent is not None:
+                self._clear(parent, name, path)
+        self._dirs.pop(path, None)
+
+    def set_meta(self, entry: Entry) -> None:
+        """Re-apply metadata to an existing object of the entry's kind."""
+        expected = KIND_FORMAT.get(entry.kind)
+        if expected is None:
+            raise CorruptRecordError(
+                f"{show(entry.path)}: unknown kind {entry.kind!r}")
+        with _os_errors(entry.path, "set metadata of"), \
+                self._parent(entry.path, create=False) as (parent, name):
+            st = None if parent is None else lstat_at(parent, name)
+            if st is None or stat.S_IFMT(st.st_mode) != expected:
+                raise RestoreError(f"{show(entry.path)}: no existing "
+                                   f"{entry.kind!r} entry to update")
+            if entry.kind == KIND_DIR:
+                self._dirs[entry.path] = entry
+                return
+            if entry.kind in DEVICE_KINDS and not self.is_root:
+                return
+            assert parent is not None
+            self.meta.apply_at(parent, name, entry)
+
+
+__all__ = ['RestoreTree', 'TMP_PREFIX']

@@ -1,0 +1,1 @@
+"""The rsync algorithm: rolling hash, signatures, matcher and patcher; pure functions, no I/O."""

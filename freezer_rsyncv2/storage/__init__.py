@@ -1,0 +1,1 @@
+"""Storages with Freezer's storage interface."""

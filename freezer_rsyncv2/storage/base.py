@@ -1,0 +1,418 @@
+"""The storage contract (Storage ABC), the Backup handle and the Freezer-compatible path layout."""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from oslo_log import log
+
+from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, FormatError, StorageError
+
+LOG = log.getLogger(__name__)
+
+#: Name of the per-level file whose presence makes a level visible.
+METADATA_NAME = "metadata"
+DATA_NAME = "data"
+ENGINE_METADATA_NAME = "engine_metadata"
+
+# Canonical decimal integers only: "0012" or "+1" would not round-trip
+# through str(int(x)) and would make us build paths that do not exist.
+_INT = r"(?:0|[1-9][0-9]*)"
+_CHAIN_RE = re.compile(rf"^{_INT}$")
+_LEVEL_RE = re.compile(rf"^({_INT})_({_INT})$")
+
+
+class EngineLike(Protocol):
+    """Anything with a ``name``: Freezer's BackupEngine or our own engines."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class StorageFileNotFoundError(StorageError):
+    """A file (object) asked for does not exist in the storage; ``path`` names it."""
+
+    def __init__(self, path: str, message: str | None = None) -> None:
+        super().__init__(message or f"no such file in storage: {path}")
+        self.path = path
+
+
+class LevelZeroNotFoundError(BackupNotFoundError, IndexError):
+    """No complete chain matches; also an IndexError because Freezer's callers catch that."""
+
+
+def now() -> int:
+    """Current time in int seconds; module-level so tests can monkeypatch the clock."""
+    return int(time.time())
+
+
+def path_join(*parts: object) -> str:
+    """Join storage path parts with '/', like Freezer, whatever the host OS.
+
+    Only the trailing slashes of the first part are dropped, so a storage
+    path given as "/srv/backups/" does not produce "//" in every key.
+    """
+    if not parts:
+        raise ValueError("path_join needs at least one part")
+    first = str(parts[0])
+    if len(parts) == 1:
+        return first
+    return "/".join([first.rstrip("/"), *(str(p) for p in parts[1:])])
+
+
+def validate_name(value: object, what: str = "hostname_backup_name") -> str:
+    """Return ``value`` if it is safe as a single path component, else raise ConfigError.
+
+    A '/' would nest the backup inside another one's tree and '..' would
+    escape the container, so either could make two names see each other.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r}")
+    if "/" in value or "\0" in value or value in (".", ".."):
+        raise ConfigError(f"{what} {value!r} must not contain '/' or NUL nor be '.' or '..'")
+    return value
+
+
+def _as_int(value: object, what: str) -> int:
+    """Coerce a timestamp/level to a non-negative int; floats would change the path."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be an int, got {value!r}")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, str) and _CHAIN_RE.match(value):
+        result = int(value)
+    else:
+        raise ConfigError(f"{what} must be a non-negative int, got {value!r}")
+    if result < 0:
+        raise ConfigError(f"{what} must be non-negative, got {value!r}")
+    return result
+
+
+def parse_level_dir(name: str) -> tuple[int, int] | None:
+    """Return (level, timestamp) for a ``<level>_<ts>`` directory name, else None."""
+    match = _LEVEL_RE.match(name)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+class Backup:
+    """One level of one chain of one backup name, as Freezer's ``storage.base.Backup``.
+
+    Level 0 is a full backup; level N > 0 holds the changes since level N-1
+    of the same chain (identified by ``level_zero_timestamp``). The path
+    attributes exist only when a storage is attached, as in Freezer.
+    """
+
+    increments_data_path: str
+    increments_metadata_path: str
+    data_prefix_path: str
+    engine_metadata_path: str
+    metadata_path: str
+    data_path: str
+    segments_path: str
+
+    def __init__(self, engine: EngineLike, hostname_backup_name: str,
+                 level_zero_timestamp: int, timestamp: int, level: int,
+                 storage: Storage | None = None) -> None:
+        self.hostname_backup_name = validate_name(hostname_backup_name)
+        validate_name(engine.name, "engine name")
+        self.timestamp = _as_int(timestamp, "timestamp")
+        self.level = _as_int(level, "level")
+        self.engine = engine
+        self.storage = storage
+        self.level_zero_timestamp = _as_int(level_zero_timestamp, "level_zero_timestamp")
+        if storage is not None:
+            level_dir = f"{self.level}_{self.timestamp}"
+            self.increments_data_path = path_join(
+                storage.storage_path, "data", engine.name,
+                self.hostname_backup_name, self.level_zero_timestamp)
+            self.increments_metadata_path = path_join(
+                storage.storage_path, "metadata", engine.name,
+                self.hostname_backup_name, self.level_zero_timestamp)
+            self.data_prefix_path = path_join(self.increments_data_path, level_dir)
+            self.engine_metadata_path = path_join(self.data_prefix_path, ENGINE_METADATA_NAME)
+            self.metadata_path = path_join(self.increments_metadata_path, level_dir, METADATA_NAME)
+            self.data_path = path_join(self.data_prefix_path, DATA_NAME)
+            self.segments_path = path_join(self.data_prefix_path, "segments")
+
+    def _require_storage(self) -> Storage:
+        if self.storage is None:
+            raise StorageError(f"{self!r} has no storage attached")
+        return self.storage
+
+    def copy(self, storage: Storage) -> Backup:
+        """The same level bound to ``storage`` (paths recomputed for it)."""
+        return Backup(engine=self.engine, hostname_backup_name=self.hostname_backup_name,
+                      level_zero_timestamp=self.level_zero_timestamp,
+                      timestamp=self.timestamp, level=self.level, storage=storage)
+
+    def remove(self) -> None:
+        """Delete the whole chain: metadata first, so it disappears before its data does."""
+        storage = self._require_storage()
+        storage.rmtree(self.increments_metadata_path)
+        storage.rmtree(self.increments_data_path)
+
+    def get_increments(self) -> dict[int, Backup]:
+        """Complete levels of this chain, by level.
+
+        A level counts only if its metadata FILE exists: the metadata is
+        written last, so a run that failed after writing data (or after
+        creating the level directory) leaves nothing visible. Names not of
+        the form ``<int>_<int>`` are ignored. If two complete entries share a
+        level, the newest timestamp wins (deterministic, unlike Freezer).
+        """
+        storage = self._require_storage()
+        found = []
+        for name in storage.listdir(self.increments_metadata_path):
+            parsed = parse_level_dir(name)
+            if parsed is None:
+                continue
+            if METADATA_NAME in storage.listdir(path_join(self.increments_metadata_path, name)):
+                found.append(parsed)
+        return {level: Backup(engine=self.engine, hostname_backup_name=self.hostname_backup_name,
+                              level_zero_timestamp=self.level_zero_timestamp,
+                              timestamp=ts, level=level, storage=storage)
+                for level, ts in sorted(found)}
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON written by the engine at ``metadata_path``, fetched via ``get_file``."""
+        storage = self._require_storage()
+        with tempfile.TemporaryDirectory(prefix="rsyncv2-meta-") as tmp:
+            local = os.path.join(tmp, METADATA_NAME)
+            storage.get_file(self.metadata_path, local)
+            with open(local, "rb") as handle:
+                raw = handle.read()
+        try:
+            result = json.loads(raw)
+        except ValueError as exc:
+            raise FormatError(f"metadata is not JSON: {self.metadata_path}: {exc}") from exc
+        if not isinstance(result, dict):
+            raise FormatError(f"metadata is not a JSON object: {self.metadata_path}")
+        return result
+
+    def __repr__(self) -> str:
+        return (f"Backup(engine={self.engine.name!r}, "
+                f"hostname_backup_name={self.hostname_backup_name!r}, "
+                f"level_zero_timestamp={self.level_zero_timestamp}, "
+                f"level={self.level}, timestamp={self.timestamp})")
+
+
+class _NamedEngine:
+    """Stand-in engine when only an engine name is known (``backup_names``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Storage(abc.ABC):
+    """Freezer's storage interface (base.Storage + physical.PhysicalStorage) plus CLI extras.
+
+    Invariant: a level is visible (listed, restorable, usable as a parent)
+    only once its ``metadata`` file exists, and ``put_metadata`` writes that
+    file last; everything else in the layout may be partial garbage.
+    """
+
+    _type: str | None = None
+
+    def __init__(self, storage_path: str, max_segment_size: int,
+                 skip_prepare: bool = False) -> None:
+        if (isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int)
+                or max_segment_size <= 0):
+            raise ConfigError(f"max_segment_size must be a positive int, got {max_segment_size!r}")
+        self.storage_path = storage_path
+        self.max_segment_size = max_segment_size
+        if not skip_prepare:
+            self.prepare()
+
+    @property
+    def type(self) -> str | None:
+        """Short storage kind ('local', 's3', ...), as Freezer's ``Storage.type``."""
+        return self._type
+
+    # -- primitives every storage implements ---------------------------------
+
+    @abc.abstractmethod
+    def get_file(self, from_path: str, to_path: str) -> None:
+        """Copy storage file ``from_path`` to local file ``to_path``; missing → StorageError."""
+
+    @abc.abstractmethod
+    def put_file(self, from_path: str, to_path: str) -> None:
+        """Copy local file ``from_path`` to storage ``to_path`` (replace, never half-written)."""
+
+    @abc.abstractmethod
+    def write_backup(self, rich_queue: Any, backup: Backup) -> None:
+        """Store the byte segments of ``rich_queue.get_messages()`` as ``backup``'s data.
+
+        On any error nothing is left under the final data name.
+        """
+
+    @abc.abstractmethod
+    def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
+        """Yield ``backup``'s data in chunks of at most ``max_segment_size`` bytes."""
+
+    @abc.abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """Names directly under ``path``; a missing directory gives []."""
+
+    @abc.abstractmethod
+    def create_dirs(self, path: str) -> None:
+        """Create ``path`` and its parents (no-op where directories are implicit)."""
+
+    @abc.abstractmethod
+    def rmtree(self, path: str) -> None:
+        """Remove ``path`` and everything under it; a missing path is a no-op."""
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Create the container/root so that later writes succeed."""
+
+    @abc.abstractmethod
+    def info(self) -> Any:
+        """Freezer's ``info`` job output: list of dicts with container_name/size/objects_count."""
+
+    # -- Freezer's concrete logic ---------------------------------------------
+
+    def metadata_path(self, engine: EngineLike, hostname_backup_name: str) -> str:
+        """Root of all chains of one backup name: ``<storage>/metadata/<engine>/<name>``."""
+        return path_join(self.storage_path, "metadata", validate_name(engine.name, "engine name"),
+                         validate_name(hostname_backup_name))
+
+    def get_level_zero(self, engine: EngineLike, hostname_backup_name: str,
+                       recent_to_date: int | None = None) -> list[Backup]:
+        """Level-0 backups (one per chain), oldest first, not after ``recent_to_date``.
+
+        A chain counts only if its level-0 metadata file exists. As in
+        Freezer, a falsy ``recent_to_date`` means "no limit".
+        """
+        root = self.metadata_path(engine, hostname_backup_name)
+        zeros = []
+        for name in self.listdir(root):
+            if not _CHAIN_RE.match(name):
+                continue
+            ts = int(name)
+            if recent_to_date and ts > recent_to_date:
+                continue
+            level_dir = path_join(root, name, f"0_{ts}")
+            if METADATA_NAME not in self.listdir(level_dir):
+                continue
+            zeros.append(Backup(engine=engine, hostname_backup_name=hostname_backup_name,
+                                level_zero_timestamp=ts, timestamp=ts, level=0, storage=self))
+        return sorted(zeros, key=lambda b: b.timestamp)
+
+    def get_latest_level_zero_increments(self, engine: EngineLike, hostname_backup_name: str,
+                                         recent_to_date: int | None = None) -> dict[int, Backup]:
+        """Levels of the newest chain not after ``recent_to_date``, limited to that date.
+
+        Raises LevelZeroNotFoundError (a BackupNotFoundError and an
+        IndexError) when no complete chain matches.
+        """
+        zeros = self.get_level_zero(engine, hostname_backup_name, recent_to_date)
+        if not zeros:
+            when = f" at or before {recent_to_date}" if recent_to_date else ""
+            raise LevelZeroNotFoundError(
+                f'No backup named "{hostname_backup_name}" (engine "{engine.name}") found{when} '
+                f"in {self.metadata_path(engine, hostname_backup_name)}")
+        latest = max(zeros, key=lambda b: b.timestamp)
+        return {level: backup for level, backup in latest.get_increments().items()
+                if not recent_to_date or backup.timestamp <= recent_to_date}
+
+    def previous_backup(self, engine: EngineLike, hostname_backup_name: str, incremental: bool,
+                        max_level: int | None, always_level: int | None,
+                        restart_always_level: float | None) -> Backup | None:
+        """The level the next backup should build on, or None for a new level 0.
+
+        Same decision order as Freezer: not incremental; no chain; chain
+        at/over ``max_level``; chain over ``always_level``; newest level older
+        than ``restart_always_level`` days; at ``always_level`` exactly,
+        return the level below so the new backup replaces that level.
+        """
+        if not incremental:
+            return None
+        try:
+            increments = self.get_latest_level_zero_increments(engine, hostname_backup_name)
+        except IndexError:
+            return None
+        highest_level = max(increments)
+        highest = increments[highest_level]
+        if max_level and max_level <= highest_level:
+            return None
+        if always_level and highest_level > always_level:
+            return None
+        if restart_always_level and now() > highest.timestamp + restart_always_level * 86400:
+            return None
+        if always_level and highest_level == always_level:
+            below = increments.get(highest_level - 1)
+            if below is None:
+                # Freezer would raise KeyError; a broken chain is safer restarted.
+                LOG.warning("Chain %s lacks level %d; starting a new level 0",
+                            highest.level_zero_timestamp, highest_level - 1)
+            return below
+        return highest
+
+    def put_metadata(self, engine_metadata_path: str, freezer_metadata_path: str,
+                     backup: Backup) -> None:
+        """Upload the engine metadata, then the metadata file LAST (this publishes the level)."""
+        backup = backup.copy(self)
+        self.create_dirs(backup.data_prefix_path)
+        self.put_file(engine_metadata_path, backup.engine_metadata_path)
+        self.create_dirs(backup.metadata_path.rsplit("/", 1)[0])
+        self.put_file(freezer_metadata_path, backup.metadata_path)
+
+    def remove_older_than(self, engine: EngineLike, remove_older_timestamp: float,
+                          hostname_backup_name: str) -> None:
+        """Remove every chain whose level 0 is at or before ``remove_older_timestamp``.
+
+        As in Freezer, a whole chain goes even if its later levels are newer.
+        Beyond Freezer, chains left incomplete by failed runs (data without
+        level-0 metadata) in that range are removed too, since nothing else
+        would ever clean them up. Unlike Freezer, a timestamp of 0 removes
+        nothing (Freezer's falsy check would remove every chain).
+        """
+        cutoff = remove_older_timestamp
+        if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)):
+            raise ConfigError(f"remove_older_timestamp must be a number, got {cutoff!r}")
+        name = validate_name(hostname_backup_name)
+        ename = validate_name(engine.name, "engine name")
+        chains: set[int] = set()
+        for kind in ("metadata", "data"):
+            for entry in self.listdir(path_join(self.storage_path, kind, ename, name)):
+                if _CHAIN_RE.match(entry) and int(entry) <= cutoff:
+                    chains.add(int(entry))
+        for ts in sorted(chains):
+            LOG.info("Removing chain %s of %s", ts, name)
+            Backup(engine=engine, hostname_backup_name=name, level_zero_timestamp=ts,
+                   timestamp=ts, level=0, storage=self).remove()
+
+    # -- extras for our CLI (not part of Freezer's interface) -----------------
+
+    def backup_names(self, engine_name: str) -> list[str]:
+        """Extra: sorted backup names of ``engine_name`` having at least one complete chain."""
+        ename = validate_name(engine_name, "engine name")
+        engine = _NamedEngine(ename)
+        names = []
+        for entry in self.listdir(path_join(self.storage_path, "metadata", ename)):
+            try:
+                validate_name(entry)
+            except ConfigError:
+                continue
+            if self.get_level_zero(engine, entry):
+                names.append(entry)
+        return sorted(names)
+
+    def list_chains(self, engine: EngineLike,
+                    hostname_backup_name: str) -> list[dict[int, Backup]]:
+        """Extra: every complete chain of a name, oldest first, each as {level: Backup}."""
+        return [zero.get_increments()
+                for zero in self.get_level_zero(engine, hostname_backup_name)]
+
+    @abc.abstractmethod
+    def level_size(self, backup: Backup) -> int:
+        """Extra: stored bytes of one level (data + engine_metadata; missing counts as 0)."""

@@ -1,0 +1,229 @@
+"""A Storage on a local (or mounted) filesystem with atomic, fsynced publication of each file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from oslo_log import log
+
+from freezer_rsyncv2.errors import StorageError
+from freezer_rsyncv2.storage.base import Backup, Storage, StorageFileNotFoundError
+
+LOG = log.getLogger(__name__)
+
+DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
+_COPY_CHUNK = 1024 * 1024
+
+
+def _fsync_dir(path: str) -> None:
+    """Make directory entries (renames, new children) under ``path`` durable.
+
+    Some platforms/filesystems cannot open or fsync a directory; there the
+    rename is as durable as the OS makes it and we carry on.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _temp_name(final_path: str) -> str:
+    """A hidden sibling of ``final_path``: same directory so rename is atomic."""
+    head, tail = os.path.split(final_path)
+    return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        LOG.warning("Could not remove temporary file %s: %s", path, exc)
+
+
+def _publish(tmp_path: str, handle: BinaryIO, final_path: str) -> None:
+    """fsync and close ``handle`` (of ``tmp_path``), rename to ``final_path``, fsync the dir."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+    os.replace(tmp_path, final_path)
+    _fsync_dir(os.path.dirname(final_path) or ".")
+
+
+class LocalStorage(Storage):
+    """Freezer's layout under a local directory.
+
+    Every file reaches its final name by an atomic rename of an fsynced
+    temporary sibling (``.<name>.tmp-<uuid>``), and the directory is fsynced
+    after the rename, so a reader or a crash never sees a partial file
+    under a final name and a level's metadata is on disk only after its
+    data and engine metadata are.
+    """
+
+    _type = "local"
+
+    def __init__(self, storage_path: str | os.PathLike[str],
+                 max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
+                 skip_prepare: bool = False) -> None:
+        # Absolute, so paths stay valid if the process changes directory.
+        super().__init__(storage_path=os.path.abspath(os.fspath(storage_path)),
+                         max_segment_size=max_segment_size, skip_prepare=skip_prepare)
+
+    def prepare(self) -> None:
+        for path in (self.storage_path, os.path.join(self.storage_path, "metadata"),
+                     os.path.join(self.storage_path, "data")):
+            self.create_dirs(path)
+
+    def info(self) -> list[dict[str, Any]]:
+        """One entry for the storage directory, in the shape Freezer's info job prints."""
+        total = count = 0
+        for root, _dirs, files in os.walk(self.storage_path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    continue
+                count += 1
+        megabytes = max(1, total // (1024 * 1024))
+        size = f"{megabytes} MB" if megabytes < 1024 else f"{megabytes // 1024} GB"
+        return [{"container_name": self.storage_path, "size": size, "objects_count": count}]
+
+    # -- files -------------------------------------------------------------------
+
+    def get_file(self, from_path: str, to_path: str) -> None:
+        try:
+            shutil.copyfile(from_path, to_path)
+        except FileNotFoundError as exc:
+            if not os.path.exists(from_path):
+                raise StorageFileNotFoundError(from_path) from exc
+            raise StorageError(f"cannot write {to_path}: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot copy {from_path} to {to_path}: {exc}") from exc
+
+    def put_file(self, from_path: str, to_path: str) -> None:
+        """Copy into ``to_path`` atomically and durably (parents created as needed)."""
+        self.create_dirs(os.path.dirname(to_path))
+        tmp = _temp_name(to_path)
+        try:
+            with open(from_path, "rb") as src:
+                dst = open(tmp, "xb")
+                with dst:
+                    shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                    _publish(tmp, dst, to_path)
+        except FileNotFoundError as exc:
+            _discard(tmp)
+            if not os.path.exists(from_path):
+                raise StorageError(f"local file to upload does not exist: {from_path}") from exc
+            raise StorageError(f"cannot write {to_path}: {exc}") from exc
+        except OSError as exc:
+            _discard(tmp)
+            raise StorageError(f"cannot copy {from_path} to {to_path}: {exc}") from exc
+        except BaseException:
+            _discard(tmp)
+            raise
+
+    def write_backup(self, rich_queue: Any, backup: Backup) -> None:
+        """Write the queue's segments to a temp file and rename it to ``data`` when complete.
+
+        On any failure (a force-stopped queue, a disk error) the temp file is
+        removed, the queue is force-stopped so the producer does not block
+        forever, and the error is re-raised: nothing appears under the final
+        name.
+        """
+        backup = backup.copy(self)
+        tmp = _temp_name(backup.data_path)
+        try:
+            self.create_dirs(backup.data_prefix_path)
+            with open(tmp, "xb") as dst:
+                for message in rich_queue.get_messages():
+                    dst.write(message)
+                _publish(tmp, dst, backup.data_path)
+        except BaseException as exc:
+            _discard(tmp)
+            stop = getattr(rich_queue, "force_stop", None)
+            if stop is not None:
+                stop()
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write {backup.data_path}: {exc}") from exc
+            raise
+
+    def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
+        path = backup.copy(self).data_path
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError as exc:
+            raise StorageFileNotFoundError(path) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+        with handle:
+            while True:
+                try:
+                    chunk = handle.read(self.max_segment_size)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {path}: {exc}") from exc
+                if not chunk:
+                    return
+                yield chunk
+
+    # -- directories ---------------------------------------------------------------
+
+    def listdir(self, path: str) -> list[str]:
+        """Sorted names under ``path``; missing (or not a directory) gives []."""
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {path}: {exc}") from exc
+
+    def create_dirs(self, path: str) -> None:
+        """``mkdir -p`` that also fsyncs the parent of each directory it creates."""
+        missing = []
+        current = os.path.abspath(path)
+        while not os.path.isdir(current):
+            missing.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create directory {path}: {exc}") from exc
+        for created in reversed(missing):
+            _fsync_dir(os.path.dirname(created))
+
+    def rmtree(self, path: str) -> None:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot remove {path}: {exc}") from exc
+
+    # -- extras ---------------------------------------------------------------------
+
+    def level_size(self, backup: Backup) -> int:
+        backup = backup.copy(self)
+        total = 0
+        for path in (backup.data_path, backup.engine_metadata_path):
+            try:
+                total += os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot stat {path}: {exc}") from exc
+        return total

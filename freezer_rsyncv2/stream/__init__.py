@@ -1,0 +1,1 @@
+"""The wire format: records, framing and segment codecs, in one place."""

@@ -1,0 +1,155 @@
+"""Compression codecs, each a small class with a stored id, looked up by id on decode.
+
+Every frame of a stream is compressed on its own (see ``frames.py``), so a
+decoder knows the plaintext length before it inflates anything and can refuse
+a decompression bomb: ``decompress`` never returns more than ``plain_len``
+bytes and fails if the frame does not inflate to exactly that.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+
+import zstandard
+
+from freezer_rsyncv2 import errors
+
+
+class Codec:
+    """A compressor: ``id`` is stored in stream headers, ``name`` is what users type."""
+
+    id: int = -1
+    name: str = ""
+
+    def compress(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def decompress(self, data: bytes, plain_len: int) -> bytes:
+        raise NotImplementedError
+
+    def _check(self, out: bytes, plain_len: int, complete: bool) -> bytes:
+        if not complete or len(out) != plain_len:
+            raise errors.CorruptRecordError(
+                "%s frame does not inflate to its declared %d bytes"
+                % (self.name, plain_len))
+        return out
+
+
+class NoCompression(Codec):
+    id = 0
+    name = "none"
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(data)
+
+    def decompress(self, data: bytes, plain_len: int) -> bytes:
+        return self._check(data, plain_len, True)
+
+
+class _StreamCodec(Codec):
+    """Shared decode for the stdlib codecs whose decompressors take max_length."""
+
+    def _decompressor(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def decompress(self, data: bytes, plain_len: int) -> bytes:
+        dec = self._decompressor()
+        try:
+            # One byte more than declared tells "too long" from "exact".
+            out = dec.decompress(data, plain_len + 1)
+        except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError) as err:
+            raise errors.CorruptRecordError(
+                "%s frame does not decompress: %s" % (self.name, err)) from err
+        complete = dec.eof and not dec.unused_data
+        return self._check(out, plain_len, complete)
+
+
+class Gzip(_StreamCodec):
+    id = 1
+    name = "gzip"
+
+    def compress(self, data: bytes) -> bytes:
+        comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return comp.compress(data) + comp.flush()
+
+    def _decompressor(self):
+        return zlib.decompressobj(31)
+
+
+class Bzip2(_StreamCodec):
+    id = 2
+    name = "bzip2"
+
+    def compress(self, data: bytes) -> bytes:
+        return bz2.compress(data, 9)
+
+    def _decompressor(self):
+        return bz2.BZ2Decompressor()
+
+
+class Xz(_StreamCodec):
+    id = 3
+    name = "xz"
+
+    def compress(self, data: bytes) -> bytes:
+        return lzma.compress(data, format=lzma.FORMAT_XZ, preset=6)
+
+    def _decompressor(self):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+
+class Zstd(Codec):
+    id = 4
+    name = "zstd"
+
+    def __init__(self) -> None:
+        self._comp = zstandard.ZstdCompressor(level=3, write_content_size=True)
+        self._dec = zstandard.ZstdDecompressor()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._comp.compress(data)
+
+    def decompress(self, data: bytes, plain_len: int) -> bytes:
+        # zstd trusts the content size in its own frame header: check it
+        # against ours before inflating, so a bomb is refused unopened.
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError as err:
+            raise errors.CorruptRecordError(
+                "zstd frame header is corrupt: %s" % err) from err
+        if declared != plain_len:
+            raise errors.CorruptRecordError(
+                "zstd frame declares %d bytes, stream header says %d"
+                % (declared, plain_len))
+        try:
+            out = self._dec.decompress(data, max_output_size=plain_len)
+        except zstandard.ZstdError as err:
+            raise errors.CorruptRecordError(
+                "zstd frame does not decompress: %s" % err) from err
+        return self._check(out, plain_len, True)
+
+
+_CODECS: dict[int, type[Codec]] = {
+    c.id: c for c in (NoCompression, Gzip, Bzip2, Xz, Zstd)}
+NAMES = tuple(c.name for c in _CODECS.values())
+
+
+def by_name(name: str | None) -> Codec:
+    """The codec a user named (None and "" mean none)."""
+    key = (name or "none").lower()
+    for cls in _CODECS.values():
+        if cls.name == key:
+            return cls()
+    raise errors.ConfigError(
+        "unknown compression %r (choose from %s)" % (name, ", ".join(NAMES)))
+
+
+def by_id(codec_id: int) -> Codec:
+    """The codec a stored header names."""
+    try:
+        return _CODECS[codec_id]()
+    except KeyError:
+        raise errors.UnsupportedVersionError(
+            "unknown compression id %d in stream header" % codec_id) from None

@@ -1,0 +1,300 @@
+"""Records: the typed messages inside a stream's frames, with strict decoding.
+
+Each record is one msgpack array ``[type, ...]``.  The encoder is the only
+place that packs records and the decoder the only place that unpacks them;
+decoding checks every field's type and bound before anything acts on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgpack
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.fs import entry as fsentry
+
+BEGIN = 1        # [1, {meta}]                 first record of a stream
+ENTRY = 2        # [2, {entry}]                one tree entry (data stream)
+LITERAL = 3      # [3, bytes]                  file data
+COPY = 4         # [4, first_block, count]     blocks of the basis file
+HOLE = 5         # [5, length]                 a run of zero bytes, not stored
+END_FILE = 6     # [6, size, digest]           closes one file's data
+DELETE = 7       # [7, path]                   remove a path (data stream)
+END = 8          # [8, {totals}]               last record of a stream
+MANIFEST = 9     # [9, {entry + signature}]    manifest entry
+TOMBSTONE = 10   # [10, path]                  manifest: path deleted
+
+NAMES = {BEGIN: "BEGIN", ENTRY: "ENTRY", LITERAL: "LITERAL", COPY: "COPY",
+         HOLE: "HOLE", END_FILE: "END_FILE", DELETE: "DELETE", END: "END",
+         MANIFEST: "MANIFEST", TOMBSTONE: "TOMBSTONE"}
+
+# How a file entry's content travels in a data stream.
+DATA_NONE = "none"      # no content (not a file, or hardlink)
+DATA_FULL = "full"      # LITERAL/HOLE records, no basis
+DATA_DELTA = "delta"    # COPY/LITERAL records against a basis file
+DATA_META = "meta"      # content unchanged: metadata only
+DATA_KINDS = (DATA_NONE, DATA_FULL, DATA_DELTA, DATA_META)
+
+MAX_PATH = 4096
+MAX_LITERAL = 1 << 20
+MAX_NAME = 255
+MAX_XATTRS = 1024
+MAX_XATTR_VALUE = 1 << 16
+MAX_INT = (1 << 63) - 1
+DIGEST_LEN = 32
+_MAX_RECORD = MAX_LITERAL + (1 << 16)
+
+# Entry fields: key -> (Entry attribute, type, required).
+_ENTRY_FIELDS = {
+    "p": ("path", bytes, True),
+    "k": ("kind", str, True),
+    "m": ("mode", int, True),
+    "u": ("uid", int, True),
+    "g": ("gid", int, True),
+    "un": ("uname", str, False),
+    "gn": ("gname", str, False),
+    "s": ("size", int, True),
+    "mt": ("mtime_ns", int, True),
+    "at": ("atime_ns", int, True),
+    "ct": ("ctime_ns", int, False),
+    "i": ("ino", int, False),
+    "d": ("dev", int, False),
+    "n": ("nlink", int, False),
+    "rd": ("rdev", int, False),
+    "l": ("link_target", bytes, False),
+    "h": ("hardlink_to", bytes, False),
+}
+# Keys that ride along an entry map but are not Entry attributes.
+_EXTRA_FIELDS = {
+    "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
+    "dg": bytes, "B": int, "w": bytes, "S": bytes, "x": dict,
+}
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def begin(meta: dict) -> bytes:
+    return pack([BEGIN, meta])
+
+
+def entry(e: fsentry.Entry, **extra: Any) -> bytes:
+    return pack([ENTRY, entry_map(e, extra)])
+
+
+def manifest(e: fsentry.Entry, **extra: Any) -> bytes:
+    return pack([MANIFEST, entry_map(e, extra)])
+
+
+def literal(data: bytes) -> bytes:
+    return pack([LITERAL, data])
+
+
+def copy(first_block: int, count: int) -> bytes:
+    return pack([COPY, first_block, count])
+
+
+def hole(length: int) -> bytes:
+    return pack([HOLE, length])
+
+
+def end_file(size: int, digest: bytes) -> bytes:
+    return pack([END_FILE, size, digest])
+
+
+def delete(path: bytes) -> bytes:
+    return pack([DELETE, path])
+
+
+def tombstone(path: bytes) -> bytes:
+    return pack([TOMBSTONE, path])
+
+
+def end(totals: dict) -> bytes:
+    return pack([END, totals])
+
+
+def entry_map(e: fsentry.Entry, extra: dict | None = None) -> dict:
+    """The msgpack map of an entry; None-valued and default fields left out."""
+    out: dict[str, Any] = {}
+    for key, (attr, _typ, required) in _ENTRY_FIELDS.items():
+        value = getattr(e, attr)
+        if required or value not in (None, 0):
+            out[key] = value
+    if e.xattrs:
+        out["x"] = dict(e.xattrs)
+    if extra:
+        out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def check_path(path: Any, what: str = "path") -> bytes:
+    """A stored path: relative, normalized, bounded; raises UnsafePathError."""
+    if not isinstance(path, bytes):
+        raise errors.CorruptRecordError("%s is not bytes: %r" % (what, path))
+    if not path or len(path) > MAX_PATH:
+        raise errors.UnsafePathError("%s has bad length %d" % (what, len(path)))
+    if b"\0" in path or path.startswith(b"/"):
+        raise errors.UnsafePathError("%s %r is not a relative path" % (what, path))
+    for part in path.split(b"/"):
+        if part in (b"", b".", b"..") or len(part) > MAX_NAME:
+            raise errors.UnsafePathError(
+                "%s %r has a bad component %r" % (what, path, part))
+    return path
+
+
+def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
+    """Validate an entry map: (Entry, extra fields). Raises CorruptRecordError."""
+    if not isinstance(m, dict):
+        raise errors.CorruptRecordError("entry is not a map: %r" % type(m))
+    kwargs: dict[str, Any] = {}
+    path = m.get("p")
+    for key, (attr, typ, required) in _ENTRY_FIELDS.items():
+        if key not in m:
+            if required:
+                raise errors.CorruptRecordError(
+                    "entry %r lacks field %r" % (path, key))
+            kwargs[attr] = None if typ is not int else 0
+            continue
+        value = m[key]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise errors.CorruptRecordError(
+                "entry %r field %r has type %s" % (path, key,
+                                                    type(value).__name__))
+        if typ is int and not -MAX_INT <= value <= MAX_INT:
+            raise errors.CorruptRecordError(
+                "entry %r field %r out of range: %d" % (path, key, value))
+        if typ is bytes and len(value) > MAX_PATH:
+            raise errors.CorruptRecordError(
+                "entry %r field %r too long" % (path, key))
+        kwargs[attr] = value
+    check_path(kwargs["path"])
+    if kwargs["kind"] not in fsentry.KINDS:
+        raise errors.CorruptRecordError(
+            "entry %r has unknown kind %r" % (path, kwargs["kind"]))
+    if kwargs["size"] < 0:
+        raise errors.CorruptRecordError("entry %r has negative size" % path)
+    extra: dict[str, Any] = {}
+    for key, value in m.items():
+        if key in _ENTRY_FIELDS:
+            continue
+        typ = _EXTRA_FIELDS.get(key)
+        if typ is None:
+            raise errors.CorruptRecordError(
+                "entry %r has unknown field %r" % (path, key))
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise errors.CorruptRecordError(
+                "entry %r field %r has type %s" % (path, key,
+                                                    type(value).__name__))
+        extra[key] = value
+    kwargs["xattrs"] = _check_xattrs(path, extra.pop("x", {}))
+    data = extra.get("data", DATA_NONE)
+    if data not in DATA_KINDS:
+        raise errors.CorruptRecordError(
+            "entry %r has unknown data kind %r" % (path, data))
+    if "pn" in extra:
+        check_path(extra["pn"], "basis path")
+    return fsentry.Entry(**kwargs), extra
+
+
+def _check_xattrs(path: Any, x: dict) -> dict[bytes, bytes]:
+    if len(x) > MAX_XATTRS:
+        raise errors.CorruptRecordError("entry %r has too many xattrs" % path)
+    for k, v in x.items():
+        if (not isinstance(k, bytes) or not isinstance(v, bytes)
+                or not k or len(k) > MAX_NAME or b"\0" in k
+                or len(v) > MAX_XATTR_VALUE):
+            raise errors.CorruptRecordError(
+                "entry %r has a malformed xattr %r" % (path, k))
+    return x
+
+
+def _int(rec: list, i: int, lo: int = 0) -> int:
+    value = rec[i]
+    if not isinstance(value, int) or isinstance(value, bool) \
+            or not lo <= value <= MAX_INT:
+        raise errors.CorruptRecordError(
+            "%s record field %d is not an integer in range: %r"
+            % (NAMES[rec[0]], i, value))
+    return value
+
+
+def _check(rec: Any) -> tuple:
+    """Validate one raw record's shape; returns it as a tuple."""
+    if not isinstance(rec, list) or not rec:
+        raise errors.CorruptRecordError("record is not a non-empty array")
+    rtype = rec[0]
+    arity = {BEGIN: 2, ENTRY: 2, LITERAL: 2, COPY: 3, HOLE: 2, END_FILE: 3,
+             DELETE: 2, END: 2, MANIFEST: 2, TOMBSTONE: 2}
+    if not isinstance(rtype, int) or rtype not in arity:
+        raise errors.CorruptRecordError("unknown record type %r" % (rtype,))
+    if len(rec) != arity[rtype]:
+        raise errors.CorruptRecordError(
+            "%s record has %d fields, expected %d"
+            % (NAMES[rtype], len(rec), arity[rtype]))
+    if rtype in (BEGIN, END) and not isinstance(rec[1], dict):
+        raise errors.CorruptRecordError("%s record is not a map" % NAMES[rtype])
+    elif rtype in (ENTRY, MANIFEST):
+        e, extra = entry_from_map(rec[1])
+        return (rtype, e, extra)
+    elif rtype == LITERAL:
+        if not isinstance(rec[1], bytes) or not rec[1]:
+            raise errors.CorruptRecordError("LITERAL record without data")
+    elif rtype == COPY:
+        _int(rec, 1)
+        _int(rec, 2, lo=1)
+    elif rtype == HOLE:
+        _int(rec, 1, lo=1)
+    elif rtype == END_FILE:
+        _int(rec, 1)
+        if not isinstance(rec[2], bytes) or len(rec[2]) != DIGEST_LEN:
+            raise errors.CorruptRecordError("END_FILE digest is malformed")
+    elif rtype in (DELETE, TOMBSTONE):
+        check_path(rec[1])
+    return tuple(rec)
+
+
+def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
+    """Yield validated records from frame plaintexts (any boundaries).
+
+    Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
+    ``(type, Entry, extra)``.  The stream must open with BEGIN and close with
+    END, after which nothing may follow.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False, use_list=True, strict_map_key=False,
+        max_buffer_size=2 * _MAX_RECORD, max_bin_len=_MAX_RECORD,
+        max_str_len=MAX_PATH, max_array_len=16, max_map_len=2 * MAX_XATTRS,
+        max_ext_len=0)
+    state = "start"
+    fed = end_at = 0
+    for plain in plain_frames:
+        fed += len(plain)
+        try:
+            unpacker.feed(plain)
+            for raw in unpacker:
+                if state == "end":
+                    raise errors.CorruptRecordError("records after END")
+                rec = _check(raw)
+                if state == "start" and rec[0] != BEGIN:
+                    raise errors.CorruptRecordError(
+                        "stream does not open with BEGIN (%s)"
+                        % NAMES.get(rec[0]))
+                if state != "start" and rec[0] == BEGIN:
+                    raise errors.CorruptRecordError("second BEGIN record")
+                state = "end" if rec[0] == END else "body"
+                if state == "end":
+                    end_at = unpacker.tell()
+                yield rec
+        except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+                msgpack.exceptions.StackError, msgpack.exceptions.BufferFull,
+                ValueError, TypeError) as err:
+            raise errors.CorruptRecordError(
+                "undecodable record: %s" % err) from err
+    if state != "end":
+        raise errors.TruncatedError("stream ends before its END record")
+    if end_at != fed:
+        raise errors.CorruptRecordError("trailing bytes after END record")

@@ -1,0 +1,427 @@
+"""Storage contract tests for every Storage: subclass StorageContract, define make_storage."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
+from freezer_rsyncv2.errors import BackupNotFoundError, StorageError
+from freezer_rsyncv2.storage import base
+from freezer_rsyncv2.storage.base import Backup, Storage
+from freezer_rsyncv2.storage.local import LocalStorage
+
+SEGMENT = 64
+NAME = "host_docs"
+
+
+class FakeEngine:
+    """The storage only ever reads ``engine.name``."""
+
+    def __init__(self, name: str = "rsyncv2") -> None:
+        self.name = name
+
+
+ENGINE = FakeEngine()
+
+
+def queue_of(segments: list[bytes]) -> RichQueue:
+    """A finished queue already holding ``segments`` (no producer thread needed)."""
+    rich = RichQueue(size=len(segments) + 1)
+    rich.put_messages(segments)
+    return rich
+
+
+def write_level(storage: Storage, tmp: Path, l0: int, ts: int, level: int,
+                segments: list[bytes] | None = None, name: str = NAME,
+                complete: bool = True, meta: dict[str, Any] | None = None) -> Backup:
+    """Store one level the way the engine does: data, then (if complete) metadata."""
+    backup = Backup(ENGINE, name, l0, ts, level, storage=storage)
+    storage.write_backup(queue_of(segments or [f"{name}-{level}-{ts}".encode()]), backup)
+    if complete:
+        engine_meta = tmp / f"em-{name}-{l0}-{level}-{ts}"
+        engine_meta.write_bytes(b"engine-meta")
+        freezer_meta = tmp / f"fm-{name}-{l0}-{level}-{ts}"
+        freezer_meta.write_text(json.dumps(meta or {"level": level, "ts": ts}))
+        storage.put_metadata(str(engine_meta), str(freezer_meta), backup)
+    return backup
+
+
+def levels(increments: dict[int, Backup]) -> dict[int, int]:
+    return {level: b.timestamp for level, b in increments.items()}
+
+
+def read_all(storage: Storage, backup: Backup) -> bytes:
+    return b"".join(storage.backup_blocks(backup))
+
+
+class StorageContract:
+    """Every test here must pass for every Storage implementation.
+
+    ``make_storage(root, max_segment_size)`` must return a storage on a
+    fresh, empty container derived from ``root``; calling it twice with the
+    same root must give two handles on the same container.
+    """
+
+    def make_storage(self, root: Path, max_segment_size: int) -> Storage:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> Storage:
+        return self.make_storage(tmp_path / "container", SEGMENT)
+
+    @pytest.fixture
+    def tmp(self, tmp_path: Path) -> Path:
+        work = tmp_path / "work"
+        work.mkdir()
+        return work
+
+    # -- files -------------------------------------------------------------------
+
+    def test_put_get_file_round_trip(self, storage: Storage, tmp: Path) -> None:
+        src, dst = tmp / "src", tmp / "dst"
+        src.write_bytes(b"\x00payload\xff" * 1000)
+        target = base.path_join(storage.storage_path, "misc", "f")
+        storage.put_file(str(src), target)
+        storage.get_file(target, str(dst))
+        assert dst.read_bytes() == src.read_bytes()
+        src.write_bytes(b"replaced")
+        storage.put_file(str(src), target)
+        storage.get_file(target, str(dst))
+        assert dst.read_bytes() == b"replaced"
+
+    def test_get_file_missing_raises_storage_error_naming_path(self, storage: Storage,
+                                                               tmp: Path) -> None:
+        missing = base.path_join(storage.storage_path, "nope", "metadata")
+        with pytest.raises(StorageError, match="nope"):
+            storage.get_file(missing, str(tmp / "out"))
+
+    def test_listdir_missing_is_empty(self, storage: Storage) -> None:
+        assert storage.listdir(base.path_join(storage.storage_path, "no", "such")) == []
+
+    def test_rmtree_missing_is_noop(self, storage: Storage) -> None:
+        storage.rmtree(base.path_join(storage.storage_path, "no", "such"))
+
+    # -- data ----------------------------------------------------------------------
+
+    @pytest.mark.parametrize("sizes", [
+        [], [0], [1], [SEGMENT - 1], [SEGMENT], [SEGMENT + 1],
+        [3 * SEGMENT + 7, 1, 0, SEGMENT, 2 * SEGMENT], [5] * 40,
+    ])
+    def test_write_backup_backup_blocks_round_trip(self, storage: Storage,
+                                                   sizes: list[int]) -> None:
+        segments = [bytes((i * 7 + j) % 256 for j in range(size)) for i, size in enumerate(sizes)]
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        storage.write_backup(queue_of(segments), backup)
+        chunks = list(storage.backup_blocks(backup))
+        assert all(0 < len(chunk) <= SEGMENT for chunk in chunks)
+        assert b"".join(chunks) == b"".join(segments)
+
+    def test_write_backup_with_threaded_producer(self, storage: Storage) -> None:
+        segments = [bytes([i % 256]) * (i % 97) for i in range(300)]
+        rich = RichQueue(size=2)
+        producer = threading.Thread(target=rich.put_messages, args=(segments,), daemon=True)
+        producer.start()
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        storage.write_backup(rich, backup)
+        producer.join(5)
+        assert not producer.is_alive()
+        assert read_all(storage, backup) == b"".join(segments)
+
+    def test_backup_blocks_missing_data_raises(self, storage: Storage) -> None:
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        with pytest.raises(StorageError):
+            list(storage.backup_blocks(backup))
+
+    def test_failed_queue_leaves_no_data_under_final_name(self, storage: Storage) -> None:
+        rich = RichQueue(size=2, poll_interval=0.05)
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+
+        def produce() -> None:
+            rich.put(b"a" * 100)
+            rich.put(b"b" * 100)
+            rich.force_stop()
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        with pytest.raises(QueueStopped):
+            storage.write_backup(rich, backup)
+        producer.join(5)
+        assert "data" not in storage.listdir(backup.data_prefix_path)
+        with pytest.raises(StorageError):
+            list(storage.backup_blocks(backup))
+
+    def test_failed_producer_leaves_no_data(self, storage: Storage) -> None:
+        def messages():
+            yield b"x" * 10
+            raise RuntimeError("source vanished")
+
+        rich = RichQueue(size=1, poll_interval=0.05)
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                rich.put_messages(messages())
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                errors.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        with pytest.raises(QueueStopped):
+            storage.write_backup(rich, backup)
+        producer.join(5)
+        assert isinstance(errors[0], RuntimeError)
+        assert "data" not in storage.listdir(backup.data_prefix_path)
+
+    def test_failing_consumer_stops_queue_and_leaves_no_data(self, storage: Storage) -> None:
+        class Exploding:
+            stopped = False
+
+            def get_messages(self):
+                yield b"partial"
+                raise RuntimeError("boom")
+
+            def force_stop(self) -> None:
+                self.stopped = True
+
+        rich = Exploding()
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        with pytest.raises(RuntimeError, match="boom"):
+            storage.write_backup(rich, backup)
+        assert rich.stopped
+        assert "data" not in storage.listdir(backup.data_prefix_path)
+
+    # -- metadata and visibility -----------------------------------------------------
+
+    def test_put_metadata_publishes_level_and_metadata_reads_back(self, storage: Storage,
+                                                                  tmp: Path) -> None:
+        backup = write_level(storage, tmp, 100, 100, 0, meta={"engine": "rsyncv2", "n": 1})
+        assert backup.metadata() == {"engine": "rsyncv2", "n": 1}
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+        out = tmp / "em"
+        storage.get_file(backup.engine_metadata_path, str(out))
+        assert out.read_bytes() == b"engine-meta"
+
+    def test_put_metadata_writes_metadata_file_last(self, storage: Storage, tmp: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[str] = []
+        real = storage.put_file
+
+        def spy(from_path: str, to_path: str) -> None:
+            calls.append(to_path)
+            real(from_path, to_path)
+
+        monkeypatch.setattr(storage, "put_file", spy)
+        backup = write_level(storage, tmp, 100, 100, 0)
+        assert calls == [backup.engine_metadata_path, backup.metadata_path]
+
+    def test_level_with_data_but_no_metadata_is_invisible(self, storage: Storage,
+                                                          tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 100, 150, 1)
+        write_level(storage, tmp, 100, 200, 2, complete=False)
+        # A level whose metadata directory exists but whose file does not.
+        half = Backup(ENGINE, NAME, 100, 250, 3, storage=storage)
+        storage.create_dirs(half.metadata_path.rsplit("/", 1)[0])
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100, 1: 150}
+
+    def test_chain_with_only_data_is_not_a_level_zero(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 300, 300, 0, complete=False)
+        assert [b.timestamp for b in storage.get_level_zero(ENGINE, NAME)] == [100]
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+
+    def test_only_incomplete_chain_means_not_found(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 300, 300, 0, complete=False)
+        assert storage.get_level_zero(ENGINE, NAME) == []
+        with pytest.raises(BackupNotFoundError):
+            storage.get_latest_level_zero_increments(ENGINE, NAME)
+
+    def test_junk_names_in_metadata_tree_are_ignored(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        root = storage.metadata_path(ENGINE, NAME)
+        for junk in ("notes", "0100", "+5"):
+            storage.put_file(str(tmp / "fm-host_docs-100-0-100"), base.path_join(root, junk, "x"))
+        chain = base.path_join(root, 100)
+        for junk in ("1_x", "01_5", "a_1", "2"):
+            storage.put_file(str(tmp / "fm-host_docs-100-0-100"),
+                             base.path_join(chain, junk, "metadata"))
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+
+    # -- chain selection ----------------------------------------------------------------
+
+    @pytest.fixture
+    def two_chains(self, storage: Storage, tmp: Path) -> Storage:
+        for l0, ts, level in ((100, 100, 0), (100, 150, 1), (100, 250, 2),
+                              (200, 200, 0), (200, 300, 1)):
+            write_level(storage, tmp, l0, ts, level)
+        return storage
+
+    @pytest.mark.parametrize("recent, expected", [
+        (None, {0: 200, 1: 300}),
+        (0, {0: 200, 1: 300}),
+        (300, {0: 200, 1: 300}),
+        (299, {0: 200}),
+        (200, {0: 200}),
+        (199, {0: 100, 1: 150}),
+        (260, {0: 200}),
+        (100, {0: 100}),
+    ])
+    def test_latest_level_zero_increments_recent_to_date(self, two_chains: Storage,
+                                                         recent: int | None,
+                                                         expected: dict[int, int]) -> None:
+        got = two_chains.get_latest_level_zero_increments(ENGINE, NAME, recent_to_date=recent)
+        assert levels(got) == expected
+        assert all(b.level == level for level, b in got.items())
+
+    def test_nothing_before_date_raises_index_error(self, two_chains: Storage) -> None:
+        with pytest.raises(BackupNotFoundError, match=NAME) as info:
+            two_chains.get_latest_level_zero_increments(ENGINE, NAME, recent_to_date=99)
+        assert isinstance(info.value, IndexError)
+        with pytest.raises(IndexError):
+            two_chains.get_latest_level_zero_increments(ENGINE, "other")
+
+    def test_get_level_zero_filters_by_date(self, two_chains: Storage) -> None:
+        assert [b.timestamp for b in two_chains.get_level_zero(ENGINE, NAME)] == [100, 200]
+        assert [b.timestamp for b in two_chains.get_level_zero(ENGINE, NAME, 150)] == [100]
+
+    def test_backup_names_are_isolated(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0, name="a")
+        write_level(storage, tmp, 200, 200, 0, name="ab")
+        write_level(storage, tmp, 200, 250, 1, name="ab")
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, "a")) == {0: 100}
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, "ab")) == {0: 200, 1: 250}
+        with pytest.raises(BackupNotFoundError):
+            storage.get_latest_level_zero_increments(FakeEngine("tar"), "a")
+
+    def test_second_handle_sees_same_container(self, tmp_path: Path, tmp: Path) -> None:
+        first = self.make_storage(tmp_path / "shared", SEGMENT)
+        write_level(first, tmp, 100, 100, 0)
+        second = self.make_storage(tmp_path / "shared", SEGMENT)
+        assert levels(second.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+
+    # -- previous_backup ----------------------------------------------------------------
+
+    @pytest.fixture
+    def chain(self, storage: Storage, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
+        """Levels 0, 1, 2 of one chain; the clock sits just after level 2."""
+        for ts, level in ((1000, 0), (2000, 1), (3000, 2)):
+            write_level(storage, tmp, 1000, ts, level)
+        monkeypatch.setattr(base, "now", lambda: 3001)
+        return storage
+
+    def previous(self, storage: Storage, incremental: bool = True, max_level: int | None = None,
+                 always_level: int | None = None,
+                 restart_always_level: float | None = None) -> Backup | None:
+        return storage.previous_backup(ENGINE, NAME, incremental, max_level, always_level,
+                                       restart_always_level)
+
+    def test_previous_not_incremental(self, chain: Storage) -> None:
+        assert self.previous(chain, incremental=False) is None
+
+    def test_previous_none_exists(self, storage: Storage) -> None:
+        assert self.previous(storage) is None
+
+    def test_previous_highest_level(self, chain: Storage) -> None:
+        prev = self.previous(chain)
+        assert (prev.level, prev.timestamp, prev.level_zero_timestamp) == (2, 3000, 1000)
+        assert prev.storage is chain
+
+    @pytest.mark.parametrize("max_level, expected", [(1, None), (2, None), (3, 2), (0, 2)])
+    def test_previous_max_level(self, chain: Storage, max_level: int,
+                                expected: int | None) -> None:
+        prev = self.previous(chain, max_level=max_level)
+        assert (prev.level if prev else None) == expected
+
+    @pytest.mark.parametrize("always_level, expected", [(1, None), (2, 1), (3, 2), (0, 2)])
+    def test_previous_always_level(self, chain: Storage, always_level: int,
+                                   expected: int | None) -> None:
+        prev = self.previous(chain, always_level=always_level)
+        assert (prev.level if prev else None) == expected
+
+    def test_previous_always_level_equal_with_missing_lower_level(self, storage: Storage,
+                                                                  tmp: Path) -> None:
+        write_level(storage, tmp, 1000, 1000, 0)
+        write_level(storage, tmp, 1000, 2000, 1, complete=False)
+        write_level(storage, tmp, 1000, 3000, 2)
+        assert self.previous(storage, always_level=2) is None
+
+    def test_previous_restart_always_level_expiry(self, chain: Storage,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(base, "now", lambda: 3000 + 86400)
+        assert self.previous(chain, restart_always_level=1).level == 2
+        monkeypatch.setattr(base, "now", lambda: 3000 + 86400 + 1)
+        assert self.previous(chain, restart_always_level=1) is None
+        assert self.previous(chain, restart_always_level=2).level == 2
+        assert self.previous(chain, restart_always_level=0).level == 2
+
+    def test_previous_uses_newest_chain(self, chain: Storage, tmp: Path) -> None:
+        write_level(chain, tmp, 2500, 2500, 0)
+        prev = self.previous(chain)
+        assert (prev.level, prev.level_zero_timestamp) == (0, 2500)
+
+    # -- removal ---------------------------------------------------------------------------
+
+    def test_remove_older_than(self, storage: Storage, tmp: Path) -> None:
+        for l0, ts, level in ((100, 100, 0), (100, 400, 1), (200, 200, 0), (300, 300, 0)):
+            write_level(storage, tmp, l0, ts, level)
+        write_level(storage, tmp, 150, 150, 0, complete=False)
+        write_level(storage, tmp, 100, 100, 0, name="other")
+        storage.remove_older_than(ENGINE, 200, NAME)
+        assert [b.timestamp for b in storage.get_level_zero(ENGINE, NAME)] == [300]
+        data_root = base.path_join(storage.storage_path, "data", ENGINE.name, NAME)
+        assert storage.listdir(data_root) == ["300"]
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, "other")) == {0: 100}
+
+    def test_remove_older_than_zero_removes_nothing(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        storage.remove_older_than(ENGINE, 0, NAME)
+        assert [b.timestamp for b in storage.get_level_zero(ENGINE, NAME)] == [100]
+
+    def test_metadata_of_missing_level_raises(self, storage: Storage) -> None:
+        with pytest.raises(StorageError):
+            Backup(ENGINE, NAME, 10, 10, 0, storage=storage).metadata()
+
+    def test_backup_remove_deletes_chain(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        level1 = write_level(storage, tmp, 100, 150, 1)
+        level1.remove()
+        assert storage.get_level_zero(ENGINE, NAME) == []
+        with pytest.raises(StorageError):
+            list(storage.backup_blocks(level1))
+
+    # -- extras for our CLI ------------------------------------------------------------------
+
+    def test_backup_names(self, storage: Storage, tmp: Path) -> None:
+        assert storage.backup_names("rsyncv2") == []
+        write_level(storage, tmp, 100, 100, 0, name="b")
+        write_level(storage, tmp, 100, 100, 0, name="a")
+        write_level(storage, tmp, 100, 100, 0, name="failed", complete=False)
+        assert storage.backup_names("rsyncv2") == ["a", "b"]
+        assert storage.backup_names("tar") == []
+
+    def test_list_chains_oldest_first(self, two_chains: Storage) -> None:
+        chains = two_chains.list_chains(ENGINE, NAME)
+        assert [levels(c) for c in chains] == [{0: 100, 1: 150, 2: 250}, {0: 200, 1: 300}]
+
+    def test_level_size(self, storage: Storage, tmp: Path) -> None:
+        backup = write_level(storage, tmp, 100, 100, 0, segments=[b"x" * 1000, b"y" * 24])
+        assert storage.level_size(backup) == 1024 + len(b"engine-meta")
+
+
+class TestLocalStorageContract(StorageContract):
+    def make_storage(self, root: Path, max_segment_size: int) -> Storage:
+        return LocalStorage(str(root), max_segment_size=max_segment_size)
+
+
+def test_queue_module_empty_is_stdlib() -> None:
+    """RichQueue.get signals 'drained' with the stdlib queue.Empty (not a shadowed module)."""
+    rich = queue_of([])
+    with pytest.raises(queue.Empty):
+        rich.get()

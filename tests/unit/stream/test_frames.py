@@ -1,0 +1,103 @@
+import os
+import random
+import struct
+
+import pytest
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.stream import compression, frames
+
+
+def encode(plain_blocks, codec="none", kind=frames.KIND_DATA):
+    enc = frames.StreamEncoder(kind, compression.by_name(codec))
+    out = b""
+    for block in plain_blocks:
+        out += b"".join(enc.write(block))
+    out += b"".join(enc.close())
+    return out
+
+
+def decode(data, kind=frames.KIND_DATA, chunk=None):
+    if chunk is None:
+        chunks = [data]
+    else:
+        chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    return b"".join(frames.decode_frames(chunks, kind))
+
+
+@pytest.mark.parametrize("codec", compression.NAMES)
+def test_round_trip_any_chunking(codec):
+    payload = [os.urandom(300000), bytes(2 << 20), b"tail"]
+    data = encode(payload, codec)
+    for chunk in (None, 1, 7, 4096, 1 << 20):
+        if chunk == 1 and len(data) > 200000:
+            continue
+        assert decode(data, chunk=chunk) == b"".join(payload)
+
+
+def test_empty_stream():
+    data = encode([])
+    assert decode(data) == b""
+
+
+def test_truncation_anywhere_is_detected():
+    data = encode([os.urandom(5000)], "gzip")
+    for cut in range(0, len(data)):
+        with pytest.raises(errors.FormatError):
+            decode(data[:cut])
+
+
+def test_every_byte_flip_is_detected():
+    data = encode([b"hello world" * 50], "none")
+    for i in range(len(data)):
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        with pytest.raises(errors.Rsyncv2Error):
+            decode(bytes(bad))
+
+
+def test_trailing_garbage_is_rejected():
+    data = encode([b"abc"])
+    with pytest.raises(errors.CorruptRecordError):
+        decode(data + b"x")
+
+
+def test_bad_magic_version_and_kind():
+    data = encode([b"abc"])
+    with pytest.raises(errors.BadMagicError):
+        decode(b"NOTMAGIC" + data[8:])
+    future = data[:8] + struct.pack(">H", frames.VERSION + 1) + data[10:]
+    with pytest.raises(errors.UnsupportedVersionError):
+        decode(future)
+    with pytest.raises(errors.CorruptRecordError):
+        decode(data, kind=frames.KIND_MANIFEST)
+
+
+def test_swapped_frames_are_detected():
+    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
+    pieces = list(enc.write(os.urandom(frames.FRAME_PLAIN * 2)))
+    pieces += list(enc.close())
+    header, f1, f2, last = pieces
+    with pytest.raises(errors.IntegrityError):
+        decode(header + f2 + f1 + last)
+    with pytest.raises(errors.IntegrityError):
+        decode(header + f1 + last)
+
+
+def test_oversized_frame_declaration_is_refused():
+    data = encode([b"abc"])
+    header_len = 8 + 2 + 3 + 2
+    bad = data[:header_len] + struct.pack(">BII", 1, 1 << 31, 3) + b"x" * 10
+    with pytest.raises(errors.CorruptRecordError):
+        decode(bad)
+
+
+def test_segments_regroup_exactly():
+    rng = random.Random(1)
+    pieces = [os.urandom(rng.randrange(0, 9000)) for _ in range(50)]
+    segs = list(frames.segments(pieces, 4096))
+    assert b"".join(segs) == b"".join(pieces)
+    assert all(len(s) == 4096 for s in segs[:-1])
+    assert 0 < len(segs[-1]) <= 4096
+    with pytest.raises(errors.ConfigError):
+        list(frames.segments([b"x"], 0))

@@ -1,0 +1,108 @@
+import msgpack
+import pytest
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.stream import records
+
+
+def make_entry(path=b"dir/file", kind=fsentry.KIND_FILE, **kw):
+    fields = dict(path=path, kind=kind, mode=0o644, uid=0, gid=0,
+                  uname="root", gname=None, size=10, mtime_ns=123,
+                  atime_ns=456, ctime_ns=789, ino=5, dev=7, nlink=1)
+    fields.update(kw)
+    return fsentry.Entry(**fields)
+
+
+def decode(*recs):
+    return list(records.decode([b"".join(recs)]))
+
+
+def stream(*body):
+    return [records.begin({"level": 0}), *body, records.end({})]
+
+
+def test_round_trip_every_record():
+    e = make_entry(xattrs={b"user.a": b"\x00\x01"}, link_target=None)
+    out = decode(*stream(
+        records.entry(e, data=records.DATA_DELTA, pn=b"old/name", bl=700,
+                      bs=1400),
+        records.literal(b"abc"), records.copy(0, 2), records.hole(4096),
+        records.end_file(10, b"d" * 32), records.delete(b"gone"),
+        records.manifest(e, dg=b"d" * 32, B=700, w=b"wwww", S=b"s" * 16),
+        records.tombstone(b"gone2")))
+    assert [r[0] for r in out] == [
+        records.BEGIN, records.ENTRY, records.LITERAL, records.COPY,
+        records.HOLE, records.END_FILE, records.DELETE, records.MANIFEST,
+        records.TOMBSTONE, records.END]
+    _t, got, extra = out[1]
+    assert got == e
+    assert extra == {"data": "delta", "pn": b"old/name", "bl": 700,
+                     "bs": 1400}
+    assert out[3] == (records.COPY, 0, 2)
+
+
+def test_non_utf8_path_survives():
+    e = make_entry(path=b"caf\xe9/\xff\xfe")
+    out = decode(*stream(records.entry(e)))
+    assert out[1][1].path == b"caf\xe9/\xff\xfe"
+
+
+@pytest.mark.parametrize("path", [
+    b"/etc/passwd", b"../x", b"a/../../x", b"a//b", b"./a", b"a/.", b"",
+    b"a\x00b", b"x" * 256, b"a/" * 2100])
+def test_unsafe_paths_are_rejected(path):
+    raw = records.pack([records.ENTRY, {**records.entry_map(make_entry()),
+                                        "p": path}])
+    with pytest.raises((errors.UnsafePathError, errors.CorruptRecordError)):
+        decode(*stream(raw))
+    with pytest.raises((errors.UnsafePathError, errors.CorruptRecordError)):
+        decode(*stream(records.pack([records.DELETE, path])))
+
+
+@pytest.mark.parametrize("rec", [
+    [records.COPY, -1, 1], [records.COPY, 0, 0], [records.COPY, 0, 1 << 63],
+    [records.COPY, "0", 1], [records.HOLE, 0], [records.HOLE, -5],
+    [records.LITERAL, b""], [records.LITERAL, "text"],
+    [records.END_FILE, 1, b"short"], [99, 1], [], "notalist",
+    [records.COPY, 0, 1, 2], [records.ENTRY, "x"],
+    [records.ENTRY, {"p": b"a", "k": "f"}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "k": "z"}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "m": True}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "zz": 1}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "data": "evil"}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "s": -1}],
+    [records.ENTRY, {**records.entry_map(make_entry()), "x": {b"": b"v"}}],
+])
+def test_malformed_records_are_rejected(rec):
+    with pytest.raises(errors.FormatError):
+        decode(*stream(records.pack(rec)))
+
+
+def test_stream_must_open_with_begin_and_close_with_end():
+    with pytest.raises(errors.CorruptRecordError):
+        decode(records.literal(b"x"), records.end({}))
+    with pytest.raises(errors.TruncatedError):
+        decode(records.begin({}), records.literal(b"x"))
+    with pytest.raises(errors.CorruptRecordError):
+        decode(*stream(), records.literal(b"x"))
+    with pytest.raises(errors.CorruptRecordError):
+        decode(*stream(records.begin({})))
+    with pytest.raises(errors.CorruptRecordError):
+        decode(*stream(), b"\x92")
+
+
+def test_any_chunking_decodes_the_same():
+    data = b"".join(stream(records.literal(b"y" * 100000),
+                           records.copy(3, 4)))
+    for size in (1, 3, 1000):
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        assert [r[0] for r in records.decode(chunks)] == [
+            records.BEGIN, records.LITERAL, records.COPY, records.END]
+
+
+def test_oversized_literal_is_refused():
+    big = msgpack.packb([records.LITERAL, b"z" * (records.MAX_LITERAL * 3)],
+                        use_bin_type=True)
+    with pytest.raises(errors.FormatError):
+        decode(*stream(big))
