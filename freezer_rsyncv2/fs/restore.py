@@ -86,6 +86,7 @@ class RestoreTree:
             restore_owner = self.is_root
         self.meta = MetaApplier(restore_owner, self.warn)
         self._dirs: dict[bytes, Entry] = {}
+        self._parent_times: dict[bytes, tuple[int, int]] = {}
         self._fd: int | None = None
         with _os_errors(root_b, "open restore directory"):
             os.makedirs(root_b, exist_ok=True)
@@ -119,11 +120,24 @@ class RestoreTree:
     check_path = staticmethod(safepath.check_path)
 
     @contextlib.contextmanager
-    def _parent(self, path: bytes, create: bool = True
+    def _parent(self, path: bytes, create: bool = True,
+                mutate: bool | None = None
                 ) -> Iterator[tuple[int | None, bytes]]:
-        """Yield ``(parent dir fd or None if absent, last component)``."""
+        """Yield ``(parent dir fd or None if absent, last component)``.
+
+        When the caller is about to change the parent (``mutate``, by
+        default ``create``), the parent's times are noted first, so that
+        finish() can put back the mtime of a directory that this level
+        changes only as a side effect (a temp file renamed into it).
+        """
         parts = safepath.check_path(path)
         fd = safepath.open_dir(self._root_fd, parts[:-1], path, create=create)
+        if fd is not None and len(parts) > 1 and \
+                (create if mutate is None else mutate):
+            parent = b'/'.join(parts[:-1])
+            if parent not in self._parent_times:
+                st = os.fstat(fd)
+                self._parent_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
         try:
             yield fd, parts[-1]
         finally:
@@ -174,13 +188,31 @@ class RestoreTree:
         """
         pending = sorted(self._dirs.values(),
                          key=lambda e: e.path.count(b'/'), reverse=True)
+        touched = {p: t for p, t in self._parent_times.items()
+                   if p not in self._dirs}
         self._dirs = {}
+        self._parent_times = {}
+        for path, times in touched.items():
+            self._put_back_times(path, times)
         for entry in pending:
             try:
                 self._finish_dir(entry)
             except UnsafePathError as exc:
                 LOG.debug("skipping metadata of %s: %s", show(entry.path),
                           exc)
+
+    def _put_back_times(self, path: bytes, times: tuple[int, int]) -> None:
+        """Restore a directory's times that a change inside it moved."""
+        try:
+            with self._parent(path, create=False, mutate=False) as (parent,
+                                                                    name):
+                st = None if parent is None else lstat_at(parent, name)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    os.utime(name, ns=times, dir_fd=parent,
+                             follow_symlinks=False)
+        except (UnsafePathError, RestoreError, OSError) as exc:
+            # removed or replaced since: nothing to put back
+            LOG.debug("not restoring times of %s: %s", show(path), exc)
 
     def _finish_dir(self, entry: Entry) -> None:
         with _os_errors(entry.path, "set metadata of"), \
@@ -355,7 +387,8 @@ class RestoreTree:
     def remove(self, path: bytes) -> None:
         """Delete whatever is at ``path`` (recursively); absent is fine."""
         with _os_errors(path, "remove"), \
-                self._parent(path, create=False) as (parent, name):
+                self._parent(path, create=False, mutate=True) as (parent,
+                                                                  name):
             if parent is not None:
                 self._clear(parent, name, path)
         self._dirs.pop(path, None)

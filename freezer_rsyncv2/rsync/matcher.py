@@ -8,7 +8,7 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
-from freezer_rsyncv2.rsync.rollsum import BytesLike, RollingHasher, rolling_hashes, seed_term
+from freezer_rsyncv2.rsync.rollsum import LANES, BytesLike, RollingHasher, rolling_hashes, seed_term
 from freezer_rsyncv2.rsync.signature import STRONG_LEN, Signature
 
 COPY = 0
@@ -18,7 +18,7 @@ MAX_LITERAL = 1 << 20
 #: ``(COPY, first_block, block_count)`` or ``(LITERAL, data)``.
 Op = Union[tuple[int, int, int], tuple[int, bytes]]
 
-_WIN_MAX = 1 << 18  # offsets per rolling pass once the window has grown (scratch stays in L2)
+_WIN_MAX = 1 << 17  # offsets per rolling pass once the window has grown (scratch stays in L2)
 _WIN_MIN = 1 << 13  # smallest pass: below this numpy call overhead dominates
 _FOLLOW_MAX = 1024  # blocks strong-hashed per batch while following a match
 _CONFIRM_CHUNK = 256  # weak candidates confirmed per vectorized exact check
@@ -272,26 +272,37 @@ class Matcher:
         if self._index is None:
             self._index = _BlockIndex(self.signature, self._n_full)
             self._roller = RollingHasher(L, _WIN_MAX)
-            self._idx = np.empty(_WIN_MAX, dtype=np.intp)
-            self._hit = np.empty(_WIN_MAX, dtype=bool)
+            size = -(-_WIN_MAX // LANES) * LANES
+            self._idx = np.empty(size, dtype=np.intp)
+            self._hit = np.empty(size, dtype=bool)
         index = self._index
         assert self._roller is not None
-        h = self._roller.raw(arr[pos : pos + width + L - 1])
-        idx = self._idx[:width]
-        np.right_shift(h, index.shift1, out=idx, casting="unsafe")
-        hit = np.take(index.table1, idx, out=self._hit[:width], mode="clip")
+        lanes = self._roller.lanes(arr[pos : pos + width + L - 1])
+        m = lanes.shape[1]
+        flat = lanes.reshape(-1)
+        idx = self._idx[: flat.size]
+        np.right_shift(flat, index.shift1, out=idx, casting="unsafe")
+        hit = np.take(index.table1, idx, out=self._hit[: flat.size], mode="clip")
         cand = np.flatnonzero(hit)
         if not len(cand):
             return None
-        values = h[cand]
-        keep = index.table2[(values * np.uint32(_MIX)) >> index.shift2]
-        cand = cand[keep]
-        values = values[keep]
+        values = flat[cand]
+        cand = cand[index.table2[(values * np.uint32(_MIX)) >> index.shift2]]
+        # lane-major position -> offset; drop the padding lanes, visit in offset order
+        offsets = (cand % m) * LANES + cand // m
+        offsets = offsets[offsets < width]
+        if len(offsets) <= 64:
+            offsets.sort()
+        else:  # low-entropy data: maybe every offset; a bitmap sorts in O(width)
+            mark = np.zeros(width, dtype=bool)
+            mark[offsets] = True
+            offsets = np.flatnonzero(mark)
+        values = flat[(offsets % LANES) * m + offsets // LANES]
         top = len(index.sorted) - 1
-        for s in range(0, len(cand), _CONFIRM_CHUNK):
+        for s in range(0, len(offsets), _CONFIRM_CHUNK):
             vals = values[s : s + _CONFIRM_CHUNK]
             where = np.minimum(np.searchsorted(index.sorted, vals), top)
-            exact = cand[s : s + _CONFIRM_CHUNK][index.sorted[where] == vals]
+            exact = offsets[s : s + _CONFIRM_CHUNK][index.sorted[where] == vals]
             for offset in exact.tolist():
                 block = self._lookup(_digest(mv[pos + offset : pos + offset + L]))
                 if block is not None:
