@@ -47,6 +47,13 @@ def block_size_for(file_size: int, fixed: int | None = None) -> int:
     return min(MAX_BLOCK, max(MIN_BLOCK, size))
 
 
+def _byte_view(data: Any, field: str) -> memoryview:
+    try:
+        return memoryview(data).cast("B")
+    except (TypeError, ValueError) as exc:
+        raise CorruptRecordError(f"signature {field} must be contiguous bytes: {exc}") from None
+
+
 def _strong_hashes(view: memoryview, block_len: int) -> bytes:
     """Concatenated strong digests of the consecutive blocks of ``view`` (last may be short)."""
     digest = xxhash.xxh3_128_digest
@@ -113,11 +120,8 @@ class Signature:
         if not _is_int(file_size) or file_size < 0:
             raise CorruptRecordError(f"signature file_size out of range: {file_size!r}")
         n = -(-file_size // block_len)
-        try:
-            weak_view = memoryview(weak_bytes).cast("B")
-            strong_view = memoryview(strong_bytes).cast("B")
-        except TypeError as exc:
-            raise CorruptRecordError(f"signature weak/strong must be bytes-like: {exc}") from None
+        weak_view = _byte_view(weak_bytes, "weak")
+        strong_view = _byte_view(strong_bytes, "strong")
         if len(weak_view) != 4 * n:
             raise CorruptRecordError(f"signature weak: expected {4 * n} bytes for {n} blocks, got {len(weak_view)}")
         if len(strong_view) != STRONG_LEN * n:
