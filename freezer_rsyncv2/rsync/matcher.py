@@ -92,6 +92,11 @@ class Matcher:
 
     # -- public API -----------------------------------------------------------
 
+    @property
+    def buffered_bytes(self) -> int:
+        """New-file bytes held between calls: the unmatched tail plus the pending literal."""
+        return len(self._tail) + self._lit_len
+
     def feed(self, data: BytesLike) -> Iterator[Op]:
         """Consume the next chunk of the new file; return the ops that are now final."""
         if self._finished:
