@@ -43,7 +43,14 @@ _CRC = struct.Struct(">I")
 
 
 class NullCipher:
-    """No secrecy; a CRC-32 over header, index and frame catches accidents."""
+    """No secrecy; a CRC-32 over header, index and frame catches accidents.
+
+    The cipher interface: ``id`` (stored in the header), ``params()`` (bytes
+    stored in the header's ext field), ``overhead`` (bytes ``seal`` adds),
+    ``seal(index, aad, data)`` and ``open(index, aad, sealed)``; ``open``
+    raises IntegrityError (AuthenticationError for AEAD ciphers) when the
+    frame or its associated data was changed.
+    """
 
     id = 0
     name = "none"
@@ -52,10 +59,10 @@ class NullCipher:
     def params(self) -> bytes:
         return b""
 
-    def seal(self, aad: bytes, data: bytes) -> bytes:
+    def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
         return data + _CRC.pack(zlib.crc32(data, zlib.crc32(aad)))
 
-    def open(self, aad: bytes, sealed: bytes) -> bytes:
+    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
         if len(sealed) < _CRC.size:
             raise errors.CorruptRecordError("frame shorter than its checksum")
         data = sealed[:-_CRC.size]
@@ -102,7 +109,7 @@ class FrameWriter:
         stored_len = len(packed) + self.cipher.overhead
         aad = self._header + _AAD.pack(self._index, flags, stored_len,
                                        len(plain))
-        sealed = self.cipher.seal(aad, packed)
+        sealed = self.cipher.seal(self._index, aad, packed)
         self._index += 1
         self._done = final
         return _FRAME.pack(flags, stored_len, len(plain)) + sealed
@@ -230,7 +237,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
                 "stream ends inside frame %d (byte %d)" % (index, where))
         aad = header + _AAD.pack(index, flags, stored_len, plain_len)
         try:
-            packed = cipher.open(aad, sealed)
+            packed = cipher.open(index, aad, sealed)
         except errors.IntegrityError as err:
             raise type(err)("frame %d at byte %d: %s"
                             % (index, where, err)) from err

@@ -156,7 +156,7 @@ def test_empty_and_tiny() -> None:
         (b"abc", b""),
         (b"a", b"a"),
         (b"a", b"b"),
-        (b"", b"x" * 3 * MiB),
+        (b"", b"x" * 3000),
         (OLD4[:10], OLD4[:10]),
         (OLD4[:10], b"zz" + OLD4[:10] + b"zz"),
     ]:
