@@ -61,6 +61,7 @@ class BackupPass:
         self.progress = progress
         self.rename_lookup = rename_lookup
         self._rewritten: set[bytes] = set()
+        self._absent: set[bytes] = set()    # files skipped with no old state
         self._deleted_inodes: dict[tuple[int, int], bytes] = {}
         self._held: list[fsentry.Entry] = []
         self._deletes: list[bytes] = []
@@ -127,6 +128,11 @@ class BackupPass:
             yield from self._file(e, old)
             return
         if e.kind == fsentry.KIND_HARDLINK:
+            if e.hardlink_to in self._absent:
+                self._warn(e.path, "skipped, it links to a file that could "
+                                   "not be read")
+                self.summary.entries -= 1
+                return
             changed = (old is None or old.entry.kind != e.kind
                        or not _same_stat(old.entry, e)
                        or e.hardlink_to in self._rewritten)
@@ -193,6 +199,8 @@ class BackupPass:
         if result is None:
             # Not readable: no record, so the chain keeps its old state.
             self.summary.entries -= 1
+            if old is None:
+                self._absent.add(e.path)
             return
         entry_now, digest, sig, complete = result
         if held is not None and basis is not None and prev_name is None \

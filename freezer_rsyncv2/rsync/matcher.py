@@ -22,7 +22,8 @@ _WIN_MAX = 1 << 17  # offsets per rolling pass once the window has grown (scratc
 _WIN_MIN = 1 << 13  # smallest pass: below this numpy call overhead dominates
 _FOLLOW_MAX = 1024  # blocks strong-hashed per batch while following a match
 _CONFIRM_CHUNK = 256  # weak candidates confirmed per vectorized exact check
-_MIX = 0x9E3779B1  # remixes the weak hash for the second bitmap filter
+#: Odd multipliers giving the filters (nearly) independent bits; the first is the identity.
+_MIXES = (np.uint32(1), np.uint32(0x9E3779B1), np.uint32(0x85EBCA6B))
 
 _digest = xxhash.xxh3_128_digest
 
@@ -30,24 +31,23 @@ _digest = xxhash.xxh3_128_digest
 class _BlockIndex:
     """Lookup structures for the full-length blocks, built on the first rolling search.
 
-    Two bool bitmaps (top bits of the raw weak hash, then top bits of a remix)
-    reject almost every offset cheaply; the sorted unique weak values give the
-    exact weak check; a strong->block dict resolves blocks sharing a weak hash
-    (e.g. all-zero files) in O(1), the lowest index winning.
+    Bool bitmaps over 32 - shift bits of the raw weak hash (first its top bits,
+    then the top bits of odd-multiplier remixes) reject almost every offset;
+    each stays <= 2 MiB so lookups hit the cache.  The sorted unique weak
+    values give the exact weak check; a strong->block dict resolves blocks that
+    share a weak hash (e.g. all-zero files) in O(1), the lowest index winning.
     """
 
     def __init__(self, sig: Signature, n_full: int) -> None:
         raw = sig.weak[:n_full] - np.uint32(seed_term(sig.block_len))
         self.sorted = np.unique(raw)
-        bits = len(self.sorted).bit_length()
-        b1 = min(20, max(10, bits + 5))
-        b2 = min(24, max(10, bits + 8))
-        self.shift1 = 32 - b1
-        self.shift2 = 32 - b2
-        self.table1 = np.zeros(1 << b1, dtype=bool)
-        self.table1[self.sorted >> self.shift1] = True
-        self.table2 = np.zeros(1 << b2, dtype=bool)
-        self.table2[(self.sorted * np.uint32(_MIX)) >> self.shift2] = True
+        bits = min(21, max(10, len(self.sorted).bit_length() + 5))
+        self.shift = 32 - bits
+        self.filters: list[tuple[np.uint32, NDArray[np.bool_]]] = []
+        for mix in _MIXES:
+            table = np.zeros(1 << bits, dtype=bool)
+            table[(self.sorted * mix) >> self.shift] = True
+            self.filters.append((mix, table))
         strong = sig.strong
         keys = [strong[i * STRONG_LEN : (i + 1) * STRONG_LEN] for i in range(n_full - 1, -1, -1)]
         self.by_strong: dict[bytes, int] = dict(zip(keys, range(n_full - 1, -1, -1)))
@@ -286,13 +286,15 @@ class Matcher:
         m = lanes.shape[1]
         flat = lanes.reshape(-1)
         idx = self._idx[: flat.size]
-        np.right_shift(flat, index.shift1, out=idx, casting="unsafe")
-        hit = np.take(index.table1, idx, out=self._hit[: flat.size], mode="clip")
+        np.right_shift(flat, index.shift, out=idx, casting="unsafe")
+        hit = np.take(index.filters[0][1], idx, out=self._hit[: flat.size], mode="clip")
         cand = np.flatnonzero(hit)
+        for mix, table in index.filters[1:]:
+            if not len(cand):
+                return None
+            cand = cand[table[(flat[cand] * mix) >> index.shift]]
         if not len(cand):
             return None
-        values = flat[cand]
-        cand = cand[index.table2[(values * np.uint32(_MIX)) >> index.shift2]]
         # lane-major position -> offset; drop the padding lanes, visit in offset order
         offsets = (cand % m) * LANES + cand // m
         offsets = offsets[offsets < width]

@@ -228,3 +228,40 @@ def test_file_changing_while_read(make_engine, src, restore_dir, monkeypatch,
     dest = restore_dir()
     restore(make_engine(), dest)
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
+def test_unreadable_file_is_skipped_with_a_warning(make_engine, src,
+                                                   restore_dir):
+    treeutil.write(os.path.join(src, "secret"), b"no")
+    os.link(os.path.join(src, "secret"), os.path.join(src, "secret-link"))
+    treeutil.write(os.path.join(src, "open"), b"yes")
+    os.chmod(os.path.join(src, "secret"), 0)
+    engine = make_engine()
+    backup(engine, src)
+    assert engine.last_summary.partial
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    assert sorted(os.listdir(dest)) == ["open"]
+
+
+def test_unopenable_file_is_skipped_with_a_warning(make_engine, src,
+                                                   restore_dir, monkeypatch):
+    treeutil.write(os.path.join(src, "secret"), b"no")
+    os.link(os.path.join(src, "secret"), os.path.join(src, "secret-link"))
+    treeutil.write(os.path.join(src, "open"), b"yes")
+    real_open = os.open
+
+    def deny(path, flags, *args, **kwargs):
+        if os.fsencode(path).endswith(b"/secret"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(backup_pass.os, "open", deny)
+    engine = make_engine()
+    backup(engine, src)
+    monkeypatch.undo()
+    assert engine.last_summary.partial
+    assert any("secret" in w for w in engine.last_summary.warnings)
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    assert sorted(os.listdir(dest)) == ["open"]
