@@ -306,6 +306,10 @@ class Matcher:
             offsets = np.flatnonzero(mark)
         values = flat[(offsets % LANES) * m + offsets // LANES]
         top = len(index.sorted) - 1
+        # Crafted or degenerate data can make weak hashes collide at every offset
+        # (mod 2**32 polynomial hashes have structured collisions); cap the wasted
+        # strong hashes per pass so a pass costs at most ~twice its rolling work.
+        budget = 64 + width // 256
         for s in range(0, len(offsets), _CONFIRM_CHUNK):
             vals = values[s : s + _CONFIRM_CHUNK]
             where = np.minimum(np.searchsorted(index.sorted, vals), top)
@@ -314,6 +318,9 @@ class Matcher:
                 block = self._lookup(_digest(mv[pos + offset : pos + offset + L]))
                 if block is not None:
                     return offset, block
+                budget -= 1
+                if not budget:
+                    return None
         return None
 
     def _lookup(self, digest: bytes) -> int | None:
@@ -332,7 +339,8 @@ class Matcher:
             return pos
         target_weak = self.signature.weak[k]
         target = self._strong[k * STRONG_LEN : (k + 1) * STRONG_LEN]
-        for offset in np.flatnonzero(rolling_hashes(arr[pos:end], size) == target_weak).tolist():
+        found = np.flatnonzero(rolling_hashes(arr[pos:end], size) == target_weak)
+        for offset in found[: 64 + (end - pos) // 256].tolist():  # same cap as in _search
             if _digest(mv[pos + offset : pos + offset + size]) == target:
                 self._add_literal(mv[pos : pos + offset])
                 self._add_copy(k, 1)

@@ -72,7 +72,8 @@ def delta(
 def random_sizes(seed: int, low: int = 1, high: int = MiB) -> Iterable[int]:
     rng = random.Random(seed)
     while True:
-        yield rng.choice([rng.randint(low, high), rng.randint(low, max(low, min(high, 64))), rng.randint(low, max(low, high // 16))])
+        small = rng.randint(low, max(low, min(high, 64)))
+        yield rng.choice([rng.randint(low, high), small, rng.randint(low, max(low, high // 16))])
 
 
 OLD4 = rand_bytes(4 * MiB, 1)
@@ -250,3 +251,19 @@ def test_block_len_large() -> None:
     new = old[:200_000] + b"abc" + old[200_000:]
     ops, m = delta(old, new, 128 * 1024, random_sizes(9, 1000, MiB))
     assert m.literal_bytes < 2 * 128 * 1024
+
+
+def test_weak_collisions_everywhere_stay_cheap() -> None:
+    """A block whose weak hash equals that of a run of 0x01 bytes (Thue-Morse construction)."""
+    import time
+
+    L = 4096
+    thue_morse = (np.bitwise_count(np.arange(L)) & 1).astype(np.uint8)
+    block = (2 * thue_morse).tobytes()  # bytes 0/2: same weak hash as b"\x01" * L
+    sig = compute_signature(block, L)
+    assert int(sig.weak[0]) == int(compute_signature(b"\x01" * L, L).weak[0])
+    new = b"\x01" * (4 * MiB) + block
+    start = time.perf_counter()
+    ops, m = delta(block, new, L)
+    assert time.perf_counter() - start < 10
+    assert m.literal_bytes <= 4 * MiB + L
