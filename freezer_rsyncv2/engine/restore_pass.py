@@ -101,6 +101,9 @@ class RestorePass:
         self.progress = progress
         self.files = 0
         self.bytes_written = 0
+        # hash() of bytes is keyed per process, so a crafted stream cannot
+        # aim collisions at it; 8 bytes a path keeps a million entries cheap.
+        self._seen: set[int] = set()
 
     def run(self, recs: Iterable[tuple]) -> dict:
         it = iter(recs)
@@ -123,6 +126,11 @@ class RestorePass:
         raise errors.TruncatedError("stream ends before its END record")
 
     def _entry(self, e: fsentry.Entry, extra: dict, it: Iterator) -> None:
+        key = hash(e.path)
+        if key in self._seen:
+            raise errors.CorruptRecordError(
+                "second entry for %r in one level" % e.path)
+        self._seen.add(key)
         kind = e.kind
         data = extra.get("data", records.DATA_NONE)
         if kind != fsentry.KIND_FILE and data != records.DATA_NONE:

@@ -1,0 +1,137 @@
+"""Truncated, flipped and random streams: only library errors, nothing escapes.
+
+``FUZZ_EXAMPLES`` (environment) raises the number of hypothesis examples
+for a longer run; CI keeps the default small.
+"""
+
+import hashlib
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.stream import records
+from tests.hostile import streamkit as sk
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=list(HealthCheck))
+
+
+def honest_level():
+    recs = [sk.entry(b"d", "d")]
+    recs += sk.file_records(b"d/a.txt", b"alpha" * 50)
+    recs += sk.file_records(b"b.bin", os.urandom(3000))
+    recs += [sk.entry(b"ln", "l", l=b"d/a.txt"), sk.entry(b"fifo", "p")]
+    recs += sk.file_records(b"empty", b"")
+    return sk.encode(recs)
+
+
+def assert_consistent(root):
+    """No temp file left; every file present is complete."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            assert not name.startswith(".rsyncv2-tmp-"), name
+    a = os.path.join(root, "d", "a.txt")
+    if os.path.exists(a):
+        assert open(a, "rb").read() == b"alpha" * 50
+
+
+def test_truncation_at_every_byte(arena):
+    data = honest_level()
+    for cut in range(len(data)):
+        with pytest.raises(errors.FormatError):
+            sk.restore_stream(arena.root, data[:cut], chunk=97)
+        assert_consistent(arena.root)
+    sk.restore_stream(arena.root, data)     # the whole stream still works
+    assert open(os.path.join(arena.root, "d/a.txt"), "rb").read() == \
+        b"alpha" * 50
+
+
+def test_truncation_at_every_record_boundary(arena):
+    recs = [sk.entry(b"d", "d")] + sk.file_records(b"d/a.txt", b"alpha" * 50)
+    packed = [records.pack(r) for r in recs]
+    for n in range(len(packed) + 1):
+        data = sk.encode(packed[:n], end=False)
+        with pytest.raises(errors.TruncatedError):
+            sk.restore_stream(arena.root, data)
+        assert_consistent(arena.root)
+
+
+def test_every_byte_flip(arena):
+    data = honest_level()
+    step = max(1, len(data) // 400)
+    for i in range(0, len(data), step):
+        bad = bytearray(data)
+        bad[i] ^= 0x5A
+        with pytest.raises(errors.Rsyncv2Error):
+            sk.restore_stream(arena.root, bytes(bad))
+        assert_consistent(arena.root)
+
+
+paths = st.sampled_from([b"a", b"d", b"d/a.txt", b"b.bin", b"ln/x", b"..",
+                         b"/abs", b"ln", b"d/../x", b"fifo", b"a/b/c"])
+kinds = st.sampled_from(["f", "d", "l", "p", "c", "b", "h", "z"])
+ints = st.one_of(st.integers(-2, 5000), st.just(1 << 62),
+                 st.just((1 << 63) - 1))
+entry_fields = st.fixed_dictionaries(
+    {"p": paths, "k": kinds},
+    optional={"s": ints, "m": st.integers(0, 0o7777), "mt": ints,
+              "l": paths, "h": paths, "pn": paths, "bl": ints, "bs": ints,
+              "data": st.sampled_from(["none", "full", "delta", "meta", "x"]),
+              "x": st.dictionaries(st.sampled_from([b"user.a", b"trusted.b",
+                                                    b"security.c"]),
+                                   st.binary(max_size=8), max_size=2)})
+record = st.one_of(
+    entry_fields.map(lambda m: [records.ENTRY, {"u": 0, "g": 0, "at": 0,
+                                                "mt": 0, "s": 0, "m": 0o644,
+                                                **m}]),
+    st.binary(min_size=1, max_size=64).map(lambda b: [records.LITERAL, b]),
+    st.tuples(ints, ints).map(lambda t: [records.COPY, *t]),
+    ints.map(lambda n: [records.HOLE, n]),
+    st.tuples(ints, st.binary(min_size=32, max_size=32)).map(
+        lambda t: [records.END_FILE, *t]),
+    paths.map(lambda p: [records.DELETE, p]),
+)
+
+
+@FUZZ
+@given(st.lists(record, max_size=12))
+def test_random_records(tmp_path_factory, recs):
+    top = tmp_path_factory.mktemp("fuzz")
+    sentinel = top / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "s.txt").write_bytes(b"s")
+    root = top / "restore"
+    root.mkdir()
+    # a first honest level gives deltas and links something to aim at
+    sk.restore_stream(str(root), honest_level())
+    before = sk.tree_state(str(sentinel))
+    try:
+        sk.restore_stream(str(root), sk.encode(recs), level=1)
+    except errors.Rsyncv2Error:
+        pass
+    assert sk.tree_state(str(sentinel)) == before
+    assert sorted(os.listdir(top)) == ["restore", "sentinel"]
+    shutil.rmtree(top)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_after_a_valid_header(tmp_path_factory, tail):
+    root = tmp_path_factory.mktemp("fuzzbytes")
+    head = sk.encode([])[:15]
+    try:
+        sk.restore_stream(str(root), head + tail)
+    except errors.Rsyncv2Error:
+        pass
+    shutil.rmtree(root)
+
+
+def test_honest_stream_digest_sanity():
+    # guards the kit itself: an honest file restores to its content
+    recs = sk.file_records(b"x", b"abc")
+    assert recs[-1][2] == hashlib.sha256(b"abc").digest()
