@@ -21,6 +21,7 @@ import freezer_rsyncv2
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import opts
 from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2 import verify
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import local
 from freezer_rsyncv2.stream import compression
@@ -152,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--encrypt-pass-file")
 
+    v = sub.add_parser("verify", help="read a whole chain and check every "
+                       "record and file digest", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(v)
+    v.add_argument("--backup-name", required=True)
+    v.add_argument("--restore-from-date", type=_date,
+                   metavar="YYYY-MM-DDThh:mm:ss")
+    v.add_argument("--encrypt-pass-file")
+
     ls = sub.add_parser("list", help="list chains, levels and sizes")
     common(ls)
     ls.add_argument("--backup-name")
@@ -273,12 +283,30 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace, progress) -> int:
+    if not os.path.isdir(args.container):
+        raise errors.BackupNotFoundError("container %s does not exist"
+                                         % args.container)
+    storage = local.LocalStorage(args.container, skip_prepare=True)
+    engine = _engine(args, storage, progress)
+    start = time.monotonic()
+    report = verify.verify(engine, _name(args), args.restore_from_date)
+    if progress is not None:
+        progress.close()
+    print("verified %s levels %d..%d: every record decoded, every file "
+          "digest checked (%d manifest entries), %.2f s"
+          % (report.name, report.levels[0], report.levels[-1],
+             report.manifest_entries, time.monotonic() - start))
+    return EXIT_OK
+
+
 def _iso(ts: int) -> str:
     return datetime.datetime.fromtimestamp(int(ts)).strftime(
         "%Y-%m-%dT%H:%M:%S")
 
 
-COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list}
+COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list,
+            "verify": cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,8 @@ class Rsyncv2Engine(base.BackupEngine):
         self.dry_run = self.cfg.dry_run
         self.progress = progress or prog.NULL
         self.last_summary: prog.Summary | None = None
+        # The pass file is read at first use, not here (cheap constructor).
+        self._keyring: Any = None
 
     @property
     def name(self) -> str:
@@ -73,14 +75,27 @@ class Rsyncv2Engine(base.BackupEngine):
         return compression.by_name(self.cfg.compression)
 
     def _cipher(self):
-        if self.cfg.encrypt_key:
-            raise errors.ConfigError(
-                "encryption (encrypt_key / --encrypt-pass-file) is not "
-                "supported yet by this version")
-        return None
+        """A cipher for one new stream (None without encryption).
+
+        Reads the pass file at first call (so ``backup()`` fails early on a
+        bad one); the KDF runs when the stream's header is written, reusing
+        the salt of the chain's level 0 when it can (docs/encryption.rst).
+        """
+        if not self.cfg.encrypt_key:
+            return None
+        from freezer_rsyncv2.stream import crypto
+        if self._keyring is None:
+            self._keyring = crypto.Keyring.from_pass_file(self.cfg.encrypt_key)
+        return self._keyring.writing_cipher(chain=self.chain_manifests[:1])
 
     def _cipher_factory(self) -> Callable:
-        return frames.null_cipher_for
+        """The cipher factory for reading streams, keyed by the pass file."""
+        if not self.cfg.encrypt_key:
+            return frames.null_cipher_for
+        from freezer_rsyncv2.stream import crypto
+        if self._keyring is None:
+            self._keyring = crypto.Keyring.from_pass_file(self.cfg.encrypt_key)
+        return self._keyring.open_cipher
 
     # -- backup ---------------------------------------------------------------
     def backup(self, backup_resource: str, hostname_backup_name: str,
@@ -91,6 +106,9 @@ class Rsyncv2Engine(base.BackupEngine):
         if not os.path.lexists(backup_resource):
             raise errors.SourceError("backup source %s does not exist"
                                      % backup_resource)
+        if os.path.islink(backup_resource):
+            # The root itself is always followed, as `cd SRC && tar .` would.
+            backup_resource = os.path.realpath(backup_resource)
         return super().backup(backup_resource, hostname_backup_name,
                               incremental, max_level, always_level,
                               restart_always_level, queue_size)
