@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        common(p)
+        return p
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--container", required=True,
                        help="directory holding the backups (local storage)")
@@ -121,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true",
                        help="log debug messages")
 
-    b = sub.add_parser("backup", help="back up a directory or a file",
-                       epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(b)
+    b = command("backup", "back up a directory or a file")
     b.add_argument("--path-to-backup", required=True)
     b.add_argument("--backup-name", required=True)
     b.add_argument("--compression", choices=compression.NAMES)
@@ -142,10 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true",
                    help="read and delta everything, store nothing")
 
-    r = sub.add_parser("restore", help="restore a backup into a directory",
-                       epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(r)
+    r = command("restore", "restore a backup into a directory")
     r.add_argument("--backup-name", required=True)
     r.add_argument("--restore-abs-path", required=True)
     r.add_argument("--restore-from-date", type=_date,
@@ -153,17 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--encrypt-pass-file")
 
-    v = sub.add_parser("verify", help="read a whole chain and check every "
-                       "record and file digest", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(v)
+    v = command("verify", "read a whole chain, check every record and "
+                "file digest")
     v.add_argument("--backup-name", required=True)
     v.add_argument("--restore-from-date", type=_date,
                    metavar="YYYY-MM-DDThh:mm:ss")
     v.add_argument("--encrypt-pass-file")
 
-    ls = sub.add_parser("list", help="list chains, levels and sizes")
-    common(ls)
+    ls = command("list", "list chains, levels and sizes")
     ls.add_argument("--backup-name")
     return parser
 
