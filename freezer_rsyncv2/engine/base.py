@@ -68,6 +68,10 @@ class BackupEngine(metaclass=abc.ABCMeta):
                       except_queue: Any) -> None:
         """Apply one level read from ``read_pipe.recv_bytes()`` until EOFError."""
 
+    def can_extend(self, prev: Any) -> bool:
+        """Whether a new level may build on ``prev`` (else a new level 0)."""
+        return True
+
     # -- backup -----------------------------------------------------------
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
@@ -84,6 +88,10 @@ class BackupEngine(metaclass=abc.ABCMeta):
             incremental=incremental, max_level=max_level,
             always_level=always_level,
             restart_always_level=restart_always_level)
+        if prev is not None and not self.can_extend(prev):
+            LOG.warning("%s: the settings changed in a way the chain cannot "
+                        "follow; starting a new level 0", hostname_backup_name)
+            prev = None
         tmpdir = tempfile.mkdtemp(prefix="rsyncv2-")
         try:
             engine_meta = os.path.join(tmpdir, "engine_meta")

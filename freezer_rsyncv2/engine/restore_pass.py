@@ -105,11 +105,18 @@ class RestorePass:
         # aim collisions at it; 8 bytes a path keeps a million entries cheap.
         self._seen: set[int] = set()
 
-    def run(self, recs: Iterable[tuple]) -> dict:
+    def run(self, recs: Iterable[tuple], level: int | None = None) -> dict:
+        """Apply the records; ``level`` is the level the storage says this is."""
         it = iter(recs)
         begin = next(it, None)
         if begin is None or begin[0] != records.BEGIN:
             raise errors.CorruptRecordError("stream does not open with BEGIN")
+        written = begin[1].get("level")
+        if level is not None and written != level:
+            # A stream moved or copied from another level (or backup).
+            raise errors.IntegrityError(
+                "the stream says it is level %r, the storage says level %d"
+                % (written, level))
         for rec in it:
             rtype = rec[0]
             if rtype == records.ENTRY:

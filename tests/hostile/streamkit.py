@@ -38,8 +38,8 @@ def file_records(path: bytes, data: bytes, **fields) -> list[list]:
 
 
 def encode(recs: list, begin: bool = True, end: bool = True,
-           codec: str = "none") -> bytes:
-    body = [records.pack([records.BEGIN, {"level": 0}])] if begin else []
+           codec: str = "none", level: int = 0) -> bytes:
+    body = [records.pack([records.BEGIN, {"level": level}])] if begin else []
     body += [r if isinstance(r, bytes) else records.pack(r) for r in recs]
     if end:
         body.append(records.pack([records.END, {}]))

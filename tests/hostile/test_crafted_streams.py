@@ -12,8 +12,8 @@ from tests.hostile import streamkit as sk
 UNSAFE = (errors.UnsafePathError, errors.CorruptRecordError)
 
 
-def restore(arena, recs, **kw):
-    sk.restore_stream(arena.root, sk.encode(recs), **kw)
+def restore(arena, recs, level=0):
+    sk.restore_stream(arena.root, sk.encode(recs, level=level), level=level)
 
 
 def listing(root):
@@ -249,3 +249,10 @@ def test_future_format_version(arena):
 def test_error_names_the_level(arena):
     with pytest.raises(errors.RestoreError, match="level 4 of crafted"):
         restore(arena, [sk.entry(b"h", "h", h=b"missing")], level=4)
+
+
+def test_a_level_moved_to_another_place_is_refused(arena):
+    level0 = sk.encode(sk.file_records(b"f", b"zero"), level=0)
+    with pytest.raises(errors.IntegrityError, match="says it is level 0"):
+        sk.restore_stream(arena.root, level0, level=1)
+    assert listing(arena.root) == []

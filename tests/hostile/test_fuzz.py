@@ -111,7 +111,7 @@ def test_random_records(tmp_path_factory, recs):
     sk.restore_stream(str(root), honest_level())
     before = sk.tree_state(str(sentinel))
     try:
-        sk.restore_stream(str(root), sk.encode(recs), level=1)
+        sk.restore_stream(str(root), sk.encode(recs, level=1), level=1)
     except errors.Rsyncv2Error:
         pass
     assert sk.tree_state(str(sentinel)) == before

@@ -1,0 +1,396 @@
+"""Authenticated encryption of streams: AEAD ciphers, passphrase KDF, header cipher parameters.
+
+See ``docs/encryption.rst``.  A memory-hard KDF turns passphrase and salt
+into a master key, derived once per process and salt (a writer reuses its
+chain's salt); each stream encrypts with an HKDF subkey of the master and
+its own random stream nonce; frame ``i``'s nonce is ``stream_nonce[:4] ||
+u64 i``.  ``frames.py`` binds header, index, flags and lengths as AAD.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import os
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import aead
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from freezer_rsyncv2 import errors
+from freezer_rsyncv2.stream import frames
+
+try:        # cryptography >= 44
+    from cryptography.hazmat.primitives.kdf import argon2 as _argon2
+except ImportError:     # pragma: no cover - depends on the installed version
+    _argon2 = None  # type: ignore[assignment]
+Argon2id: Any = getattr(_argon2, "Argon2id", None)
+
+PARAMS_VERSION = 1
+
+CIPHER_AES_256_GCM = 1
+CIPHER_CHACHA20_POLY1305 = 2
+CIPHER_NAMES = {CIPHER_AES_256_GCM: "AES-256-GCM",
+                CIPHER_CHACHA20_POLY1305: "ChaCha20-Poly1305"}
+DEFAULT_CIPHER = CIPHER_AES_256_GCM
+_AEADS: dict[int, Any] = {CIPHER_AES_256_GCM: aead.AESGCM,
+                          CIPHER_CHACHA20_POLY1305: aead.ChaCha20Poly1305}
+
+KDF_ARGON2ID = 1
+KDF_SCRYPT = 2
+KDF_NAMES = {KDF_ARGON2ID: "Argon2id", KDF_SCRYPT: "scrypt"}
+
+KEY_LEN = 32
+SALT_LEN = 16
+STREAM_NONCE_LEN = 16
+NONCE_PREFIX_LEN = 4
+CHECK_LEN = 16
+TAG_LEN = 16
+
+# Bounds a reader enforces on stored KDF costs, before deriving anything.
+MAX_KDF_MEMORY = 1 << 30            # bytes
+MAX_ARGON2_ITERATIONS = 10
+MAX_LANES = 16
+MAX_SCRYPT_LOG2_N = 20
+MAX_SCRYPT_R = 32
+
+MAX_PASSPHRASE = 64 * 1024
+
+# version, KDF id, costs 1..3, salt, stream nonce, key check
+_EXT = struct.Struct(">BBIII16s16s16s")
+_INDEX = struct.Struct(">Q")
+
+_CHECK_INFO = b"freezer_rsyncv2 v1 key check"
+_FRAME_KEY_INFO = b"freezer_rsyncv2 v1 frame key"
+
+
+@dataclasses.dataclass(frozen=True)
+class KdfParams:
+    """A KDF and its three stored costs.
+
+    Argon2id: (memory in KiB, iterations, lanes); scrypt: (log2 of N, r, p).
+    """
+
+    kdf: int
+    cost1: int
+    cost2: int
+    cost3: int
+
+    def memory_bytes(self) -> int:
+        if self.kdf == KDF_ARGON2ID:
+            return self.cost1 * 1024
+        return 128 * self.cost2 * (1 << min(self.cost1, 64))
+
+    def check(self) -> None:
+        """Refuse unknown KDFs and costs out of bounds (hostile headers)."""
+        if self.kdf not in KDF_NAMES:
+            raise errors.UnsupportedVersionError(
+                "unknown KDF id %d in the cipher parameters" % self.kdf)
+        if self.kdf == KDF_ARGON2ID:
+            ok = (1 <= self.cost3 <= MAX_LANES
+                  and 8 * self.cost3 <= self.cost1
+                  and 1 <= self.cost2 <= MAX_ARGON2_ITERATIONS)
+        else:
+            ok = (1 <= self.cost1 <= MAX_SCRYPT_LOG2_N
+                  and 1 <= self.cost2 <= MAX_SCRYPT_R
+                  and 1 <= self.cost3 <= MAX_LANES)
+        if not ok or self.memory_bytes() > MAX_KDF_MEMORY:
+            raise errors.CorruptRecordError(
+                "%s costs %d, %d, %d out of bounds (see docs/encryption.rst)"
+                % (KDF_NAMES[self.kdf], self.cost1, self.cost2, self.cost3))
+
+    def derive(self, passphrase: bytes, salt: bytes) -> bytes:
+        if self.kdf == KDF_ARGON2ID:
+            if Argon2id is None:
+                raise errors.ConfigError(
+                    "this backup's key is derived with Argon2id, which needs "
+                    "cryptography >= 44")
+            kdf: Any = Argon2id(salt=salt, length=KEY_LEN,
+                                iterations=self.cost2, lanes=self.cost3,
+                                memory_cost=self.cost1)
+        else:
+            kdf = Scrypt(salt=salt, length=KEY_LEN, n=1 << self.cost1,
+                         r=self.cost2, p=self.cost3)
+        return kdf.derive(passphrase)
+
+
+# RFC 9106's second recommended option; scrypt as in its RFC 7914 advice.
+ARGON2ID_DEFAULT = KdfParams(KDF_ARGON2ID, 64 * 1024, 3, 4)
+SCRYPT_DEFAULT = KdfParams(KDF_SCRYPT, 17, 8, 1)
+
+
+def default_write_kdf() -> KdfParams:
+    """The KDF new streams use: Argon2id when available, scrypt otherwise."""
+    return ARGON2ID_DEFAULT if Argon2id is not None else SCRYPT_DEFAULT
+
+
+# What writers use; tests replace it with cheap parameters.
+WRITE_KDF = default_write_kdf()
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamParams:
+    """The decoded cipher parameters of one stream header."""
+
+    kdf: KdfParams
+    salt: bytes
+    stream_nonce: bytes
+    key_check: bytes
+
+    def encode(self) -> bytes:
+        return _EXT.pack(PARAMS_VERSION, self.kdf.kdf, self.kdf.cost1,
+                         self.kdf.cost2, self.kdf.cost3, self.salt,
+                         self.stream_nonce, self.key_check)
+
+    @classmethod
+    def decode(cls, ext: bytes) -> StreamParams:
+        """Strict decode: exact length, known version and KDF, bounded costs."""
+        if not ext:
+            raise errors.CorruptRecordError(
+                "encrypted stream without cipher parameters")
+        if ext[0] != PARAMS_VERSION:
+            raise errors.UnsupportedVersionError(
+                "cipher parameters version %d is not supported (this "
+                "library reads version %d)" % (ext[0], PARAMS_VERSION))
+        if len(ext) != _EXT.size:
+            raise errors.CorruptRecordError(
+                "cipher parameters are %d bytes, expected %d"
+                % (len(ext), _EXT.size))
+        (_v, kdf_id, cost1, cost2, cost3, salt, stream_nonce,
+         key_check) = _EXT.unpack(ext)
+        kdf = KdfParams(kdf_id, cost1, cost2, cost3)
+        kdf.check()
+        return cls(kdf, salt, stream_nonce, key_check)
+
+
+class AeadCipher:
+    """Seals and opens one stream's frames (the interface of frames.NullCipher)."""
+
+    overhead = TAG_LEN
+
+    def __init__(self, cipher_id: int, params: StreamParams, master: bytes
+                 ) -> None:
+        self.id = cipher_id
+        self.name = CIPHER_NAMES[cipher_id]
+        self._params = params.encode()
+        self._prefix = params.stream_nonce[:NONCE_PREFIX_LEN]
+        self._aead = _AEADS[cipher_id](
+            _hkdf(master, params.stream_nonce,
+                  _FRAME_KEY_INFO + bytes([cipher_id]), KEY_LEN))
+
+    def params(self) -> bytes:
+        return self._params
+
+    def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
+        return self._aead.encrypt(self._prefix + _INDEX.pack(index), data,
+                                  aad)
+
+    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
+        try:      # a payload shorter than the tag fails here too
+            return self._aead.decrypt(self._prefix + _INDEX.pack(index),
+                                      sealed, aad)
+        except InvalidTag:
+            raise errors.AuthenticationError(
+                "%s authentication failed: the passphrase is right, so the "
+                "backup was tampered with or damaged" % self.name) from None
+
+
+class WritingCipher:
+    """The cipher of a new stream; salt choice and KDF wait for first use.
+
+    Making one costs nothing (the engine does, to check the pass file early).
+    """
+
+    overhead = TAG_LEN
+
+    def __init__(self, keyring: Keyring, cipher_id: int,
+                 chain: Sequence[str]) -> None:
+        if cipher_id not in _AEADS:
+            raise errors.ConfigError("unknown cipher id %d" % cipher_id)
+        self.id = cipher_id
+        self.name = CIPHER_NAMES[cipher_id]
+        self._keyring = keyring
+        self._chain = tuple(chain)
+        self._inner: AeadCipher | None = None
+
+    def _cipher(self) -> AeadCipher:
+        if self._inner is None:
+            self._inner = self._keyring.new_stream(self.id, self._chain)
+        return self._inner
+
+    def params(self) -> bytes:
+        return self._cipher().params()
+
+    def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
+        return self._cipher().seal(index, aad, data)
+
+    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
+        return self._cipher().open(index, aad, sealed)
+
+
+class Keyring:
+    """One passphrase: makes ciphers for new streams and opens stored ones."""
+
+    def __init__(self, passphrase: bytes) -> None:
+        if not passphrase:
+            raise errors.ConfigError("the passphrase is empty")
+        self._passphrase = passphrase
+        self._salt: bytes | None = None
+
+    @classmethod
+    def from_pass_file(cls, path: str) -> Keyring:
+        return cls(read_passphrase(path))
+
+    def master(self, kdf: KdfParams, salt: bytes) -> bytes:
+        return _derive_cached(self._passphrase, kdf, salt)
+
+    def writing_cipher(self, chain: Sequence[str] = (),
+                       cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
+        """A cipher for a new stream; ``chain`` lists manifests it extends."""
+        return WritingCipher(self, cipher_id, chain)
+
+    def new_stream(self, cipher_id: int, chain: Sequence[str] = ()
+                   ) -> AeadCipher:
+        kdf = WRITE_KDF
+        salt = self._write_salt(kdf, chain)
+        master = self.master(kdf, salt)
+        params = StreamParams(kdf, salt, os.urandom(STREAM_NONCE_LEN),
+                              _key_check(master))
+        return AeadCipher(cipher_id, params, master)
+
+    def _write_salt(self, kdf: KdfParams, chain: Sequence[str]) -> bytes:
+        for path in chain[:1]:
+            salt = self._chain_salt(path, kdf)
+            if salt is not None:
+                return salt
+        with _salt_lock:
+            if self._salt is None:
+                self._salt = os.urandom(SALT_LEN)
+            return self._salt
+
+    def _chain_salt(self, path: str, kdf: KdfParams) -> bytes | None:
+        """The salt of a stored stream, if it verifies under these KDF costs."""
+        found = _peek_params(path)
+        if found is None:
+            return None
+        try:
+            params, _master = self._verified(*found)
+        except errors.Rsyncv2Error:
+            return None
+        return params.salt if params.kdf == kdf else None
+
+    def _verified(self, cipher_id: int, ext: bytes
+                  ) -> tuple[StreamParams, bytes]:
+        if cipher_id == frames.NullCipher.id:
+            raise errors.AuthenticationError(
+                "this stream is not encrypted but a pass file was given: "
+                "refusing an unauthenticated stream (a backup made without "
+                "encryption restores without the pass file; a chain cannot "
+                "mix both: start a new level 0 to switch)")
+        if cipher_id not in _AEADS:
+            raise errors.UnsupportedVersionError(
+                "unknown cipher id %d in stream header" % cipher_id)
+        params = StreamParams.decode(ext)
+        master = self.master(params.kdf, params.salt)
+        if not hmac.compare_digest(_key_check(master), params.key_check):
+            raise errors.AuthenticationError(
+                "wrong passphrase or tampered backup: the stream's key check "
+                "does not match the pass file's passphrase")
+        return params, master
+
+    def open_cipher(self, cipher_id: int, ext: bytes) -> AeadCipher:
+        """The cipher of a stored stream (a ``decode_frames`` cipher factory)."""
+        params, master = self._verified(cipher_id, ext)
+        return AeadCipher(cipher_id, params, master)
+
+
+def read_passphrase(path: str) -> bytes:
+    """The first line of a pass file, without its line ending (as Freezer)."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(MAX_PASSPHRASE + 2)
+    except OSError as err:
+        raise errors.ConfigError("cannot read the pass file %s: %s"
+                                 % (path, err.strerror or err)) from None
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    if len(line) > MAX_PASSPHRASE:
+        raise errors.ConfigError(
+            "the first line of the pass file %s is longer than %d bytes"
+            % (path, MAX_PASSPHRASE))
+    if not line:
+        raise errors.ConfigError(
+            "the pass file %s is empty: its first line must hold the "
+            "passphrase" % path)
+    return line
+
+
+def cipher_for_writing(passphrase_path: str, chain: Sequence[str] = (),
+                       cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
+    """A cipher for a new stream, keyed by the pass file's passphrase."""
+    return Keyring.from_pass_file(passphrase_path).writing_cipher(
+        chain, cipher_id)
+
+
+def cipher_factory(passphrase_path: str) -> Callable[[int, bytes], AeadCipher]:
+    """The ``cipher_factory(cipher_id, params)`` for ``frames.decode_frames``."""
+    return Keyring.from_pass_file(passphrase_path).open_cipher
+
+
+def _hkdf(master: bytes, salt: bytes | None, info: bytes, length: int
+          ) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt,
+                info=info).derive(master)
+
+
+def _key_check(master: bytes) -> bytes:
+    return _hkdf(master, None, _CHECK_INFO, CHECK_LEN)
+
+
+_CACHE_SIZE = 32
+_cache: collections.OrderedDict = collections.OrderedDict()
+_cache_lock = threading.Lock()
+_salt_lock = threading.Lock()
+
+
+def _derive_cached(passphrase: bytes, kdf: KdfParams, salt: bytes) -> bytes:
+    """The master key, derived once per (passphrase, KDF costs, salt)."""
+    kdf.check()
+    key = (passphrase, kdf, salt)
+    with _cache_lock:     # also serialises derivations: memory stays bounded
+        master = _cache.get(key)
+        if master is None:
+            master = kdf.derive(passphrase, salt)
+            _cache[key] = master
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+        return master
+
+
+_PEEK = 8192       # more than a header with its largest ext
+
+
+def _peek_params(path: str) -> tuple[int, bytes] | None:
+    """(cipher id, ext) of a stored manifest's header, or None if unreadable."""
+    found: list[tuple[int, bytes]] = []
+
+    def capture(cipher_id: int, ext: bytes) -> frames.NullCipher:
+        found.append((cipher_id, ext))
+        raise errors.Rsyncv2Error("header read: stop")
+
+    try:
+        with open(path, "rb") as f:
+            next(frames.decode_frames([f.read(_PEEK)], frames.KIND_MANIFEST,
+                                      capture))
+    except (errors.Rsyncv2Error, OSError, StopIteration):
+        pass
+    return found[0] if found else None
