@@ -92,8 +92,12 @@ def _size(n: int) -> str:
 
 
 def _date(text: str) -> int:
+    """A date as freezer-agent reads it: UTC unless it names its zone."""
     try:
-        return int(time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S")))
+        when = datetime.datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return int(when.timestamp())
     except ValueError:
         raise argparse.ArgumentTypeError(
             "expected YYYY-MM-DDThh:mm:ss, got %r" % text) from None
@@ -149,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backup-name", required=True)
     r.add_argument("--restore-abs-path", required=True)
     r.add_argument("--restore-from-date", type=_date,
-                   metavar="YYYY-MM-DDThh:mm:ss")
+                   metavar="YYYY-MM-DDThh:mm:ss",
+                   help="newest level not after this time (UTC unless a "
+                        "zone such as +02:00 is given, as freezer-agent)")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--encrypt-pass-file")
 
@@ -157,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "file digest")
     v.add_argument("--backup-name", required=True)
     v.add_argument("--restore-from-date", type=_date,
-                   metavar="YYYY-MM-DDThh:mm:ss")
+                   metavar="YYYY-MM-DDThh:mm:ss",
+                   help="verify the chain as restored at this time (UTC)")
     v.add_argument("--encrypt-pass-file")
 
     ls = command("list", "list chains, levels and sizes")
@@ -298,8 +305,8 @@ def cmd_verify(args: argparse.Namespace, progress) -> int:
 
 
 def _iso(ts: int) -> str:
-    return datetime.datetime.fromtimestamp(int(ts)).strftime(
-        "%Y-%m-%dT%H:%M:%S")
+    return datetime.datetime.fromtimestamp(
+        int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list,

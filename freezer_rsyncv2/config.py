@@ -12,9 +12,13 @@ DEFAULT_SEGMENT = 32 * 1024 * 1024
 MIN_SEGMENT = 4096
 MAX_BLOCK = 1 << 24
 
-# Freezer's --dereference-symlink values; any of them means "follow links".
-_DEREFERENCE = {None: False, "": False, "none": False, "soft": True,
-                "hard": True, "all": True, True: True, False: False}
+# Freezer's --dereference-symlink values, as its tar engine reads them:
+# "soft" follows symlinks, "hard" stores hardlinked paths as separate
+# files, "all" does both.  Value: (follow symlinks, store hardlinks as copies).
+_DEREFERENCE = {None: (False, False), "": (False, False),
+                "none": (False, False), "soft": (True, False),
+                "hard": (False, True), "all": (True, True),
+                True: (True, False), False: (False, False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +28,7 @@ class EngineConfig:
     compression: str = "gzip"
     encrypt_key: str | None = None
     dereference: bool = False
+    hardlinks_as_copies: bool = False
     exclude: tuple[str, ...] = ()
     max_segment_size: int = DEFAULT_SEGMENT
     block_size: int | None = None
@@ -60,8 +65,10 @@ class EngineConfig:
             raise errors.ConfigError(
                 "rsync_block_size must be between 16 and %d, not %d"
                 % (MAX_BLOCK, block))
+        follow, copies = _DEREFERENCE[symlinks]
         return cls(compression=codec, encrypt_key=encrypt_key or None,
-                   dereference=_DEREFERENCE[symlinks], exclude=patterns,
+                   dereference=follow, hardlinks_as_copies=copies,
+                   exclude=patterns,
                    max_segment_size=segment, block_size=block,
                    dry_run=bool(dry_run))
 

@@ -194,6 +194,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
         backups = self.storage.get_latest_level_zero_increments(
             engine=self, hostname_backup_name=hostname_backup_name,
             recent_to_date=recent_to_date)
+        backups = _newest_per_level(self, backups, recent_to_date)
         top = max(backups)
         for level in range(top + 1):
             if level not in backups:
@@ -236,6 +237,35 @@ class BackupEngine(metaclass=abc.ABCMeta):
         sender.join()
         if failures:
             raise failures[0]
+
+
+def _newest_per_level(engine: Any, backups: dict, recent_to_date: int | None
+                      ) -> dict:
+    """With --always-level a chain holds several entries for one level;
+    Freezer's storages keep whichever they list last: take the newest."""
+    sample = next(iter(backups.values()))
+    listdir = getattr(sample.storage, "listdir", None)
+    path = getattr(sample, "increments_metadata_path", None)
+    if listdir is None or path is None:
+        return backups
+    newest: dict[int, int] = {}
+    for name in listdir(path):
+        level, _sep, stamp = str(name).partition("_")
+        if not (level.isdigit() and stamp.isdigit()):
+            continue
+        lvl, ts = int(level), int(stamp)
+        if recent_to_date and ts > recent_to_date:
+            continue
+        newest[lvl] = max(ts, newest.get(lvl, ts))
+    out = dict(backups)
+    for lvl, ts in newest.items():
+        b = out.get(lvl)
+        if b is not None and int(b.timestamp) != ts:
+            out[lvl] = type(b)(engine=engine,
+                               hostname_backup_name=b.hostname_backup_name,
+                               level_zero_timestamp=b.level_zero_timestamp,
+                               timestamp=ts, level=lvl, storage=b.storage)
+    return out
 
 
 def _prepare_restore_dir(path: str, overwrite: bool) -> None:

@@ -76,9 +76,11 @@ class _Walker:
     """State of one walk: hardlink table, ancestor set, options."""
 
     def __init__(self, exclude: Sequence[str | bytes], dereference: bool,
-                 on_warning: WarningCallback) -> None:
+                 on_warning: WarningCallback,
+                 hardlinks: bool = True) -> None:
         self.excludes = _compile_excludes(exclude)
         self.dereference = dereference
+        self.hardlinks = hardlinks
         self.warn = on_warning
         self.include_acl = os.geteuid() == 0
         # (dev, ino) -> first path, for regular files with nlink > 1 only.
@@ -118,7 +120,7 @@ class _Walker:
                 return None
         elif kind == KIND_FILE:
             size = st.st_size
-            if st.st_nlink > 1:
+            if st.st_nlink > 1 and self.hardlinks:
                 key = (st.st_dev, st.st_ino)
                 first = self.links.get(key)
                 if first is None:
@@ -203,7 +205,8 @@ class _Walker:
 
 def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
          dereference: bool = False,
-         on_warning: WarningCallback = _log_warning) -> Iterator[Entry]:
+         on_warning: WarningCallback = _log_warning,
+         hardlinks: bool = True) -> Iterator[Entry]:
     """Walk ``root`` and yield one Entry per object, in ``sort_key`` order.
 
     The root itself yields no entry, unless it is not a directory: then
@@ -216,6 +219,9 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     A root given with a trailing slash that names a symlink to a
     directory is walked as that directory (the kernel resolves the
     slash), as tar and rsync do.
+
+    ``hardlinks=False`` stores every path of a hardlink group as a file
+    of its own (freezer-agent's ``--dereference-symlink hard``).
     """
     root_b = os.fsencode(root)
     if not root_b:
@@ -228,7 +234,7 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     except OSError as exc:
         raise SourceError(
             f"cannot access backup source {shown!r}: {exc.strerror}") from exc
-    walker = _Walker(exclude, dereference, on_warning)
+    walker = _Walker(exclude, dereference, on_warning, hardlinks)
     if stat.S_ISDIR(st.st_mode):
         try:
             names = sorted(os.listdir(root_b))

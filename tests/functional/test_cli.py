@@ -139,7 +139,7 @@ def test_restore_from_date(env, capsys, clock):
                    mtime_ns=3 * 10**18)
     assert run(*backup_args(env)) == 0
     import time
-    date = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(first))
+    date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first))
     assert run(*restore_args(env, "--restore-from-date", date)) == 0
     assert open(os.path.join(env["dest"], "a.txt"), "rb").read() == b"alpha\n"
 

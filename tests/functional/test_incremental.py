@@ -265,3 +265,30 @@ def test_unopenable_file_is_skipped_with_a_warning(make_engine, src,
     dest = restore_dir()
     restore(make_engine(), dest)
     assert sorted(os.listdir(dest)) == ["open"]
+
+
+def test_always_level_restores_the_newest_duplicate(make_engine, src,
+                                                    restore_dir, monkeypatch):
+    p = os.path.join(src, "f")
+    for i in range(4):
+        treeutil.write(p, b"version %d" % i, mtime_ns=(i + 1) * 10**18)
+        backup(make_engine(), src, always_level=1)
+    engine = make_engine()
+    # a storage that lists the level-1 entries oldest last (as Freezer's may)
+    real_increments = type(engine.storage).get_latest_level_zero_increments
+
+    def oldest_wins(self, **kw):
+        chain = real_increments(self, **kw)
+        names = sorted(self.listdir(chain[1].increments_metadata_path))
+        first = [n for n in names if n.startswith("1_")][0]
+        chain[1] = type(chain[1])(
+            engine=chain[1].engine,
+            hostname_backup_name=chain[1].hostname_backup_name,
+            level_zero_timestamp=chain[1].level_zero_timestamp,
+            timestamp=int(first.split("_")[1]), level=1, storage=self)
+        return chain
+    monkeypatch.setattr(type(engine.storage),
+                        "get_latest_level_zero_increments", oldest_wins)
+    dest = restore_dir()
+    restore(engine, dest)
+    assert open(os.path.join(dest, "f"), "rb").read() == b"version 3"

@@ -211,3 +211,16 @@ def test_ownership_by_name_and_number(make_engine, src, restore_dir):
     assert (st.st_uid, st.st_gid) == (4242, 4343)
     st = os.stat(os.path.join(dest, "named"))
     assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+def test_dereference_hard_stores_hardlinks_as_copies(make_engine, src,
+                                                     restore_dir):
+    treeutil.write(os.path.join(src, "a"), b"shared")
+    os.link(os.path.join(src, "a"), os.path.join(src, "b"))
+    backup(make_engine(symlinks="hard"), src)
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    sa = os.stat(os.path.join(dest, "a"))
+    sb = os.stat(os.path.join(dest, "b"))
+    assert sa.st_ino != sb.st_ino
+    assert open(os.path.join(dest, "b"), "rb").read() == b"shared"
