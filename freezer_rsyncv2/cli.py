@@ -23,7 +23,7 @@ from freezer_rsyncv2 import opts
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import verify
 from freezer_rsyncv2.engine import rsyncv2
-from freezer_rsyncv2.storage import local
+from freezer_rsyncv2.storage import factory
 from freezer_rsyncv2.stream import compression
 
 LOG = log.getLogger(__name__)
@@ -122,7 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--container", required=True,
-                       help="directory holding the backups (local storage)")
+                       help="local: directory holding the backups; "
+                            "s3: BUCKET[/PREFIX]")
+        p.add_argument("--storage", choices=factory.KINDS, default="local",
+                       help="where the backups live (default: local)")
+        p.add_argument("--endpoint", metavar="URL",
+                       help="s3: endpoint URL (default: $AWS_ENDPOINT_URL, "
+                            "else AWS)")
+        p.add_argument("--access-key", metavar="KEY",
+                       help="s3: access key (default: $AWS_ACCESS_KEY_ID)")
+        p.add_argument("--secret-key", metavar="KEY",
+                       help="s3: secret key (default: "
+                            "$AWS_SECRET_ACCESS_KEY)")
         p.add_argument("--hostname", default=socket.gethostname(),
                        help="host part of the backup name (default: this "
                             "host, as freezer-agent does)")
@@ -201,6 +212,19 @@ def _engine(args: argparse.Namespace, storage, progress) -> rsyncv2.Rsyncv2Engin
         progress=progress)
 
 
+def _storage(args: argparse.Namespace, max_segment_size: int | None = None,
+             skip_prepare: bool = False):
+    """The storage of --storage/--container; reading needs it to exist."""
+    if (args.storage == "local" and skip_prepare
+            and not os.path.isdir(args.container)):
+        raise errors.BackupNotFoundError("container %s does not exist"
+                                         % args.container)
+    return factory.build_storage(
+        args.storage, args.container, max_segment_size=max_segment_size,
+        skip_prepare=skip_prepare, endpoint=args.endpoint,
+        access_key=args.access_key, secret_key=args.secret_key)
+
+
 def _name(args: argparse.Namespace) -> str:
     return "%s_%s" % (args.hostname, args.backup_name)
 
@@ -209,8 +233,7 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
     if not os.path.lexists(args.path_to_backup):
         raise errors.SourceError("backup source %s does not exist"
                                  % args.path_to_backup)
-    storage = local.LocalStorage(args.container,
-                                 args.max_segment_size or 32 * 1024 * 1024)
+    storage = _storage(args, args.max_segment_size)
     engine = _engine(args, storage, progress)
     conf = opts.load(args.config_file)[opts.GROUP]
     level = engine.backup(
@@ -246,10 +269,7 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, progress) -> int:
-    storage = local.LocalStorage(args.container, skip_prepare=True)
-    if not os.path.isdir(args.container):
-        raise errors.BackupNotFoundError("container %s does not exist"
-                                         % args.container)
+    storage = _storage(args, skip_prepare=True)
     engine = _engine(args, storage, progress)
     start = time.monotonic()
     level = engine.restore(_name(args), os.path.abspath(args.restore_abs_path),
@@ -265,10 +285,7 @@ def cmd_restore(args: argparse.Namespace, progress) -> int:
 
 
 def cmd_list(args: argparse.Namespace, progress) -> int:
-    if not os.path.isdir(args.container):
-        raise errors.BackupNotFoundError("container %s does not exist"
-                                         % args.container)
-    storage = local.LocalStorage(args.container, skip_prepare=True)
+    storage = _storage(args, skip_prepare=True)
     engine = rsyncv2.Rsyncv2Engine(storage=storage)
     names = [_name(args)] if args.backup_name else \
         storage.backup_names(engine.name)
@@ -288,10 +305,7 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, progress) -> int:
-    if not os.path.isdir(args.container):
-        raise errors.BackupNotFoundError("container %s does not exist"
-                                         % args.container)
-    storage = local.LocalStorage(args.container, skip_prepare=True)
+    storage = _storage(args, skip_prepare=True)
     engine = _engine(args, storage, progress)
     start = time.monotonic()
     report = verify.verify(engine, _name(args), args.restore_from_date)

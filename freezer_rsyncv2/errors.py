@@ -58,3 +58,15 @@ class BackupNotFoundError(StorageError, IndexError):
 
     Also an IndexError, which is what Freezer's callers catch for "none".
     """
+
+
+class StorageAccessError(StorageError, ConfigError):
+    """The storage refuses the configured access: credentials, permissions, endpoint or TLS."""
+
+
+class BucketNotFoundError(BackupNotFoundError):
+    """The bucket (the container) does not exist, so it holds no backup either."""
+
+
+class StorageUnavailableError(StorageError):
+    """Transient storage errors (5xx, throttling, timeouts) persisted past every retry."""

@@ -2,6 +2,9 @@
 
 import pytest
 
+# One S3-API server (moto, on 127.0.0.1) for the whole session.
+pytest_plugins = ["tests.s3server"]
+
 from freezer_rsyncv2.stream import crypto
 
 

@@ -54,17 +54,15 @@ def now() -> int:
 
 
 def path_join(*parts: object) -> str:
-    """Join storage path parts with '/', like Freezer, whatever the host OS.
+    """Join storage path parts with '/' exactly as Freezer's utils do.
 
-    Only the trailing slashes of the first part are dropped, so a storage
-    path given as "/srv/backups/" does not produce "//" in every key.
+    Exactly, because inside freezer-agent Freezer's Backup objects and ours
+    must name the same objects: a container given as "name/" keeps its
+    "//" in both.  Storages normalize their own storage_path instead.
     """
     if not parts:
         raise ValueError("path_join needs at least one part")
-    first = str(parts[0])
-    if len(parts) == 1:
-        return first
-    return "/".join([first.rstrip("/"), *(str(p) for p in parts[1:])])
+    return "/".join(str(p) for p in parts)
 
 
 def validate_name(value: object, what: str = "hostname_backup_name") -> str:

@@ -23,8 +23,9 @@ class PathOnly:
 
 def test_path_join() -> None:
     assert base.path_join("/s", "data", 1, "x") == "/s/data/1/x"
-    assert base.path_join("/s/", "metadata") == "/s/metadata"
-    assert base.path_join("/", "metadata") == "/metadata"
+    # as Freezer's utils.path_join: no normalization at all
+    assert base.path_join("/s/", "metadata") == "/s//metadata"
+    assert base.path_join("/", "metadata") == "//metadata"
     assert base.path_join("bucket/prefix", "data") == "bucket/prefix/data"
     assert base.path_join("only") == "only"
 

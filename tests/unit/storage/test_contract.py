@@ -414,6 +414,156 @@ class StorageContract:
         backup = write_level(storage, tmp, 100, 100, 0, segments=[b"x" * 1000, b"y" * 24])
         assert storage.level_size(backup) == 1024 + len(b"engine-meta")
 
+    # -- more of the contract: listing, ranges, big levels, concurrency ----------------------
+
+    def test_listdir_lists_files_and_subdirectories_once(self, storage: Storage,
+                                                         tmp: Path) -> None:
+        src = tmp / "f"
+        src.write_bytes(b"x")
+        root = base.path_join(storage.storage_path, "misc")
+        for rel in ("a", "b/c", "b/d/e", "bz", "c/f"):
+            storage.put_file(str(src), base.path_join(root, rel))
+        assert storage.listdir(root) == ["a", "b", "bz", "c"]
+        assert storage.listdir(base.path_join(root, "b")) == ["c", "d"]
+        assert storage.listdir(base.path_join(root, "a", "x")) == []
+
+    def test_listdir_many_entries(self, storage: Storage, tmp: Path) -> None:
+        src = tmp / "f"
+        src.write_bytes(b"x")
+        root = base.path_join(storage.storage_path, "many")
+        names = [f"n{i:03d}" for i in range(25)]
+        for i, name in enumerate(names):
+            target = (base.path_join(root, name) if i % 2
+                      else base.path_join(root, name, "child"))
+            storage.put_file(str(src), target)
+        assert storage.listdir(root) == names
+
+    def test_rmtree_keeps_siblings_sharing_a_name_prefix(self, storage: Storage,
+                                                         tmp: Path) -> None:
+        src, out = tmp / "f", tmp / "out"
+        src.write_bytes(b"kept")
+        root = base.path_join(storage.storage_path, "rm")
+        for rel in ("a/x", "a/y/z", "ab/x", "a.b/x"):
+            storage.put_file(str(src), base.path_join(root, rel))
+        storage.rmtree(base.path_join(root, "a"))
+        assert storage.listdir(root) == ["a.b", "ab"]
+        storage.get_file(base.path_join(root, "ab", "x"), str(out))
+        assert out.read_bytes() == b"kept"
+
+    @pytest.mark.parametrize("read_segment", [1, 10, SEGMENT + 3, 100_000])
+    def test_blocks_follow_the_reading_handles_segment_size(self, tmp_path: Path,
+                                                            read_segment: int) -> None:
+        writer = self.make_storage(tmp_path / "ranges", SEGMENT)
+        data = bytes(range(256)) * 7 + b"tail"
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=writer)
+        writer.write_backup(queue_of([data[:100], data[100:1000], data[1000:]]), backup)
+        reader = self.make_storage(tmp_path / "ranges", read_segment)
+        chunks = list(reader.backup_blocks(backup.copy(reader)))
+        assert all(0 < len(chunk) <= read_segment for chunk in chunks)
+        assert b"".join(chunks) == data
+
+    def test_large_level_round_trip(self, tmp_path: Path) -> None:
+        """A level of several MiB (past any multipart threshold) in uneven segments."""
+        storage = self.make_storage(tmp_path / "large", 1 << 20)
+        block = bytes(range(251)) * 1000
+        segments = [block[: (i * 37_000) % 250_000 + 1] for i in range(60)]
+        rich = RichQueue(size=2)
+        producer = threading.Thread(target=rich.put_messages, args=(segments,), daemon=True)
+        producer.start()
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        storage.write_backup(rich, backup)
+        producer.join(30)
+        reader = self.make_storage(tmp_path / "large", (1 << 20) + 3)
+        chunks = list(reader.backup_blocks(backup.copy(reader)))
+        assert all(0 < len(chunk) <= (1 << 20) + 3 for chunk in chunks)
+        assert b"".join(chunks) == b"".join(segments)
+        assert storage.level_size(backup) == sum(map(len, segments))
+
+    def test_put_file_missing_source_raises_and_stores_nothing(self, storage: Storage,
+                                                               tmp: Path) -> None:
+        target = base.path_join(storage.storage_path, "misc", "f")
+        with pytest.raises(StorageError):
+            storage.put_file(str(tmp / "no-such-file"), target)
+        assert storage.listdir(base.path_join(storage.storage_path, "misc")) == []
+
+    def test_failed_get_file_keeps_existing_local_file(self, storage: Storage,
+                                                       tmp: Path) -> None:
+        out = tmp / "out"
+        out.write_bytes(b"before")
+        with pytest.raises(StorageError):
+            storage.get_file(base.path_join(storage.storage_path, "nope"), str(out))
+        assert out.read_bytes() == b"before"
+        assert sorted(p.name for p in tmp.iterdir()) == ["out"]
+
+    def test_level_size_of_missing_level_is_zero(self, storage: Storage) -> None:
+        assert storage.level_size(Backup(ENGINE, NAME, 10, 10, 0, storage=storage)) == 0
+
+    def test_failed_level_then_rewrite_of_same_level(self, storage: Storage, tmp: Path) -> None:
+        """A failed run publishes nothing; running the same level again works."""
+        write_level(storage, tmp, 100, 100, 0)
+        backup = Backup(ENGINE, NAME, 100, 200, 1, storage=storage)
+
+        def broken():
+            yield b"half of level 1"
+            raise RuntimeError("source vanished")
+
+        rich = RichQueue(size=1, poll_interval=0.05)
+
+        def produce() -> None:
+            try:
+                rich.put_messages(broken())
+            except RuntimeError:
+                pass    # put_messages force-stopped the queue: the consumer sees that
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        with pytest.raises(QueueStopped):
+            storage.write_backup(rich, backup)
+        producer.join(5)
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+        assert self.previous(storage).level == 0
+        write_level(storage, tmp, 100, 200, 1, segments=[b"level one", b" again"])
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100, 1: 200}
+        assert read_all(storage, backup) == b"level one again"
+
+    def test_concurrent_backups_of_two_names(self, storage: Storage, tmp: Path) -> None:
+        """Two threads write two backup names at once through one storage handle."""
+        payloads = {name: [bytes([i % 256, ord(name[0])]) * (500 + 37 * i) for i in range(40)]
+                    for name in ("alpha", "beta")}
+        failures: list[BaseException] = []
+        start = threading.Barrier(2)
+
+        def run(name: str) -> None:
+            try:
+                start.wait(5)
+                for level, ts in ((0, 100), (1, 200)):
+                    rich = RichQueue(size=2)
+                    producer = threading.Thread(target=rich.put_messages,
+                                                args=(payloads[name][level::2],), daemon=True)
+                    producer.start()
+                    backup = Backup(ENGINE, name, 100, ts, level, storage=storage)
+                    storage.write_backup(rich, backup)
+                    producer.join(10)
+                    meta = tmp / f"meta-{name}-{level}"
+                    meta.write_text(json.dumps({"name": name, "level": level}))
+                    storage.put_metadata(str(meta), str(meta), backup)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in payloads]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failures
+        for name, segments in payloads.items():
+            chain = storage.get_latest_level_zero_increments(ENGINE, name)
+            assert levels(chain) == {0: 100, 1: 200}
+            for level, backup in chain.items():
+                assert read_all(storage, backup) == b"".join(segments[level::2])
+                assert backup.metadata() == {"name": name, "level": level}
+        assert storage.backup_names(ENGINE.name) == ["alpha", "beta"]
+
 
 class TestLocalStorageContract(StorageContract):
     def make_storage(self, root: Path, max_segment_size: int) -> Storage:
