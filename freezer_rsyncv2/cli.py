@@ -299,8 +299,8 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
             print("  chain %s" % _iso(first.level_zero_timestamp))
             for level in sorted(chain):
                 b = chain[level]
-                print("    level %d  %s  %s" % (level, _iso(b.timestamp),
-                                                 _size(storage.level_size(b))))
+                size = _size(storage.level_size(b))
+                print("    level %d  %s  %s" % (level, _iso(b.timestamp), size))
     return EXIT_OK
 
 

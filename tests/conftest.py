@@ -2,10 +2,10 @@
 
 import pytest
 
+from freezer_rsyncv2.stream import crypto
+
 # One S3-API server (moto, on 127.0.0.1) for the whole session.
 pytest_plugins = ["tests.s3server"]
-
-from freezer_rsyncv2.stream import crypto
 
 
 @pytest.fixture

@@ -75,8 +75,8 @@ def many_files(src):
     return src
 
 
-def test_10000_files_one_change_stores_under_64kib(make_engine, many_files,
-                                                    restore_dir):
+def test_10000_files_one_change_stores_under_64kib(
+        make_engine, many_files, restore_dir):
     src = many_files
     backup(make_engine(), src)
     p = os.path.join(src, "ten-k.txt")
