@@ -22,6 +22,7 @@ from oslo_log import log
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2 import threads
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import matcher as rmatch
@@ -67,6 +68,10 @@ class BackupPass:
         self._deletes: list[bytes] = []
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
+        # A big file's SHA-256 and signature run on helper threads (other
+        # cores) while this one reads and matches.
+        self._digest_worker = threads.OrderedWorker("rsyncv2-digest")
+        self._sig_worker = threads.OrderedWorker("rsyncv2-signature")
         try:
             self._file_root = not stat.S_ISDIR(os.stat(self.root).st_mode)
         except OSError:
@@ -74,12 +79,20 @@ class BackupPass:
 
     # -- the pass ---------------------------------------------------------
     def records(self) -> Iterator[bytes]:
+        try:
+            yield from self._records()
+        finally:
+            self._digest_worker.close()
+            self._sig_worker.close()
+
+    def _records(self) -> Iterator[bytes]:
         yield records.begin({"level": self.level})
         prev = iter(self.previous)
         old = next(prev, None)
         for e in fswalk.walk(self.root, exclude=self.cfg.exclude,
                              dereference=self.cfg.dereference,
-                             on_warning=self._warn):
+                             on_warning=self._warn,
+                             hardlinks=not self.cfg.hardlinks_as_copies):
             key = mf.sort_key(e.path)
             while old is not None and mf.sort_key(old.entry.path) < key:
                 self._deleted(old)
@@ -251,13 +264,20 @@ class BackupPass:
             digest = hashlib.sha256()
             builder = rsig.SignatureBuilder(
                 rsig.block_size_for(st.st_size, self.cfg.block_size))
+            if st.st_size >= threads.PARALLEL_MIN:
+                def hash_chunk(chunk: bytes) -> None:
+                    self._digest_worker.submit(digest.update, chunk)
+                    self._sig_worker.submit(builder.update, chunk)
+            else:
+                def hash_chunk(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    builder.update(chunk)
             done = 0
             for kind, offset, length in _regions(ranges, st.st_size):
                 if kind == "hole":
                     for n in _split(length):
                         zeros = _ZEROS[:n]
-                        digest.update(zeros)
-                        builder.update(zeros)
+                        hash_chunk(zeros)
                         if matcher is not None:
                             yield from _ops(matcher.feed(zeros))
                     if matcher is None:
@@ -265,12 +285,12 @@ class BackupPass:
                     done += length
                     continue
                 for chunk in _read_range(fd, offset, length, e.path, self._warn):
-                    digest.update(chunk)
-                    builder.update(chunk)
+                    hash_chunk(chunk)
                     if matcher is not None:
                         yield from _ops(matcher.feed(chunk))
                     else:
-                        yield records.literal(chunk)
+                        yield records.literal_head(len(chunk))
+                        yield chunk
                     self.summary.bytes_read += len(chunk)
                     self.progress.advance(len(chunk))
                     done += len(chunk)
@@ -282,6 +302,8 @@ class BackupPass:
                 self.summary.copied_bytes += matcher.copied_bytes
             else:
                 self.summary.literal_bytes += done
+            self._digest_worker.wait()
+            self._sig_worker.wait()
             value = digest.digest()
             yield records.end_file(done, value)
             after = os.fstat(fd)
@@ -294,6 +316,8 @@ class BackupPass:
                 e.mtime_ns = -1     # forces a re-read at the next level
             yield (e, value, builder.finish(), complete)
         finally:
+            self._digest_worker.discard()   # nothing if all went well
+            self._sig_worker.discard()
             os.close(fd)
 
     # -- renames ----------------------------------------------------------
@@ -371,4 +395,5 @@ def _ops(ops: Iterable[tuple]) -> Iterator[bytes]:
         if op[0] == rmatch.COPY:
             yield records.copy(op[1], op[2])
         else:
-            yield records.literal(op[1])
+            yield records.literal_head(len(op[1]))
+            yield op[1]

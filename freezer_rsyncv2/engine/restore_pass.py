@@ -17,6 +17,7 @@ from oslo_log import log
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs import filedata
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.rsync import matcher as rmatch
 from freezer_rsyncv2.rsync import patcher as rpatch
@@ -200,9 +201,15 @@ class RestorePass:
             def read(offset: int, length: int) -> bytes:
                 return os.pread(fd, length, offset)
 
-            pieces = rpatch.patch(fdata.ops(), read, block_len, basis_size)
             if extra.get("sp"):
-                pieces = _punch_holes(pieces)
+                pieces = _punch_holes(rpatch.patch(fdata.ops(), read,
+                                                   block_len, basis_size))
+            else:
+                # COPY ranges are copied kernel-side (copy_file_range).
+                pieces = (filedata.BasisRange(fd, *item)
+                          if isinstance(item, tuple) else item
+                          for item in rpatch.plan(fdata.ops(), block_len,
+                                                  basis_size))
             self._write(e, pieces, fdata)
 
     def _write(self, e: fsentry.Entry, pieces: Iterable, fdata: _FileData

@@ -1,21 +1,42 @@
-"""Writing restored file data: unique temporary files and sparse writes."""
+"""Writing restored file data: unique temporary files, sparse writes, kernel-side copies."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from freezer_rsyncv2.errors import (
     CorruptRecordError, IntegrityError, RestoreError)
 from freezer_rsyncv2.fs.safepath import show
+from freezer_rsyncv2.threads import OrderedWorker
 
 #: Name prefix of in-progress files; never the final name of anything.
 TMP_PREFIX = b'.rsyncv2-tmp-'
 _TMP_MODE = 0o600
 _WRITE_CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(_WRITE_CHUNK))
+# copy_file_range cannot serve these (old kernel, other file system, ...):
+# the range is then copied through a buffer.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                   errno.ETXTBSY, errno.EPERM}
+
+
+@dataclasses.dataclass(frozen=True)
+class BasisRange:
+    """``length`` bytes at ``offset`` of the open file ``fd`` (a patch's COPY).
+
+    ``write_pieces`` copies it with copy_file_range: the kernel moves the
+    data (or shares it, on file systems with reflinks) and Python only
+    reads it once more, to hash it.
+    """
+
+    fd: int
+    offset: int
+    length: int
 
 
 def create_temp(parent: int) -> tuple[int, bytes]:
@@ -49,59 +70,154 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[done:]
 
 
-def write_pieces(fd: int, pieces: Iterable[bytes | int], hasher: Hasher,
-                 path: bytes, limit: int,
-                 foreign: list[BaseException]) -> tuple[int, int]:
+def write_pieces(fd: int, pieces: Iterable[bytes | int | BasisRange],
+                 hasher: Hasher, path: bytes, limit: int,
+                 foreign: list[BaseException],
+                 worker: OrderedWorker | None = None) -> tuple[int, int]:
     """Write ``pieces`` to ``fd``; return (logical length, data written).
 
     Small data pieces are coalesced into 1 MiB writes; holes are skipped
-    with lseek and hashed as zeros.  Going past ``limit`` (the recorded
-    size) fails at once, so a hostile hole of petabytes is neither hashed
-    nor seeked to.  An exception raised by the iterator itself is
-    recorded in ``foreign`` so it propagates untranslated.
+    with lseek and hashed as zeros; a BasisRange is copied kernel-side.
+    Going past ``limit`` (the recorded size) fails at once, so a hostile
+    hole of petabytes is neither hashed nor seeked to.  An exception
+    raised by the iterator itself is recorded in ``foreign`` so it
+    propagates untranslated.  With a ``worker``, hashing runs on its
+    thread (in the same order) while this one writes; it is done when
+    this returns.
     """
-    total = written = 0
-    pending = bytearray()
-    iterator = iter(pieces)
-    while True:
-        try:
-            piece = next(iterator)
-        except StopIteration:
-            break
-        except BaseException as exc:
-            foreign.append(exc)
-            raise
-        if isinstance(piece, int):
-            if piece < 0:
-                raise CorruptRecordError(
-                    f"{show(path)}: negative hole length {piece}")
-            _check_limit(total + piece, limit, path)
-            if pending:
-                _write_all(fd, pending)
-                pending.clear()
-            os.lseek(fd, piece, os.SEEK_CUR)
-            total += piece
-            left = piece
-            while left:
-                step = min(left, _WRITE_CHUNK)
-                hasher.update(_ZEROS[:step])
-                left -= step
-            continue
-        size = memoryview(piece).nbytes
-        _check_limit(total + size, limit, path)
-        hasher.update(piece)
-        total += size
-        written += size
-        if len(pending) + size > _WRITE_CHUNK and pending:
-            _write_all(fd, pending)
-            pending.clear()
-        if size >= _WRITE_CHUNK:
-            _write_all(fd, piece)
+    if worker is None:
+        return _Writer(fd, hasher, path, limit).run(pieces, foreign)
+    try:
+        result = _Writer(fd, hasher, path, limit, worker).run(pieces, foreign)
+        worker.wait()
+        return result
+    finally:
+        worker.discard()
+
+
+class _Writer:
+    """One file's write loop (see ``write_pieces``)."""
+
+    def __init__(self, fd: int, hasher: Hasher, path: bytes, limit: int,
+                 worker: OrderedWorker | None = None) -> None:
+        self.fd = fd
+        self.hasher = hasher
+        self.path = path
+        self.limit = limit
+        self.worker = worker
+        self.pending = bytearray()
+
+    def _hash(self, fn: Callable, *args) -> None:
+        if self.worker is None:
+            fn(*args)
         else:
-            pending += piece
-    if pending:
-        _write_all(fd, pending)
-    return total, written
+            self.worker.submit(fn, *args)
+
+    def _flush(self) -> None:
+        if self.pending:
+            _write_all(self.fd, self.pending)
+            self.pending.clear()
+
+    def run(self, pieces: Iterable[bytes | int | BasisRange],
+            foreign: list[BaseException]) -> tuple[int, int]:
+        fd, path, limit = self.fd, self.path, self.limit
+        update = self.hasher.update
+        total = written = 0
+        pending = self.pending
+        iterator = iter(pieces)
+        while True:
+            try:
+                piece = next(iterator)
+            except StopIteration:
+                break
+            except BaseException as exc:
+                foreign.append(exc)
+                raise
+            if isinstance(piece, int):
+                if piece < 0:
+                    raise CorruptRecordError(
+                        f"{show(path)}: negative hole length {piece}")
+                _check_limit(total + piece, limit, path)
+                self._flush()
+                os.lseek(fd, piece, os.SEEK_CUR)
+                total += piece
+                left = piece
+                while left:
+                    step = min(left, _WRITE_CHUNK)
+                    self._hash(update, _ZEROS[:step])
+                    left -= step
+                continue
+            if isinstance(piece, BasisRange):
+                _check_limit(total + piece.length, limit, path)
+                self._flush()
+                self._hash(hash_range, update, piece, path)
+                copy_range(piece, fd, path)
+                total += piece.length
+                written += piece.length
+                continue
+            size = memoryview(piece).nbytes
+            _check_limit(total + size, limit, path)
+            if self.worker is not None and not isinstance(piece, bytes):
+                piece = bytes(piece)    # the hashing thread must see it as is
+            self._hash(update, piece)
+            total += size
+            written += size
+            if len(pending) + size > _WRITE_CHUNK and pending:
+                self._flush()
+            if size >= _WRITE_CHUNK:
+                _write_all(fd, piece)
+            else:
+                pending += piece
+        self._flush()
+        return total, written
+
+
+def hash_range(update: Callable, piece: BasisRange, path: bytes) -> None:
+    """Feed ``update`` the bytes of a basis range, read through one buffer."""
+    buf = bytearray(min(piece.length, _WRITE_CHUNK))
+    view = memoryview(buf)
+    offset, left = piece.offset, piece.length
+    while left:
+        n = os.preadv(piece.fd, [view[:min(left, len(buf))]], offset)
+        if n <= 0:
+            raise IntegrityError(f"{show(path)}: the basis file ends before "
+                                 f"byte {offset} (changed during restore?)")
+        update(view[:n])
+        offset += n
+        left -= n
+
+
+def copy_range(piece: BasisRange, fd: int, path: bytes) -> None:
+    """Append a basis range to ``fd`` at its file position, kernel-side if possible."""
+    offset, left = piece.offset, piece.length
+    if not hasattr(os, "copy_file_range"):
+        _copy_through_buffer(piece.fd, fd, offset, left, path)
+        return
+    while left:
+        try:
+            n = os.copy_file_range(piece.fd, fd, left, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            _copy_through_buffer(piece.fd, fd, offset, left, path)
+            return
+        if n <= 0:
+            raise IntegrityError(f"{show(path)}: the basis file ends before "
+                                 f"byte {offset} (changed during restore?)")
+        offset += n
+        left -= n
+
+
+def _copy_through_buffer(src: int, fd: int, offset: int, left: int,
+                         path: bytes) -> None:
+    while left:
+        data = os.pread(src, min(left, _WRITE_CHUNK), offset)
+        if not data:
+            raise IntegrityError(f"{show(path)}: the basis file ends before "
+                                 f"byte {offset} (changed during restore?)")
+        _write_all(fd, data)
+        offset += len(data)
+        left -= len(data)
 
 
 def _check_limit(total: int, limit: int, path: bytes) -> None:

@@ -18,9 +18,11 @@ from freezer_rsyncv2.errors import (
 from freezer_rsyncv2.fs import safepath
 from freezer_rsyncv2.fs.entry import (
     DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
-from freezer_rsyncv2.fs.filedata import TMP_PREFIX, create_temp, write_pieces
+from freezer_rsyncv2.fs.filedata import (
+    TMP_PREFIX, BasisRange, create_temp, write_pieces)
 from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
 from freezer_rsyncv2.fs.safepath import lstat_at, remove_at, show
+from freezer_rsyncv2.threads import PARALLEL_MIN, OrderedWorker
 
 LOG = log.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class RestoreTree:
         self._dirs: dict[bytes, Entry] = {}
         self._parent_times: dict[bytes, tuple[int, int]] = {}
         self._fd: int | None = None
+        # Hashes big files on another core while this thread writes them.
+        self._hash_worker = OrderedWorker("rsyncv2-restore-digest")
         with _os_errors(root_b, "open restore directory"):
             os.makedirs(root_b, exist_ok=True)
             fd = os.open(root_b, safepath.DIR_WALK_FLAGS & ~os.O_NOFOLLOW)
@@ -107,6 +111,7 @@ class RestoreTree:
 
     def close(self) -> None:
         """Release the root descriptor (idempotent)."""
+        self._hash_worker.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -331,14 +336,16 @@ class RestoreTree:
                 os.close(fd)
                 raise
 
-    def write_file(self, entry: Entry, pieces: Iterable[bytes | int],
+    def write_file(self, entry: Entry,
+                   pieces: Iterable[bytes | int | BasisRange],
                    digest: bytes | Callable[[], bytes],
                    hash_name: str = 'sha256') -> int:
         """Write a regular file atomically; return the data bytes written.
 
-        ``pieces`` are data (bytes-like) or ints meaning a hole of that
+        ``pieces`` are data (bytes-like), ints meaning a hole of that
         many zero bytes, made with lseek so the result is sparse (a final
-        ftruncate keeps trailing holes).  The digest covers the logical
+        ftruncate keeps trailing holes), or ranges of an open basis file,
+        copied kernel-side (``BasisRange``).  The digest covers the logical
         content (holes as zeros).  Nothing replaces the final name before
         length and digest check out; on any failure (including one raised
         by ``pieces``) the temporary file is removed.  The return value
@@ -355,7 +362,9 @@ class RestoreTree:
             try:
                 try:
                     total, written = write_pieces(
-                        fd, pieces, hasher, entry.path, entry.size, foreign)
+                        fd, pieces, hasher, entry.path, entry.size, foreign,
+                        self._hash_worker if entry.size >= PARALLEL_MIN
+                        else None)
                     if total != entry.size:
                         raise IntegrityError(
                             f"{show(entry.path)}: restored {total} bytes, "

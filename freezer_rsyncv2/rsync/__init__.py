@@ -1,7 +1,7 @@
 """The rsync algorithm: rolling hash, signatures, matcher and patcher; pure functions, no I/O."""
 
 from freezer_rsyncv2.rsync.matcher import COPY, LITERAL, MAX_LITERAL, Matcher, Op
-from freezer_rsyncv2.rsync.patcher import copy_range, patch
+from freezer_rsyncv2.rsync.patcher import copy_range, patch, plan
 from freezer_rsyncv2.rsync.rollsum import block_weak_hashes, rolling_hashes, weak_hash
 from freezer_rsyncv2.rsync.signature import (
     MAX_BLOCK,
@@ -30,6 +30,7 @@ __all__ = [
     "compute_signature",
     "copy_range",
     "patch",
+    "plan",
     "rolling_hashes",
     "strong_hash",
     "weak_hash",

@@ -22,6 +22,8 @@ _WIN_MAX = 1 << 17  # offsets per rolling pass once the window has grown (scratc
 _WIN_MIN = 1 << 13  # smallest pass: below this numpy call overhead dominates
 _FOLLOW_MAX = 1024  # blocks strong-hashed per batch while following a match
 _CONFIRM_CHUNK = 256  # weak candidates confirmed per vectorized exact check
+_JOIN_MIN = 64 << 10  # new bytes joined to the held tail at the start of a feed
+_DENSE = 4096  # more first-filter candidates per pass than this: confirm by prefixes
 #: Odd multipliers giving the filters (nearly) independent bits; the first is the identity.
 _MIXES = (np.uint32(1), np.uint32(0x9E3779B1), np.uint32(0x85EBCA6B))
 
@@ -79,6 +81,7 @@ class Matcher:
         self._roller: RollingHasher | None = None
         self._win0 = min(_WIN_MAX, max(2 * L, _WIN_MIN))
         self._win = self._win0
+        self._dense = False  # the last search found weak candidates nearly everywhere
         self._next: int | None = 0 if n else None  # block to test where the last match ended
         self._prefer = 0  # block after the last copy: preferred among identical blocks
         self._batch = 1
@@ -106,7 +109,10 @@ class Matcher:
             self._tail += view
             return iter(())
         if self._tail:
-            take = min(len(view), self._threshold)
+            # Join the tail with just enough of the view to finish what it
+            # started (_run leaves < L bytes unconsumed), then go on in the
+            # view itself: no copy of the whole chunk.
+            take = min(len(view), max(4 * self._L, _JOIN_MIN))
             joint = b"".join((self._tail, view[:take]))
             self._tail = bytearray()
             done = self._run(memoryview(joint), final=False)
@@ -215,7 +221,8 @@ class Matcher:
                 self._add_copy(block, 1)
                 pos += offset + L
                 self._next = block + 1 if block + 1 < self._n else None
-                self._win = self._win0
+                # after a hit in low-entropy data the next one is likely close
+                self._win = _WIN_MIN if self._dense else self._win0
         if final:
             pos = self._match_short_tail(arr, mv, pos, end)
             self._add_literal(mv[pos:end])
@@ -282,13 +289,46 @@ class Matcher:
             self._hit = np.empty(size, dtype=bool)
         index = self._index
         assert self._roller is not None
+        # Offset 0 first, for one strong hash: where a follow failed on
+        # low-entropy data another block often matches right there.
+        block = self._lookup(_digest(mv[pos : pos + L]))
+        if block is not None:
+            return 0, block
         lanes = self._roller.lanes(arr[pos : pos + width + L - 1])
         m = lanes.shape[1]
         flat = lanes.reshape(-1)
         idx = self._idx[: flat.size]
         np.right_shift(flat, index.shift, out=idx, casting="unsafe")
         hit = np.take(index.filters[0][1], idx, out=self._hit[: flat.size], mode="clip")
-        cand = np.flatnonzero(hit)
+        # Crafted or degenerate data can make weak hashes collide at every offset
+        # (mod 2**32 polynomial hashes have structured collisions); cap the wasted
+        # strong hashes per pass so a pass costs at most ~twice its rolling work.
+        budget = [64 + width // 256]
+        self._dense = np.count_nonzero(hit) > _DENSE
+        if not self._dense:
+            return self._confirm(flat, np.flatnonzero(hit), m, mv, pos, width, budget)
+        # Low-entropy data: candidates nearly everywhere, and the first match is
+        # usually among the first offsets: confirm growing prefixes of the window
+        # (lane-major columns [a, b) are the offsets [LANES*a, LANES*b)).
+        grid = hit.reshape(LANES, m)
+        start, step = 0, 16
+        while start < m and budget[0] > 0:
+            stop = min(m, start + step)
+            rows, cols = np.nonzero(grid[:, start:stop])
+            found = self._confirm(flat, rows * m + cols + start, m, mv, pos, width, budget)
+            if found is not None:
+                return found
+            start, step = stop, 2 * step
+        return None
+
+    def _confirm(
+        self, flat: NDArray[np.uint32], cand: NDArray[np.intp], m: int, mv: memoryview,
+        pos: int, width: int, budget: list[int],
+    ) -> tuple[int, int] | None:
+        """Check lane-major candidates in offset order: the first full-block match, or None."""
+        index = self._index
+        assert index is not None
+        L = self._L
         for mix, table in index.filters[1:]:
             if not len(cand):
                 return None
@@ -306,10 +346,6 @@ class Matcher:
             offsets = np.flatnonzero(mark)
         values = flat[(offsets % LANES) * m + offsets // LANES]
         top = len(index.sorted) - 1
-        # Crafted or degenerate data can make weak hashes collide at every offset
-        # (mod 2**32 polynomial hashes have structured collisions); cap the wasted
-        # strong hashes per pass so a pass costs at most ~twice its rolling work.
-        budget = 64 + width // 256
         for s in range(0, len(offsets), _CONFIRM_CHUNK):
             vals = values[s : s + _CONFIRM_CHUNK]
             where = np.minimum(np.searchsorted(index.sorted, vals), top)
@@ -318,8 +354,8 @@ class Matcher:
                 block = self._lookup(_digest(mv[pos + offset : pos + offset + L]))
                 if block is not None:
                     return offset, block
-                budget -= 1
-                if not budget:
+                budget[0] -= 1
+                if not budget[0]:
                     return None
         return None
 

@@ -63,6 +63,36 @@ def patch(
 def _patch(
     ops: Iterable[Any], basis_read: BasisReader, block_len: int, basis_size: int, max_piece: int
 ) -> Iterator[bytes]:
+    for number, item in enumerate(_plan(ops, block_len, basis_size)):
+        if isinstance(item, bytes):
+            yield item
+            continue
+        offset, length = item
+        while length:
+            size = min(length, max_piece)
+            piece = basis_read(offset, size)
+            if not isinstance(piece, (bytes, bytearray, memoryview)) or len(piece) != size:
+                got = len(piece) if isinstance(piece, (bytes, bytearray, memoryview)) else type(piece).__name__
+                raise CorruptRecordError(
+                    f"op #{number}: COPY of {item[1]} bytes at basis offset {item[0]}: basis read at "
+                    f"offset {offset} of {size} bytes returned {got}"
+                )
+            yield piece if isinstance(piece, bytes) else bytes(piece)
+            offset += size
+            length -= size
+
+
+def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int]]:
+    """The new file as a sequence of LITERAL data (bytes) and basis ranges ``(offset, length)``.
+
+    For a receiver that copies ranges itself (e.g. kernel-side); every op is
+    validated as in ``patch``, and a range lies inside the basis.
+    """
+    _check_basis(block_len, basis_size)
+    return _plan(ops, block_len, basis_size)
+
+
+def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int]]:
     for number, op in enumerate(ops):
         if not isinstance(op, (tuple, list)) or not op:
             raise CorruptRecordError(f"op #{number}: expected a non-empty tuple, got {type(op).__name__}")
@@ -71,21 +101,9 @@ def _patch(
             if len(op) != 3:
                 raise CorruptRecordError(f"op #{number}: COPY op needs 3 fields, got {len(op)}")
             try:
-                offset, length = copy_range(op[1], op[2], block_len, basis_size)
+                yield copy_range(op[1], op[2], block_len, basis_size)
             except CorruptRecordError as exc:
                 raise CorruptRecordError(f"op #{number}: {exc}") from None
-            while length:
-                size = min(length, max_piece)
-                piece = basis_read(offset, size)
-                if not isinstance(piece, (bytes, bytearray, memoryview)) or len(piece) != size:
-                    got = len(piece) if isinstance(piece, (bytes, bytearray, memoryview)) else type(piece).__name__
-                    raise CorruptRecordError(
-                        f"op #{number}: COPY first_block={op[1]} count={op[2]}: basis read at "
-                        f"offset {offset} of {size} bytes returned {got}"
-                    )
-                yield piece if isinstance(piece, bytes) else bytes(piece)
-                offset += size
-                length -= size
         elif _is_int(kind) and kind == LITERAL:
             if len(op) != 2:
                 raise CorruptRecordError(f"op #{number}: LITERAL op needs 2 fields, got {len(op)}")

@@ -21,6 +21,7 @@ which needs BASE to be invertible mod 2**32, i.e. odd.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Union
 
@@ -101,9 +102,12 @@ def weak_hash(data: BytesLike) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=16)
 def _block_weights(block_len: int) -> NDArray[np.uint32]:
     pw, _ = power_tables(block_len)
-    return np.ascontiguousarray(pw[:block_len][::-1])
+    weights = np.ascontiguousarray(pw[:block_len][::-1])
+    weights.flags.writeable = False     # shared by every caller
+    return weights
 
 
 def block_weak_hashes(data: BytesLike, block_len: int) -> NDArray[np.uint32]:

@@ -15,8 +15,12 @@ stream that ends without it is truncated.
 
 from __future__ import annotations
 
+import collections
+import os
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 
 from freezer_rsyncv2 import errors
@@ -35,11 +39,24 @@ FRAME_PLAIN = 1 << 20          # plaintext bytes a writer puts in one frame
 MAX_PLAIN = 4 << 20            # largest plaintext a reader accepts per frame
 MAX_STORED = MAX_PLAIN + (1 << 16)
 MAX_EXT = 4096
+_SMALL = 16 << 10              # record bytes below this are coalesced
+_COMPRESS_THREADS = min(4, os.cpu_count() or 1)
+_AHEAD = 2 * _COMPRESS_THREADS  # frames being compressed ahead of sealing
+_codecs = threading.local()     # codec objects are not all thread-safe
 
 _HEAD = struct.Struct(">8sHBBBH")
 _FRAME = struct.Struct(">BII")
 _AAD = struct.Struct(">QBII")
 _CRC = struct.Struct(">I")
+
+
+def _compress(codec_id: int, plain: bytes) -> bytes:
+    """Compress one frame's plaintext with this thread's codec object."""
+    codec = getattr(_codecs, "c%d" % codec_id, None)
+    if codec is None:
+        codec = compression.by_id(codec_id)
+        setattr(_codecs, "c%d" % codec_id, codec)
+    return codec.compress(plain)
 
 
 class NullCipher:
@@ -104,77 +121,177 @@ class FrameWriter:
             raise ValueError("stream already finished")
         if len(plain) > MAX_PLAIN:
             raise ValueError("frame plaintext too large")
+        return self.seal(self.codec.compress(plain), len(plain), final)
+
+    def seal(self, packed: bytes, plain_len: int, final: bool = False
+             ) -> bytes:
+        """The next frame, from its already compressed plaintext."""
+        if self._done:
+            raise ValueError("stream already finished")
         flags = FLAG_FINAL if final else 0
-        packed = self.codec.compress(plain)
         stored_len = len(packed) + self.cipher.overhead
         aad = self._header + _AAD.pack(self._index, flags, stored_len,
-                                       len(plain))
+                                       plain_len)
         sealed = self.cipher.seal(self._index, aad, packed)
         self._index += 1
         self._done = final
-        return _FRAME.pack(flags, stored_len, len(plain)) + sealed
+        return _FRAME.pack(flags, stored_len, plain_len) + sealed
+
+    def frame_pieces(self, pieces: list, size: int, final: bool = False
+                     ) -> list:
+        """The frame of the concatenated ``pieces`` (``size`` bytes), as pieces.
+
+        Same bytes as ``frame(b"".join(pieces))``.  Without compression and
+        encryption nothing is copied: the pieces are passed on between the
+        frame head and the CRC.
+        """
+        if type(self.codec) is not compression.NoCompression \
+                or type(self.cipher) is not NullCipher:
+            return [self.frame(b"".join(pieces), final)]
+        if self._done:
+            raise ValueError("stream already finished")
+        if size > MAX_PLAIN:
+            raise ValueError("frame plaintext too large")
+        flags = FLAG_FINAL if final else 0
+        stored_len = size + NullCipher.overhead
+        head = _FRAME.pack(flags, stored_len, size)
+        crc = zlib.crc32(self._header + _AAD.pack(self._index, flags,
+                                                  stored_len, size))
+        for piece in pieces:
+            crc = zlib.crc32(piece, crc)
+        self._index += 1
+        self._done = final
+        return [head, *pieces, _CRC.pack(crc)]
 
 
 class StreamEncoder:
-    """Collects record bytes and yields the stream's bytes, frame by frame."""
+    """Collects record bytes and yields the stream's bytes, frame by frame.
+
+    ``write``/``close`` yield each frame as bytes; ``write_many``/
+    ``close_many`` take and yield pieces (bytes-like, never changed
+    afterwards), which travel uncopied when the stream is neither
+    compressed nor encrypted.  Compression runs on helper threads (zlib,
+    bz2, lzma and zstd release the GIL) a few frames ahead of sealing,
+    which stays in order on the caller's thread.
+    """
 
     def __init__(self, kind: int, codec: compression.Codec,
                  cipher=None) -> None:
         self._writer = FrameWriter(kind, codec, cipher)
-        self._buf = bytearray()
+        self._buf = bytearray()         # small pieces being coalesced
+        self._pieces: collections.deque = collections.deque()
+        self._size = 0                  # bytes in _pieces
         self._started = False
+        self._inflight: collections.deque = collections.deque()
+        self._pool = None if type(codec) is compression.NoCompression \
+            else ThreadPoolExecutor(_COMPRESS_THREADS, "rsyncv2-zip")
 
     def write(self, data: bytes) -> Iterator[bytes]:
-        if not self._started:
-            self._started = True
-            yield self._writer.header()
-        self._buf += data
-        while len(self._buf) >= FRAME_PLAIN:
-            plain = bytes(self._buf[:FRAME_PLAIN])
-            del self._buf[:FRAME_PLAIN]
-            yield self._writer.frame(plain)
+        return (b"".join(frame) for frame in self._frames((data,)))
 
     def close(self) -> Iterator[bytes]:
+        return (b"".join(frame) for frame in self._frames((), final=True))
+
+    def write_many(self, pieces: Iterable) -> Iterator:
+        return (p for frame in self._frames(pieces) for p in frame)
+
+    def close_many(self) -> Iterator:
+        return (p for frame in self._frames((), final=True) for p in frame)
+
+    def _frames(self, pieces: Iterable, final: bool = False
+                ) -> Iterator[list]:
         if not self._started:
             self._started = True
-            yield self._writer.header()
-        plain = bytes(self._buf)
-        self._buf.clear()
-        yield self._writer.frame(plain, final=True)
+            yield [self._writer.header()]
+        for piece in pieces:
+            if len(piece) < _SMALL:
+                self._buf += piece      # coalesce small records
+                if len(self._buf) < _SMALL:
+                    continue
+                piece = b""
+            self._take(piece)
+            while self._size >= FRAME_PLAIN:
+                yield from self._frame(FRAME_PLAIN, False)
+        if final:
+            self._take(b"")
+            while self._size > FRAME_PLAIN:
+                yield from self._frame(FRAME_PLAIN, False)
+            yield from self._frame(self._size, True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+
+    def _take(self, piece) -> None:     # coalesced small pieces first
+        if self._buf:
+            self._pieces.append(bytes(self._buf))
+            self._size += len(self._buf)
+            self._buf.clear()
+        if len(piece):
+            self._pieces.append(piece)
+            self._size += len(piece)
+
+    def _frame(self, size: int, final: bool) -> Iterator[list]:
+        """Cut the first ``size`` pending bytes into a frame; yield the
+        frames (as lists of pieces) that are ready."""
+        out, got = [], 0
+        while got < size:
+            piece = self._pieces.popleft()
+            n = len(piece)
+            if got + n > size:
+                view = memoryview(piece)
+                self._pieces.appendleft(view[size - got:])
+                piece, n = view[:size - got], size - got
+            out.append(piece)
+            got += n
+        self._size -= size
+        if self._pool is None:
+            yield self._writer.frame_pieces(out, size, final)
+            return
+        self._inflight.append((self._pool.submit(
+            _compress, self._writer.codec.id, b"".join(out)), size, final))
+        while self._inflight and (final or len(self._inflight) > _AHEAD):
+            future, plain_len, last = self._inflight.popleft()
+            yield [self._writer.seal(future.result(), plain_len, last)]
 
 
 class _Buffer:
-    """A byte queue fed by arbitrary chunks, read by exact counts."""
+    """A byte queue fed by arbitrary chunks, read by exact counts.
+
+    Reads that fall inside one chunk are views of it (no copy), so chunks
+    must not be changed once yielded; only reads across chunks are joined.
+    """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buf = bytearray()
-        self._pos = 0
+        self._view = memoryview(b"")    # unread part of the current chunk
         self.consumed = 0
 
-    def read(self, n: int) -> bytes | None:
+    def read(self, n: int) -> bytes | memoryview | None:
         """Exactly n bytes, or None when the input ended first."""
-        while len(self._buf) - self._pos < n:
+        view = self._view
+        if len(view) >= n:
+            self._view = view[n:]
+            self.consumed += n
+            return view[:n]
+        parts, need = [], n
+        while len(view) < need:
+            parts.append(view)
+            need -= len(view)
             try:
-                chunk = next(self._chunks)
+                view = memoryview(next(self._chunks)).cast("B")
             except StopIteration:
+                self._view = memoryview(b"")
                 return None
-            if self._pos:
-                del self._buf[:self._pos]
-                self._pos = 0
-            self._buf += chunk
-        out = bytes(self._buf[self._pos:self._pos + n])
-        self._pos += n
+        parts.append(view[:need])
+        self._view = view[need:]
         self.consumed += n
-        return out
+        return b"".join(parts)
 
     def at_end(self) -> bool:
-        if len(self._buf) > self._pos:
+        if len(self._view):
             return False
         for chunk in self._chunks:
-            if chunk:
-                self._buf = bytearray(chunk)
-                self._pos = 0
+            if len(chunk):
+                self._view = memoryview(chunk).cast("B")
                 return False
         return True
 
@@ -200,12 +317,15 @@ def read_header(buf: _Buffer, kind: int) -> tuple[bytes, int, int, bytes]:
     ext = buf.read(ext_len)
     if ext is None:
         raise errors.TruncatedError("stream ends inside its header")
-    return head + ext, codec_id, cipher_id, ext
+    return bytes(head) + bytes(ext), codec_id, cipher_id, bytes(ext)
 
 
 def decode_frames(chunks: Iterable[bytes], kind: int,
                   cipher_factory=null_cipher_for) -> Iterator[bytes]:
     """Yield the plaintext of each frame; strict about every length and flag.
+
+    Plaintexts are bytes-like (views of the input when nothing had to be
+    inflated or decrypted), valid as long as the input chunks are.
 
     ``cipher_factory(cipher_id, params)`` returns the cipher to open frames
     with; the default only knows the null cipher.
@@ -214,6 +334,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
     header, codec_id, cipher_id, params = read_header(buf, kind)
     codec = compression.by_id(codec_id)
     cipher = cipher_factory(cipher_id, params)
+    null = type(cipher) is NullCipher   # it takes views of the input
     index = 0
     while True:
         where = buf.consumed
@@ -236,6 +357,8 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             raise errors.TruncatedError(
                 "stream ends inside frame %d (byte %d)" % (index, where))
         aad = header + _AAD.pack(index, flags, stored_len, plain_len)
+        if not null:
+            sealed = bytes(sealed)
         try:
             packed = cipher.open(index, aad, sealed)
         except errors.IntegrityError as err:
@@ -250,15 +373,26 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             "unexpected bytes after the final frame (byte %d)" % buf.consumed)
 
 
-def segments(pieces: Iterable[bytes], max_size: int) -> Iterator[bytes]:
-    """Regroup byte pieces into segments of exactly max_size (last shorter)."""
+def segments(pieces: Iterable, max_size: int) -> Iterator[bytes]:
+    """Regroup byte pieces into segments of exactly max_size (last shorter).
+
+    Each segment is built with one copy (a join); pieces are not changed.
+    """
     if max_size <= 0:
         raise errors.ConfigError("max_segment_size must be positive")
-    buf = bytearray()
+    held: list = []
+    size = 0
     for piece in pieces:
-        buf += piece
-        while len(buf) >= max_size:
-            yield bytes(buf[:max_size])
-            del buf[:max_size]
-    if buf:
-        yield bytes(buf)
+        n = len(piece)
+        while size + n >= max_size:
+            cut = max_size - size
+            view = memoryview(piece)
+            held.append(view[:cut])
+            yield b"".join(held)
+            held, size = [], 0
+            piece, n = view[cut:], n - cut
+        if n:
+            held.append(piece)
+            size += n
+    if size:
+        yield b"".join(held)

@@ -93,6 +93,22 @@ def literal(data: bytes) -> bytes:
     return pack([LITERAL, data])
 
 
+def literal_head(size: int) -> bytes:
+    """The bytes of a LITERAL record that precede its ``size`` data bytes.
+
+    ``literal_head(len(d)) + d == literal(d)``: a writer can hand the data on
+    without copying it into the record.
+    """
+    if size < 0x100:
+        return _LIT_HEAD + b"\xc4" + bytes((size,))
+    if size < 0x10000:
+        return _LIT_HEAD + b"\xc5" + size.to_bytes(2, "big")
+    return _LIT_HEAD + b"\xc6" + size.to_bytes(4, "big")
+
+
+_LIT_HEAD = bytes((0x92, LITERAL))      # msgpack: array of 2, positive fixint
+
+
 def copy(first_block: int, count: int) -> bytes:
     return pack([COPY, first_block, count])
 
@@ -162,8 +178,8 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
         value = m[key]
         if not isinstance(value, typ) or isinstance(value, bool):
             raise errors.CorruptRecordError(
-                "entry %r field %r has type %s" % (path, key,
-                                                    type(value).__name__))
+                "entry %r field %r has type %s"
+                % (path, key, type(value).__name__))
         if typ is int and not -MAX_INT <= value <= MAX_INT:
             raise errors.CorruptRecordError(
                 "entry %r field %r out of range: %d" % (path, key, value))
@@ -187,8 +203,8 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
                 "entry %r has unknown field %r" % (path, key))
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise errors.CorruptRecordError(
-                "entry %r field %r has type %s" % (path, key,
-                                                    type(value).__name__))
+                "entry %r field %r has type %s"
+                % (path, key, type(value).__name__))
         extra[key] = value
     kwargs["xattrs"] = _check_xattrs(path, extra.pop("x", {}))
     data = extra.get("data", DATA_NONE)

@@ -8,7 +8,7 @@ import pytest
 
 from freezer_rsyncv2.errors import CorruptRecordError
 from freezer_rsyncv2.rsync.matcher import COPY, LITERAL
-from freezer_rsyncv2.rsync.patcher import copy_range, patch
+from freezer_rsyncv2.rsync.patcher import copy_range, patch, plan
 
 BASIS = bytes(range(256)) * 40  # 10240 bytes: blocks of 4096, 4096, 2048
 
@@ -147,3 +147,18 @@ def test_patch_against_empty_basis() -> None:
     assert run([(LITERAL, b"abc")], basis_size=0) == b"abc"
     with pytest.raises(CorruptRecordError, match="0 blocks"):
         run([(COPY, 0, 1)], basis_size=0)
+
+
+def test_plan_is_patch_without_reading() -> None:
+    ops = [(LITERAL, b"head"), (COPY, 1, 2), (LITERAL, b"mid"), (COPY, 0, 1)]
+    items = list(plan(ops, 4096, len(BASIS)))
+    assert items == [b"head", (4096, 6144), b"mid", (0, 4096)]
+    rebuilt = b"".join(i if isinstance(i, bytes) else BASIS[i[0]:i[0] + i[1]] for i in items)
+    assert rebuilt == run(ops)
+
+
+def test_plan_validates_like_patch() -> None:
+    with pytest.raises(CorruptRecordError, match="op #1"):
+        list(plan([(LITERAL, b"ok"), (COPY, 0, 99)], 4096, len(BASIS)))
+    with pytest.raises(CorruptRecordError):
+        plan([], 0, 10)

@@ -101,3 +101,59 @@ def test_segments_regroup_exactly():
     assert 0 < len(segs[-1]) <= 4096
     with pytest.raises(errors.ConfigError):
         list(frames.segments([b"x"], 0))
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_pieces_encoder_matches_the_bytes_encoder(codec):
+    rng = random.Random(3)
+    pieces = []
+    for _ in range(300):
+        n = rng.choice([0, 1, 17, 5000, 20000, 300000, frames.FRAME_PLAIN + 7])
+        data = os.urandom(n)
+        pieces.append(memoryview(data) if rng.random() < 0.3 else data)
+    whole = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
+    expected = b"".join(whole.write(b"".join(pieces))) + b"".join(whole.close())
+    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
+    got = []
+    for i in range(0, len(pieces), 7):
+        got += list(enc.write_many(pieces[i:i + 7]))
+    got += list(enc.close_many())
+    assert b"".join(got) == expected
+    assert decode(expected, chunk=65536) == b"".join(pieces)
+
+
+def test_pieces_pass_through_uncopied():
+    data = os.urandom(frames.FRAME_PLAIN)
+    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
+    out = list(enc.write_many([data]))
+    assert any(piece is data for piece in out)
+
+
+def test_segments_of_views_split_exactly():
+    big = os.urandom(10000)
+    pieces = [memoryview(big)[:3000], b"", memoryview(big)[3000:], b"z" * 5000]
+    segs = list(frames.segments(pieces, 4096))
+    assert all(isinstance(s, bytes) for s in segs)
+    assert b"".join(segs) == big + b"z" * 5000
+    assert [len(s) for s in segs] == [4096] * 3 + [15000 - 3 * 4096]
+
+
+def test_decoded_plaintext_is_the_same_for_every_chunking():
+    payload = [os.urandom(frames.FRAME_PLAIN + 11), b"abc", os.urandom(70000)]
+    data = encode(payload)
+    expected = b"".join(payload)
+    for chunk in (1, 13, 4096, frames.FRAME_PLAIN - 1, frames.FRAME_PLAIN + 13,
+                  None):
+        assert decode(data, chunk=chunk) == expected
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "bzip2"])
+def test_threaded_compression_gives_the_serial_frames(codec):
+    data = os.urandom(frames.FRAME_PLAIN * 5 // 2) + bytes(frames.FRAME_PLAIN * 4)
+    writer = frames.FrameWriter(frames.KIND_DATA, compression.by_name(codec))
+    n, step = len(data), frames.FRAME_PLAIN
+    serial = writer.header() + b"".join(
+        writer.frame(data[i:i + step], final=i + step >= n) for i in range(0, n, step))
+    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
+    assert b"".join(enc.write(data)) + b"".join(enc.close()) == serial
+    assert decode(serial, chunk=100000) == data

@@ -1,3 +1,5 @@
+import os
+
 import msgpack
 import pytest
 
@@ -106,3 +108,9 @@ def test_oversized_literal_is_refused():
                         use_bin_type=True)
     with pytest.raises(errors.FormatError):
         decode(*stream(big))
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 65535, 65536, records.MAX_LITERAL])
+def test_literal_head_is_the_start_of_a_literal_record(size):
+    data = os.urandom(size)
+    assert records.literal_head(size) + data == records.literal(data)

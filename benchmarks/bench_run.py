@@ -1,0 +1,104 @@
+"""Measured child processes: wall time, peak RSS (from wait4) and what the child reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.path.join(HERE, "bench_child.py")
+# GNU time reports the peak RSS of the command alone.  wait4 on our own child
+# would also count this (large) process: a forked child's old memory map is
+# counted in its ru_maxrss when it execs.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else shutil.which("time")
+
+
+class ChildFailed(RuntimeError):
+    """A measured command exited with an error; carries its stderr."""
+
+
+@dataclasses.dataclass
+class Run:
+    """One measured run: ``seconds`` is the operation's own time.
+
+    For a reference tool it is the process's wall time.  For our engine it is
+    what the child timed around the API call, without the interpreter start
+    and imports (``startup``), as inside freezer-agent where they are paid once.
+    """
+
+    seconds: float
+    rss_mb: float
+    startup: float = 0.0
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def run_command(argv: list[str], cwd: str | None = None) -> Run:
+    """Run argv to completion; wall time and the peak RSS of it and its children."""
+    if hasattr(os, "sync"):
+        os.sync()   # no dirty pages of an earlier step are flushed during this one
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as rss:
+        if GNU_TIME:
+            argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss.name] + argv
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        words = rss.read().split() if GNU_TIME else []
+        peak_kib = int(words[-1]) if words and words[-1].isdigit() else usage.ru_maxrss
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace")[-2000:]
+        raise ChildFailed("%s exited %d: %s" % (" ".join(argv[:3]), proc.returncode, tail))
+    run = Run(seconds, peak_kib / 1024.0)
+    if stdout.strip().startswith(b"{"):
+        run.report = json.loads(stdout)
+    return run
+
+
+def run_ours(spec: dict[str, Any]) -> Run:
+    """Run one engine operation in a fresh interpreter (bench_child.py)."""
+    run = run_command([sys.executable, CHILD, json.dumps(spec)])
+    op_seconds = float(run.report["seconds"])
+    run.startup = run.seconds - op_seconds
+    run.seconds = op_seconds
+    return run
+
+
+@dataclasses.dataclass
+class Series:
+    """The repeats of one operation; figures are medians."""
+
+    runs: list[Run] = dataclasses.field(default_factory=list)
+
+    def add(self, run: Run) -> Run:
+        self.runs.append(run)
+        return run
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(r.seconds for r in self.runs)
+
+    @property
+    def rss_mb(self) -> float:
+        return max(r.rss_mb for r in self.runs)
+
+    @property
+    def startup(self) -> float:
+        return statistics.median(r.startup for r in self.runs)
+
+    def report(self, key: str, default: Any = None) -> Any:
+        values = [r.report.get(key) for r in self.runs if key in r.report]
+        return values[-1] if values else default
