@@ -20,7 +20,8 @@ def main(spec: dict) -> dict:
     engine = Rsyncv2Engine(storage=bench_storage.build(spec["storage"], segment),
                            compression=spec.get("compression", "none"),
                            max_segment_size=segment,
-                           rsync_block_size=spec.get("block_size"))
+                           rsync_block_size=spec.get("block_size"),
+                           encrypt_key=spec.get("encrypt_key"))
     start = time.perf_counter()
     if spec["op"] == "backup":
         level = engine.backup(spec["source"], spec["name"], incremental=True,

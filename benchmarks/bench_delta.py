@@ -25,7 +25,7 @@ from bench_run import GNU_TIME, Run, run_command, run_ours  # noqa: E402
 from freezer_rsyncv2.rsync.signature import block_size_for  # noqa: E402
 
 MIB = 1 << 20
-CASES = ("random", "nomatch", "zeros", "text", "chain")
+CASES = ("random", "nomatch", "zeros", "text", "chain", "encrypted")
 CHAIN_LEVELS = 7
 DEFAULT_SEGMENT = 32 * MIB
 BENCH_SEGMENT = 8 * MIB
@@ -50,6 +50,7 @@ class Bench:
         self.block = args.block_size or block_size_for(self.size)
         self.store = bench_storage.TARGETS[args.storage](self.path("store"))
         self._inputs: dict[str, str] = {}
+        self._encrypt_key: str | None = None      # pass file of the encrypted case
         self._startups: list[float] = []
 
     def path(self, *parts: str) -> str:
@@ -94,7 +95,8 @@ class Bench:
 
     def _spec(self, **spec) -> dict:
         spec.update(storage=self.store.spec(), max_segment_size=self.args.max_segment_size,
-                    block_size=self.args.block_size, compression="none")
+                    block_size=self.args.block_size, compression="none",
+                    encrypt_key=self._encrypt_key)
         return spec
 
     def backup(self, case: str, op: str, source: str, input_bytes: int) -> Run:
@@ -146,7 +148,7 @@ class Bench:
             self.swap(src, new)
             self.backup(case, "ours level 1", src, os.path.getsize(new))
             self.restore(case, "ours restore 0+1", new)
-            if self.rdiff:
+            if self.rdiff and refs != "none":
                 self.rdiff_ops(case, old, new, refs)
             if self.tar and refs == "full":
                 self.tar_ops(case, old)
@@ -238,6 +240,14 @@ class Bench:
                                "basic")
             elif case == "chain":
                 self.chain_case()
+            elif case == "encrypted":
+                # The random pair again, encrypted: what encryption costs.
+                self._encrypt_key = self.path("pass-file")
+                with open(self._encrypt_key, "w") as f:
+                    f.write("benchmark passphrase\n")
+                self.pair_case(case, self.input("random-old"), self.input("random-new"),
+                               "none")
+                self._encrypt_key = None
         self.targets()
 
     # -- targets ----------------------------------------------------------------
@@ -265,6 +275,10 @@ class Bench:
                 if get(case, op) and get("random", op):
                     r.target("low entropy (%s): %s <= 2 x random" % (case, op),
                              get(case, op), get("random", op), 2.0)
+        for op in ("ours level 0", "ours level 1"):
+            if get("encrypted", op) and get("random", op):
+                r.target("encryption: %s <= 1.1 x unencrypted" % op,
+                         get("encrypted", op), get("random", op), 1.1)
         restore = get("random", "ours restore 0+1")
         untar, patch = get("random", "tar -x"), get("random", "rdiff patch")
         if restore and untar and patch:
@@ -326,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.run(args.cases)
     finally:
+        bench.store.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     print("bench_delta: %d MiB files, block size %d, storage %s, %d runs each, medians"
           % (args.size, bench.block, args.storage, args.repeat))

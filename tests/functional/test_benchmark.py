@@ -29,3 +29,16 @@ def test_bench_delta_prints_its_table(tmp_path):
         assert "rdiff is not installed" in out
     assert "PASS" in out or "FAIL" in out
     assert os.listdir(tmp_path) == []       # its data is removed
+
+
+def test_bench_delta_encrypted_case_on_s3(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--size", "1", "--cases", "random,encrypted",
+         "--repeat", "1", "--storage", "s3", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    out = proc.stdout
+    assert "encryption: ours level 0 <= 1.1 x unencrypted" in out
+    assert "encryption: ours level 1 <= 1.1 x unencrypted" in out
+    assert "storage s3" in out
+    assert os.listdir(tmp_path) == []
