@@ -141,14 +141,10 @@ class Rsyncv2Engine(base.BackupEngine):
     def backup_data(self, backup_path: str, manifest_path: str
                     ) -> Iterator[bytes]:
         """Yield the level's segments; the new manifest replaces manifest_path."""
-        previous = self._previous_paths(manifest_path)
-        summary = prog.Summary(level=len(previous))
-        self.last_summary = None
+        previous, summary, writer = self._start_level(manifest_path)
         self.progress.phase("backup level %d" % summary.level)
         write_queue: pyqueue.Queue = pyqueue.Queue(_QUEUE_ITEMS)
         stop = threading.Event()
-        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
-                                   self._cipher(), level=summary.level)
         worker = threading.Thread(
             target=self._produce, name="rsyncv2-sign-delta", daemon=True,
             args=(backup_path, previous, writer, summary, write_queue, stop))
@@ -164,6 +160,20 @@ class Rsyncv2Engine(base.BackupEngine):
         finally:
             stop.set()
             worker.join()
+        self._finish_level(manifest_path, writer, summary)
+
+    def _start_level(self, manifest_path: str
+                     ) -> tuple[list[str], prog.Summary, mf.ManifestWriter]:
+        """The chain below, a fresh summary and the new level's manifest writer."""
+        previous = self._previous_paths(manifest_path)
+        summary = prog.Summary(level=len(previous))
+        self.last_summary = None
+        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
+                                   self._cipher(), level=summary.level)
+        return previous, summary, writer
+
+    def _finish_level(self, manifest_path: str, writer: mf.ManifestWriter,
+                      summary: prog.Summary) -> None:
         summary.manifest_bytes = self.write_engine_meta(manifest_path, writer)
         summary.finish()
         self.last_summary = summary
@@ -193,15 +203,10 @@ class Rsyncv2Engine(base.BackupEngine):
         The records are batched into byte strings; the caller encodes them.
         The new manifest is written to ``manifest_path`` when done.
         """
-        previous = self._previous_paths(manifest_path)
-        summary = prog.Summary(level=len(previous))
-        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
-                                   self._cipher(), level=summary.level)
+        previous, summary, writer = self._start_level(manifest_path)
         self._sign_delta(fs_path, previous, writer, summary, write_queue,
                          threading.Event(), join=True)
-        summary.manifest_bytes = self.write_engine_meta(manifest_path, writer)
-        summary.finish()
-        self.last_summary = summary
+        self._finish_level(manifest_path, writer, summary)
 
     def _sign_delta(self, fs_path: str, previous: list[str],
                     writer: mf.ManifestWriter, summary: prog.Summary,
