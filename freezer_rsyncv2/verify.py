@@ -45,13 +45,14 @@ def verify(engine, hostname_backup_name: str,
     try:
         tree = os.path.join(scratch, "tree")
         os.mkdir(tree)
-        for level in range(top + 1):
-            backup = backups[level]
-            _check_metadata(backup, level, hostname_backup_name)
-            report.manifest_entries += _check_manifest(
-                engine, backup, os.path.join(scratch, "manifest"), level,
-                hostname_backup_name)
-            engine._restore_one(tree, backup)
+        with engine.restore_session(tree):
+            for level in range(top + 1):
+                backup = backups[level]
+                _check_metadata(backup, level, hostname_backup_name)
+                report.manifest_entries += _check_manifest(
+                    engine, backup, os.path.join(scratch, "manifest"), level,
+                    hostname_backup_name)
+                engine._restore_one(tree, backup)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report

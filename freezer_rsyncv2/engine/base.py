@@ -13,6 +13,7 @@ typed error instead of a generic one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import multiprocessing
 import os
@@ -201,10 +202,17 @@ class BackupEngine(metaclass=abc.ABCMeta):
                 raise errors.StorageError(
                     "backup %s: level %d is missing from the chain, cannot "
                     "restore level %d" % (hostname_backup_name, level, top))
-        for level in range(top + 1):
-            LOG.info("Restoring %s level %d", hostname_backup_name, level)
-            self._restore_one(restore_resource, backups[level])
+        with self.restore_session(restore_resource):
+            for level in range(top + 1):
+                LOG.info("Restoring %s level %d", hostname_backup_name, level)
+                self._restore_one(restore_resource, backups[level])
         return top
+
+    def restore_session(self, restore_path: str
+                        ) -> contextlib.AbstractContextManager:
+        """State the levels of one restore share (none by default); the
+        restore calls ``restore_level`` for each level inside it."""
+        return contextlib.nullcontext()
 
     def _restore_one(self, restore_path: str, backup: Any) -> None:
         read_pipe, write_pipe = multiprocessing.Pipe(duplex=False)

@@ -17,7 +17,6 @@ from oslo_log import log
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.fs import entry as fsentry
-from freezer_rsyncv2.fs import filedata
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.rsync import matcher as rmatch
 from freezer_rsyncv2.rsync import patcher as rpatch
@@ -118,6 +117,7 @@ class RestorePass:
             raise errors.IntegrityError(
                 "the stream says it is level %r, the storage says level %d"
                 % (written, level))
+        self.tree.level = written
         for rec in it:
             rtype = rec[0]
             if rtype == records.ENTRY:
@@ -126,8 +126,7 @@ class RestorePass:
                 self.tree.remove(rec[1])
                 self.progress.entry(rec[1], "deleted")
             elif rtype == records.END:
-                self.tree.finish()
-                return rec[1]
+                return rec[1]       # the tree's owner calls finish()
             else:
                 raise errors.CorruptRecordError(
                     "%s record outside a file" % records.NAMES[rtype])
@@ -204,22 +203,26 @@ class RestorePass:
             if extra.get("sp"):
                 pieces = _punch_holes(rpatch.patch(fdata.ops(), read,
                                                    block_len, basis_size))
-            else:
-                # COPY ranges are copied kernel-side (copy_file_range).
-                pieces = (filedata.BasisRange(fd, *item)
-                          if isinstance(item, tuple) else item
-                          for item in rpatch.plan(fdata.ops(), block_len,
-                                                  basis_size))
-            self._write(e, pieces, fdata)
+                self._write(e, pieces, fdata)
+                return
+            # In place, or COPY ranges copied kernel-side (copy_file_range).
+            plan = rpatch.plan(fdata.ops(), block_len, basis_size)
+            self.bytes_written += self.tree.patch_file(
+                e, basis_path, fd, _counted(e, plan, fdata),
+                fdata.checked_digest)
 
     def _write(self, e: fsentry.Entry, pieces: Iterable, fdata: _FileData
                ) -> None:
-        def counted() -> Iterator:
-            for piece in pieces:
-                yield piece
-            if fdata.size is None:
-                raise errors.TruncatedError(
-                    "stream ends inside the data of %r" % e.path)
-            e.size = fdata.size     # the bytes actually read at backup time
         self.bytes_written += self.tree.write_file(
-            e, counted(), fdata.checked_digest)
+            e, _counted(e, pieces, fdata), fdata.checked_digest)
+
+
+def _counted(e: fsentry.Entry, pieces: Iterable, fdata: _FileData
+             ) -> Iterator:
+    """Pass ``pieces`` on; at their end, set the entry's size from END_FILE."""
+    for piece in pieces:
+        yield piece
+    if fdata.size is None:
+        raise errors.TruncatedError(
+            "stream ends inside the data of %r" % e.path)
+    e.size = fdata.size     # the bytes actually read at backup time

@@ -61,6 +61,7 @@ class Rsyncv2Engine(base.BackupEngine):
         self.last_summary: prog.Summary | None = None
         # The pass file is read at first use, not here (cheap constructor).
         self._keyring: Any = None
+        self._session: tuple[str, fsrestore.RestoreTree] | None = None
 
     @property
     def name(self) -> str:
@@ -244,6 +245,24 @@ class Rsyncv2Engine(base.BackupEngine):
         return size
 
     # -- restore --------------------------------------------------------------
+    @contextlib.contextmanager
+    def restore_session(self, restore_path: str
+                        ) -> Iterator[fsrestore.RestoreTree]:
+        """One restore tree for all the levels of a restore.
+
+        A big file that later levels patch in place is then written once
+        and renamed when the last level is done (``fs.regular``); a failed
+        restore removes what is still staged.
+        """
+        tree = fsrestore.RestoreTree(restore_path,
+                                     on_warning=self._restore_warning)
+        self._session = (restore_path, tree)
+        try:
+            with tree:
+                yield tree
+        finally:
+            self._session = None
+
     def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
                       except_queue: Any) -> None:
         """Apply one level read from read_pipe; errors also go to except_queue."""
@@ -253,8 +272,13 @@ class Rsyncv2Engine(base.BackupEngine):
             plain = frames.decode_frames(_recv_all(read_pipe),
                                          frames.KIND_DATA,
                                          self._cipher_factory())
-            with fsrestore.RestoreTree(restore_path,
-                                       on_warning=self._restore_warning) as tree:
+            session = self._session
+            tree_cm: Any = (contextlib.nullcontext(session[1])
+                            if session and session[0] == restore_path else
+                            fsrestore.RestoreTree(
+                                restore_path,
+                                on_warning=self._restore_warning))
+            with tree_cm as tree:
                 restore_pass.RestorePass(tree, self.progress).run(
                     records.decode(plain),
                     level if isinstance(level, int) else None)

@@ -70,6 +70,16 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[done:]
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview,
+               offset: int) -> None:
+    """os.pwrite until everything is written at ``offset``."""
+    view = memoryview(data).cast('B')
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view = view[done:]
+        offset += done
+
+
 def write_pieces(fd: int, pieces: Iterable[bytes | int | BasisRange],
                  hasher: Hasher, path: bytes, limit: int,
                  foreign: list[BaseException],

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
+import dataclasses
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, cast
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from oslo_log import log
 
 from freezer_rsyncv2.errors import (
-    CorruptRecordError, IntegrityError, RestoreError, Rsyncv2Error,
-    UnsafePathError)
+    CorruptRecordError, RestoreError, UnsafePathError)
 from freezer_rsyncv2.fs import safepath
 from freezer_rsyncv2.fs.entry import (
     DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
-from freezer_rsyncv2.fs.filedata import (
-    TMP_PREFIX, BasisRange, create_temp, write_pieces)
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
 from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
+from freezer_rsyncv2.fs.regular import RegularFiles, Staged, os_errors
 from freezer_rsyncv2.fs.safepath import lstat_at, remove_at, show
-from freezer_rsyncv2.threads import PARALLEL_MIN, OrderedWorker
+from freezer_rsyncv2.threads import OrderedWorker
 
 LOG = log.getLogger(__name__)
 
@@ -35,26 +33,7 @@ def _log_warning(path: bytes, message: str) -> None:
     LOG.warning("%s: %s", show(path), message)
 
 
-@contextlib.contextmanager
-def _os_errors(path: bytes, action: str,
-               foreign: list[BaseException] | None = None) -> Iterator[None]:
-    """Turn stray OSErrors into RestoreError naming the path.
-
-    Exceptions listed in ``foreign`` (raised by caller-supplied data
-    iterators) are not ours to translate and pass through unchanged.
-    """
-    try:
-        yield
-    except Rsyncv2Error:
-        raise
-    except OSError as exc:
-        if foreign and any(exc is other for other in foreign):
-            raise
-        raise RestoreError(f"cannot {action} {show(path)}: "
-                           f"{exc.strerror or exc}") from exc
-
-
-class RestoreTree:
+class RestoreTree(RegularFiles):
     """Writes entries below one root directory, never outside it.
 
     Every path is validated (``check_path``) and reached from the root's
@@ -62,12 +41,14 @@ class RestoreTree:
     neither a malicious record nor a symlink planted by an earlier record
     or backup level can redirect a write or a deletion.  File data lands
     in a temporary file renamed into place only after its digest and
-    length check out.  Directory metadata is deferred to ``finish()``
+    length check out; big files stay staged until ``finish()``
+    (``fs.regular``).  Directory metadata is deferred to ``finish()``
     (deepest first) so that creating children neither disturbs restored
-    mtimes nor hits a read-only directory.
+    mtimes nor hits a read-only directory.  One tree may serve all the
+    levels of a restore: ``finish()`` once, after the last.
 
     Used as a context manager, ``finish()`` runs on a clean exit; on an
-    exception only the descriptors are released.
+    exception staged files are removed and the descriptors released.
     """
 
     def __init__(self, root: str | bytes | os.PathLike,
@@ -89,10 +70,13 @@ class RestoreTree:
         self.meta = MetaApplier(restore_owner, self.warn)
         self._dirs: dict[bytes, Entry] = {}
         self._parent_times: dict[bytes, tuple[int, int]] = {}
+        self._staged: dict[bytes, Staged] = {}
+        #: the level being applied (named in errors about staged files)
+        self.level: Any = None
         self._fd: int | None = None
         # Hashes big files on another core while this thread writes them.
         self._hash_worker = OrderedWorker("rsyncv2-restore-digest")
-        with _os_errors(root_b, "open restore directory"):
+        with os_errors(root_b, "open restore directory"):
             os.makedirs(root_b, exist_ok=True)
             fd = os.open(root_b, safepath.DIR_WALK_FLAGS & ~os.O_NOFOLLOW)
         self._fd = fd
@@ -106,6 +90,8 @@ class RestoreTree:
         try:
             if exc_type is None:
                 self.finish()
+            else:
+                self.discard_staged()
         finally:
             self.close()
 
@@ -155,6 +141,7 @@ class RestoreTree:
 
         Returns the stat of a kept directory, else None.
         """
+        self._unstage(dir_fd, path)
         st = lstat_at(dir_fd, name)
         if st is None:
             return None
@@ -162,6 +149,7 @@ class RestoreTree:
             return st
         if stat.S_ISDIR(st.st_mode):
             self._dirs.pop(path, None)
+            self._forget_staged_below(path)
         remove_at(dir_fd, name)
         return None
 
@@ -169,7 +157,7 @@ class RestoreTree:
 
     def make_dir(self, entry: Entry) -> None:
         """Create (or keep) a directory; its metadata waits for finish()."""
-        with _os_errors(entry.path, "create directory"), \
+        with os_errors(entry.path, "create directory"), \
                 self._parent(entry.path) as (parent, name):
             assert parent is not None
             kept = self._clear(parent, name, entry.path, keep_dir=True)
@@ -183,14 +171,23 @@ class RestoreTree:
         self._dirs[entry.path] = entry
 
     def finish(self) -> None:
-        """Apply deferred directory metadata, deepest directories first.
+        """Rename staged files, then apply deferred directory metadata,
+        deepest directories first.
 
         Deepest first: a parent's mtime is set after all changes inside
         it, and a parent becomes read-only only once its subtree is done.
         Directories removed or replaced since are skipped, including those
         below an ancestor that a later record turned into a symlink (that
         directory is no longer part of the tree; nothing is followed).
+        A staged file that fails its check is removed, the others are
+        renamed and the directories finished; then the failure is raised.
         """
+        try:
+            self.finalize_all()
+        finally:
+            self._finish_dirs()
+
+    def _finish_dirs(self) -> None:
         pending = sorted(self._dirs.values(),
                          key=lambda e: e.path.count(b'/'), reverse=True)
         touched = {p: t for p, t in self._parent_times.items()
@@ -220,7 +217,7 @@ class RestoreTree:
             LOG.debug("not restoring times of %s: %s", show(path), exc)
 
     def _finish_dir(self, entry: Entry) -> None:
-        with _os_errors(entry.path, "set metadata of"), \
+        with os_errors(entry.path, "set metadata of"), \
                 self._parent(entry.path, create=False) as (parent, name):
             if parent is not None:
                 st = lstat_at(parent, name)
@@ -235,7 +232,7 @@ class RestoreTree:
         if not isinstance(target, bytes) or not target or b'\0' in target:
             raise CorruptRecordError(
                 f"symlink {show(entry.path)} has no valid target")
-        with _os_errors(entry.path, "create symlink"), \
+        with os_errors(entry.path, "create symlink"), \
                 self._parent(entry.path) as (parent, name):
             assert parent is not None
             self._clear(parent, name, entry.path)
@@ -244,7 +241,7 @@ class RestoreTree:
 
     def make_fifo(self, entry: Entry) -> None:
         """Create a named pipe."""
-        with _os_errors(entry.path, "create fifo"), \
+        with os_errors(entry.path, "create fifo"), \
                 self._parent(entry.path) as (parent, name):
             assert parent is not None
             self._clear(parent, name, entry.path)
@@ -259,13 +256,13 @@ class RestoreTree:
         if not self.is_root:
             # Still validate the whole chain, so a planted symlink is
             # reported the same way whoever runs the restore.
-            with _os_errors(entry.path, "check"), \
+            with os_errors(entry.path, "check"), \
                     self._parent(entry.path, create=False):
                 pass
             self.warn(entry.path, "device not restored: needs root")
             return
         fmt = stat.S_IFBLK if entry.kind == KIND_BLK else stat.S_IFCHR
-        with _os_errors(entry.path, "create device"), \
+        with os_errors(entry.path, "create device"), \
                 self._parent(entry.path) as (parent, name):
             assert parent is not None
             self._clear(parent, name, entry.path)
@@ -292,7 +289,8 @@ class RestoreTree:
         if source == entry.path:
             raise CorruptRecordError(
                 f"hardlink {show(entry.path)} points to itself")
-        with _os_errors(entry.path, "create hardlink"), \
+        self.finalize(source)       # a link needs the final name
+        with os_errors(entry.path, "create hardlink"), \
                 self._parent(source, create=False) as (src_dir, src_name):
             st = None if src_dir is None else lstat_at(src_dir, src_name)
             if st is None or not stat.S_ISREG(st.st_mode):
@@ -307,95 +305,11 @@ class RestoreTree:
                         dst_dir_fd=parent, follow_symlinks=False)
                 self.meta.apply_at(parent, name, entry)
 
-    # -- regular files ------------------------------------------------
-
-    def open_basis(self, path: bytes) -> BinaryIO | None:
-        """Open the existing regular file at ``path`` for reading, or None.
-
-        The rsync delta of a later level is applied against this basis.
-        Opened O_NOFOLLOW|O_NONBLOCK (a fifo planted there must not block
-        us) and type-checked on the descriptor, not by name.
-        """
-        with _os_errors(path, "open"), \
-                self._parent(path, create=False) as (parent, name):
-            if parent is None:
-                return None
-            st = lstat_at(parent, name)
-            if st is None:
-                return None
-            if not stat.S_ISREG(st.st_mode):
-                raise RestoreError(f"{show(path)} is not a regular file")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC, dir_fd=parent)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise RestoreError(f"{show(path)} is not a regular file")
-                os.set_blocking(fd, True)
-                return cast(BinaryIO, os.fdopen(fd, 'rb'))
-            except BaseException:
-                os.close(fd)
-                raise
-
-    def write_file(self, entry: Entry,
-                   pieces: Iterable[bytes | int | BasisRange],
-                   digest: bytes | Callable[[], bytes],
-                   hash_name: str = 'sha256') -> int:
-        """Write a regular file atomically; return the data bytes written.
-
-        ``pieces`` are data (bytes-like), ints meaning a hole of that
-        many zero bytes, made with lseek so the result is sparse (a final
-        ftruncate keeps trailing holes), or ranges of an open basis file,
-        copied kernel-side (``BasisRange``).  The digest covers the logical
-        content (holes as zeros).  Nothing replaces the final name before
-        length and digest check out; on any failure (including one raised
-        by ``pieces``) the temporary file is removed.  The return value
-        counts bytes actually written, holes excluded.  ``digest`` may be
-        a callable, asked only once ``pieces`` is exhausted (a stream
-        carries a file's digest after its data).
-        """
-        hasher = hashlib.new(hash_name)
-        foreign: list[BaseException] = []
-        with _os_errors(entry.path, "write", foreign), \
-                self._parent(entry.path) as (parent, name):
-            assert parent is not None
-            fd, tmp = create_temp(parent)
-            try:
-                try:
-                    total, written = write_pieces(
-                        fd, pieces, hasher, entry.path, entry.size, foreign,
-                        self._hash_worker if entry.size >= PARALLEL_MIN
-                        else None)
-                    if total != entry.size:
-                        raise IntegrityError(
-                            f"{show(entry.path)}: restored {total} bytes, "
-                            f"expected {entry.size}")
-                    if callable(digest):    # known once pieces are done
-                        digest = digest()
-                    if not hmac.compare_digest(hasher.digest(), digest):
-                        raise IntegrityError(
-                            f"{show(entry.path)}: {hash_name} digest "
-                            f"mismatch")
-                    os.ftruncate(fd, total)
-                    self.meta.apply_fd(fd, entry)
-                finally:
-                    os.close(fd)
-                # rename() replaces files and symlinks atomically, but
-                # not directories: those go first.
-                present = lstat_at(parent, name)
-                if present is not None and stat.S_ISDIR(present.st_mode):
-                    self._clear(parent, name, entry.path)
-                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent)
-                raise
-        return written
-
     # -- removal and metadata-only changes ----------------------------
 
     def remove(self, path: bytes) -> None:
         """Delete whatever is at ``path`` (recursively); absent is fine."""
-        with _os_errors(path, "remove"), \
+        with os_errors(path, "remove"), \
                 self._parent(path, create=False, mutate=True) as (parent,
                                                                   name):
             if parent is not None:
@@ -408,7 +322,11 @@ class RestoreTree:
         if expected is None:
             raise CorruptRecordError(
                 f"{show(entry.path)}: unknown kind {entry.kind!r}")
-        with _os_errors(entry.path, "set metadata of"), \
+        staged = self._staged.get(entry.path)
+        if staged is not None and entry.kind == staged.entry.kind:
+            staged.entry = dataclasses.replace(entry, size=staged.entry.size)
+            return
+        with os_errors(entry.path, "set metadata of"), \
                 self._parent(entry.path, create=False) as (parent, name):
             st = None if parent is None else lstat_at(parent, name)
             if st is None or stat.S_IFMT(st.st_mode) != expected:
