@@ -12,7 +12,6 @@ after them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from oslo_log import log
 
 from freezer_rsyncv2 import config as cfgmod
+from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
@@ -86,7 +86,7 @@ class BackupPass:
             self._sig_worker.close()
 
     def _records(self) -> Iterator[bytes]:
-        yield records.begin({"level": self.level})
+        yield records.begin({"level": self.level, "dg": digests.DEFAULT})
         prev = iter(self.previous)
         old = next(prev, None)
         for e in fswalk.walk(self.root, exclude=self.cfg.exclude,
@@ -261,7 +261,7 @@ class BackupPass:
                              bl=basis.block_len, bs=basis.entry.size)
                 matcher = rmatch.Matcher(basis.signature())
             yield records.entry(e, **extra)
-            digest = hashlib.sha256()
+            digest = digests.new(digests.DEFAULT)
             builder = rsig.SignatureBuilder(
                 rsig.block_size_for(st.st_size, self.cfg.block_size))
             if st.st_size >= threads.PARALLEL_MIN:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from oslo_log import log
 
-from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import digests, errors
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import restore as fsrestore
@@ -104,6 +104,7 @@ class RestorePass:
         # hash() of bytes is keyed per process, so a crafted stream cannot
         # aim collisions at it; 8 bytes a path keeps a million entries cheap.
         self._seen: set[int] = set()
+        self.digest = digests.SHA256     # named by the level's BEGIN record
 
     def run(self, recs: Iterable[tuple], level: int | None = None) -> dict:
         """Apply the records; ``level`` is the level the storage says this is."""
@@ -118,6 +119,7 @@ class RestorePass:
                 "the stream says it is level %r, the storage says level %d"
                 % (written, level))
         self.tree.level = written
+        self.digest = digests.of_level(begin[1])
         for rec in it:
             rtype = rec[0]
             if rtype == records.ENTRY:
@@ -209,12 +211,12 @@ class RestorePass:
             plan = rpatch.plan(fdata.ops(), block_len, basis_size)
             self.bytes_written += self.tree.patch_file(
                 e, basis_path, fd, _counted(e, plan, fdata),
-                fdata.checked_digest)
+                fdata.checked_digest, self.digest)
 
     def _write(self, e: fsentry.Entry, pieces: Iterable, fdata: _FileData
                ) -> None:
         self.bytes_written += self.tree.write_file(
-            e, _counted(e, pieces, fdata), fdata.checked_digest)
+            e, _counted(e, pieces, fdata), fdata.checked_digest, self.digest)
 
 
 def _counted(e: fsentry.Entry, pieces: Iterable, fdata: _FileData

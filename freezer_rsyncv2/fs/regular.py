@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import hmac
 import itertools
 import os
@@ -25,6 +24,7 @@ from typing import Any, BinaryIO, cast
 
 from oslo_log import log
 
+from freezer_rsyncv2 import digests
 from freezer_rsyncv2.errors import (
     IntegrityError, RestoreError, Rsyncv2Error)
 from freezer_rsyncv2.fs.entry import Entry
@@ -70,6 +70,7 @@ class Staged:
     tmp: bytes              # the temporary name, beside the final one
     entry: Entry            # metadata applied when it is renamed
     digest: bytes           # what its content must hash to
+    hash_name: str          # ... with this digest (``digests``)
     levels: list = dataclasses.field(default_factory=list)
     # ^ levels that patched it in place since it was last hashed
 
@@ -99,9 +100,9 @@ def identity_prefix(items: Iterable[PlanItem], limit: int
     return head, None
 
 
-def hash_fd(fd: int, hash_name: str = 'sha256') -> tuple[bytes, int]:
+def hash_fd(fd: int, hash_name: str) -> tuple[bytes, int]:
     """(digest, length) of a whole open file, read through one buffer."""
-    hasher = hashlib.new(hash_name)
+    hasher = digests.new(hash_name)
     buf = bytearray(_HASH_CHUNK)
     view = memoryview(buf)
     offset = 0
@@ -158,7 +159,8 @@ class RegularFiles:
 
     def patch_file(self, entry: Entry, basis_path: bytes, basis_fd: int,
                    items: Iterable[PlanItem],
-                   digest: Callable[[], bytes]) -> int:
+                   digest: Callable[[], bytes],
+                   hash_name: str = digests.SHA256) -> int:
         """Write ``entry`` from a patch plan against the open basis.
 
         In place when the basis is this path's staged file and the plan
@@ -170,14 +172,15 @@ class RegularFiles:
         if staged is not None and basis_path == entry.path:
             head, rest = identity_prefix(items, IN_PLACE_BUFFER)
             if rest is None:
-                return self._patch_in_place(entry, staged, head, digest)
+                return self._patch_in_place(entry, staged, head, digest,
+                                            hash_name)
             items = itertools.chain(head, rest)
         pieces = (BasisRange(basis_fd, *item) if isinstance(item, tuple)
                   else item for item in items)
-        return self.write_file(entry, pieces, digest)
+        return self.write_file(entry, pieces, digest, hash_name)
 
     def _patch_in_place(self, entry: Entry, staged: Staged, plan: list,
-                        digest: Callable[[], bytes]) -> int:
+                        digest: Callable[[], bytes], hash_name: str) -> int:
         written = pos = 0
         try:
             with os_errors(entry.path, "patch"), \
@@ -206,6 +209,7 @@ class RegularFiles:
                 finally:
                     os.close(fd)
             staged.digest = digest()
+            staged.hash_name = hash_name
         except BaseException:
             self._drop_staged(entry.path)     # half-patched: never renamed
             raise
@@ -216,7 +220,7 @@ class RegularFiles:
     def write_file(self, entry: Entry,
                    pieces: Iterable[bytes | int | BasisRange],
                    digest: bytes | Callable[[], bytes],
-                   hash_name: str = 'sha256') -> int:
+                   hash_name: str = digests.SHA256) -> int:
         """Write a regular file atomically; return the data bytes written.
 
         ``pieces`` are data (bytes-like), ints meaning a hole of that
@@ -231,7 +235,7 @@ class RegularFiles:
         carries a file's digest after its data).  A file of ``STAGE_MIN``
         bytes or more is staged: renamed by finish().
         """
-        hasher = hashlib.new(hash_name)
+        hasher = digests.new(hash_name)
         foreign: list[BaseException] = []
         with os_errors(entry.path, "write", foreign), \
                 self._parent(entry.path) as (parent, name):
@@ -261,7 +265,8 @@ class RegularFiles:
                     os.close(fd)
                 if staging:
                     self._unstage(parent, entry.path)
-                    self._staged[entry.path] = Staged(tmp, entry, digest)
+                    self._staged[entry.path] = Staged(tmp, entry, digest,
+                                                      hash_name)
                 else:
                     self._rename_into_place(parent, tmp, name, entry.path)
             except BaseException:
@@ -340,7 +345,7 @@ class RegularFiles:
 
     @staticmethod
     def _check_patched(fd: int, path: bytes, staged: Staged) -> None:
-        digest, size = hash_fd(fd)
+        digest, size = hash_fd(fd, staged.hash_name)
         levels = "level%s %s" % ("s" if len(staged.levels) > 1 else "",
                                  ", ".join(map(str, staged.levels)))
         if size != staged.entry.size:
@@ -349,8 +354,8 @@ class RegularFiles:
                 f"in place, expected {staged.entry.size}")
         if not hmac.compare_digest(digest, staged.digest):
             raise IntegrityError(
-                f"{show(path)}: sha256 digest mismatch after {levels} "
-                f"patched it in place")
+                f"{show(path)}: {staged.hash_name} digest mismatch after "
+                f"{levels} patched it in place")
 
     def finalize_all(self) -> None:
         """Rename every staged file; the first failure is raised at the end

@@ -27,7 +27,9 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression
 
 MAGIC = b"FRZRSV2\x00"
-VERSION = 1
+VERSION = 2
+#: 1: file digests SHA-256; 2: the digest is named in BEGIN (BLAKE3)
+READ_VERSIONS = (1, 2)
 KIND_DATA = 1
 KIND_MANIFEST = 2
 KIND_NAMES = {KIND_DATA: "data stream", KIND_MANIFEST: "manifest"}
@@ -305,10 +307,10 @@ def read_header(buf: _Buffer, kind: int) -> tuple[bytes, int, int, bytes]:
     if magic != MAGIC:
         raise errors.BadMagicError(
             "not a freezer_rsyncv2 stream (magic %r)" % magic)
-    if version != VERSION:
+    if version not in READ_VERSIONS:
         raise errors.UnsupportedVersionError(
             "stream format version %d is not supported (this library reads "
-            "version %d)" % (version, VERSION))
+            "versions %s)" % (version, ", ".join(map(str, READ_VERSIONS))))
     if got_kind != kind:
         raise errors.CorruptRecordError(
             "expected a %s, found kind %d" % (KIND_NAMES.get(kind), got_kind))

@@ -38,8 +38,10 @@ def file_records(path: bytes, data: bytes, **fields) -> list[list]:
 
 
 def encode(recs: list, begin: bool = True, end: bool = True,
-           codec: str = "none", level: int = 0) -> bytes:
-    body = [records.pack([records.BEGIN, {"level": level}])] if begin else []
+           codec: str = "none", level: int = 0, **begin_fields) -> bytes:
+    """A level's stream; BEGIN names no digest (SHA-256) unless ``dg=``."""
+    fields = {"level": level, **begin_fields}
+    body = [records.pack([records.BEGIN, fields])] if begin else []
     body += [r if isinstance(r, bytes) else records.pack(r) for r in recs]
     if end:
         body.append(records.pack([records.END, {}]))

@@ -3,6 +3,7 @@
 import hashlib
 import os
 
+import blake3
 import pytest
 
 from freezer_rsyncv2 import errors
@@ -243,6 +244,42 @@ def test_future_format_version(arena):
     data[8:10] = (frames.VERSION + 1).to_bytes(2, "big")
     with pytest.raises(errors.UnsupportedVersionError):
         sk.restore_stream(arena.root, bytes(data))
+    assert listing(arena.root) == []
+
+
+def test_version_1_stream_restores_with_sha256(arena, monkeypatch):
+    monkeypatch.setattr(frames, "VERSION", 1)
+    data = sk.encode(sk.file_records(b"f", b"old format"))  # SHA-256
+    monkeypatch.undo()
+    assert data[8:10] == b"\x00\x01"
+    sk.restore_stream(arena.root, data)
+    with open(os.path.join(arena.root, "f"), "rb") as f:
+        assert f.read() == b"old format"
+
+
+def blake3_file(path: bytes, data: bytes, digest: bytes) -> list:
+    return [sk.entry(path, "f", s=len(data), data="full"),
+            [records.LITERAL, data], [records.END_FILE, len(data), digest]]
+
+
+def test_blake3_digests_are_checked(arena):
+    good = blake3.blake3(b"good").digest()
+    sk.restore_stream(arena.root, sk.encode(blake3_file(b"f", b"good", good),
+                                            dg="blake3"))
+    # a digest of other data, and the right data's SHA-256 under "blake3"
+    for digest in (good, hashlib.sha256(b"evil").digest()):
+        with pytest.raises(errors.IntegrityError, match="blake3 digest"):
+            sk.restore_stream(arena.root, sk.encode(
+                blake3_file(b"f", b"evil", digest), dg="blake3"))
+    with open(os.path.join(arena.root, "f"), "rb") as f:
+        assert f.read() == b"good"
+
+
+@pytest.mark.parametrize("name", ["md5", 3, None])
+def test_unknown_digest_is_refused(arena, name):
+    data = sk.encode(sk.file_records(b"f", b"x"), dg=name)
+    with pytest.raises(errors.UnsupportedVersionError, match="file digest"):
+        sk.restore_stream(arena.root, data)
     assert listing(arena.root) == []
 
 

@@ -84,7 +84,7 @@ def test_hash_fd(tmp_path):
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        assert regular.hash_fd(fd) == (sha(data), len(data))
+        assert regular.hash_fd(fd, "sha256") == (sha(data), len(data))
     finally:
         os.close(fd)
 

@@ -8,10 +8,11 @@ import os
 import pwd
 import stat
 
+import blake3
 import pytest
 
 from freezer_rsyncv2.errors import (
-    CorruptRecordError, IntegrityError, RestoreError)
+    CorruptRecordError, IntegrityError, RestoreError, UnsupportedVersionError)
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs.restore import TMP_PREFIX, RestoreTree
 
@@ -147,9 +148,15 @@ def test_write_file_other_hash_and_small_pieces(tree, target):
     data = [b'a'] * 5000 + [b'b' * (2 * MIB)] + [b'c'] * 10
     blob = b''.join(data)
     e = entry(b'f', size=len(blob))
-    tree.write_file(e, iter(data), hashlib.blake2b(blob).digest(),
-                    hash_name='blake2b')
+    tree.write_file(e, iter(data), blake3.blake3(blob).digest(),
+                    hash_name='blake3')
     assert (target / 'f').read_bytes() == blob
+
+
+def test_write_file_unknown_hash(tree, target):
+    with pytest.raises(UnsupportedVersionError, match="blake2b"):
+        tree.write_file(entry(b'f', size=1), [b'x'], b'', hash_name='blake2b')
+    assert not (target / 'f').exists()
 
 
 def test_digest_mismatch_keeps_previous_file(tree, target):
