@@ -1,8 +1,10 @@
 import os
 import random
 import struct
+import zlib
 
 import pytest
+import xxhash
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression, frames
@@ -157,3 +159,19 @@ def test_threaded_compression_gives_the_serial_frames(codec):
     enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
     assert b"".join(enc.write(data)) + b"".join(enc.close()) == serial
     assert decode(serial, chunk=100000) == data
+
+
+def test_null_cipher_checksum_by_version():
+    aad, data = b"header+index", b"payload"
+    v1, v2 = frames.NullCipher(1), frames.NullCipher(2)
+    assert (v1.overhead, v2.overhead) == (4, 8)
+    assert v1.seal(0, aad, data) == data + struct.pack(
+        ">I", zlib.crc32(data, zlib.crc32(aad)))
+    assert v2.seal(0, aad, data) == data + struct.pack(
+        ">Q", xxhash.xxh3_64_intdigest(aad + data))
+    for cipher in (v1, v2):
+        sealed = cipher.seal(0, aad, data)
+        assert cipher.open(0, aad, sealed) == data
+        with pytest.raises(errors.IntegrityError):
+            cipher.open(0, aad + b"x", sealed)
+    assert frames.NullCipher().overhead == 8    # new streams: version 2
