@@ -274,8 +274,11 @@ class _Buffer:
             return view[:n]
         parts, need = [], n
         while len(view) < need:
-            parts.append(view)
+            # A copy of the tail, so this chunk is let go before the next is
+            # asked for (the producer may read the one after meanwhile).
+            parts.append(bytes(view))
             need -= len(view)
+            self._view = view = memoryview(b"")
             try:
                 view = memoryview(next(self._chunks)).cast("B")
             except StopIteration:
@@ -344,6 +347,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
                 "stream ends after %d frames (%d bytes) without its final "
                 "frame" % (index, where))
         flags, stored_len, plain_len = _FRAME.unpack(head)
+        head = None     # a view: the chunk may end here (see sealed, below)
         if flags & ~_KNOWN_FLAGS:
             raise errors.CorruptRecordError(
                 "frame %d at byte %d has unknown flags 0x%02x"
@@ -365,6 +369,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             raise type(err)("frame %d at byte %d: %s"
                             % (index, where, err)) from err
         yield codec.decompress(packed, plain_len)
+        sealed = packed = None      # no view of this chunk kept meanwhile
         index += 1
         if flags & FLAG_FINAL:
             break
@@ -373,26 +378,33 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             "unexpected bytes after the final frame (byte %d)" % buf.consumed)
 
 
-def segments(pieces: Iterable, max_size: int) -> Iterator[bytes]:
+def segments(pieces: Iterable, max_size: int) -> Iterator[bytearray]:
     """Regroup byte pieces into segments of exactly max_size (last shorter).
 
-    Each segment is built with one copy (a join); pieces are not changed.
+    Each piece is copied once, into the segment being built (a bytearray
+    grown in place), as soon as it arrives: no piece is held until a
+    segment is complete, so building one costs one segment of memory, not
+    two (the pieces and their join).  Pieces are not changed; a yielded
+    segment is never changed again.
     """
     if max_size <= 0:
         raise errors.ConfigError("max_segment_size must be positive")
-    held: list = []
-    size = 0
+    seg = bytearray()
     for piece in pieces:
         n = len(piece)
-        while size + n >= max_size:
-            cut = max_size - size
-            view = memoryview(piece)
-            held.append(view[:cut])
-            yield b"".join(held)
-            held, size = [], 0
-            piece, n = view[cut:], n - cut
-        if n:
-            held.append(piece)
-            size += n
-    if size:
-        yield b"".join(held)
+        if len(seg) + n < max_size:
+            seg += piece
+            continue
+        view = memoryview(piece)
+        start = 0
+        while len(seg) + n - start >= max_size:
+            cut = start + max_size - len(seg)
+            seg += view[start:cut]
+            yield seg
+            seg = bytearray()
+            start = cut
+        if start < n:
+            seg += view[start:]
+        del view
+    if seg:
+        yield seg
