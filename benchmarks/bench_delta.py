@@ -27,8 +27,7 @@ from freezer_rsyncv2.rsync.signature import block_size_for  # noqa: E402
 MIB = 1 << 20
 CASES = ("random", "nomatch", "zeros", "text", "chain", "encrypted")
 CHAIN_LEVELS = 7
-DEFAULT_SEGMENT = 32 * MIB
-BENCH_SEGMENT = 8 * MIB
+DEFAULT_SEGMENT = 32 * MIB        # the engine's and Freezer's default
 RSS_LIMIT_MB = 150.0
 FILE = "data.bin"
 
@@ -302,9 +301,9 @@ class Bench:
                    "exclude interpreter start and imports (median %.2f s), paid once inside "
                    "freezer-agent" % self._startups[len(self._startups) // 2])
         if self.args.max_segment_size != DEFAULT_SEGMENT:
-            r.note("max segment size %d MiB (default 32 MiB): the storage hand-off queue holds "
-                   "up to 4 segments, so peak RSS grows by 4 x the segment size; the engine's "
-                   "own working set does not depend on it" % (self.args.max_segment_size // MIB))
+            r.note("max segment size %d MiB (default 32 MiB): backup and restore each hold two "
+                   "segments (the one being stored or restored and the next), so peak RSS "
+                   "moves by 2 x the difference" % (self.args.max_segment_size // MIB))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -317,8 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", help="directory for data (default: a temporary one); "
                                      "a subdirectory is made and removed at the end")
     p.add_argument("--chain-size", type=int, default=1024, help="MiB of the chain case's file")
-    p.add_argument("--max-segment-size", type=int, default=BENCH_SEGMENT,
-                   help="bytes per stored segment (default 8 MiB, see the note it prints)")
+    p.add_argument("--max-segment-size", type=int, default=DEFAULT_SEGMENT,
+                   help="bytes per stored segment (default 32 MiB, the engine's default)")
     p.add_argument("--block-size", type=int, default=None,
                    help="fixed rsync block size (default: the engine's sqrt rule)")
     args = p.parse_args(argv)

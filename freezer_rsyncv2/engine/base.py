@@ -8,6 +8,12 @@ using only the storage methods Freezer's own base class uses.  Unlike
 Freezer's, it fetches the whole chain's manifests (each level stores a delta
 manifest), never hangs when one side fails, and re-raises the engine's own
 typed error instead of a generic one.
+
+Both hand-offs pass references, one segment or block at a time: on backup
+the queue holds none (``put`` waits for the storage to take each segment),
+so the two sides hold two segments between them; on restore the storage's
+blocks reach ``restore_level`` through a ``QueuePipe`` of the same kind
+instead of a ``multiprocessing`` pipe (no copies through the kernel).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-import multiprocessing
 import os
 import queue as pyqueue
 import shutil
@@ -82,8 +87,13 @@ class BackupEngine(metaclass=abc.ABCMeta):
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,
                always_level: int | None, restart_always_level: float | None,
-               queue_size: int = 2) -> int:
-        """Write one level; returns its level number."""
+               queue_size: int = 0) -> int:
+        """Write one level; returns its level number.
+
+        ``queue_size`` segments may wait between the engine and the storage
+        besides the one each side holds; 0 (a hand-off) bounds the memory to
+        two segments.
+        """
         prev = self.storage.previous_backup(
             engine=self, hostname_backup_name=hostname_backup_name,
             incremental=incremental, max_level=max_level,
@@ -215,19 +225,32 @@ class BackupEngine(metaclass=abc.ABCMeta):
         return contextlib.nullcontext()
 
     def _restore_one(self, restore_path: str, backup: Any) -> None:
-        read_pipe, write_pipe = multiprocessing.Pipe(duplex=False)
+        """One level: the storage's blocks, read on a thread, into restore_level.
+
+        The blocks are handed over by reference, one at a time (a hand-off
+        queue read through a pipe-like ``QueuePipe``): at most the block
+        being restored and the one read next are held.  A storage failure
+        is the error reported (the reader sees the stream end early); a
+        reader failure closes the queue, which stops the storage thread.
+        """
+        rich_queue = rqueue.RichQueue(0)
+        read_pipe = rqueue.QueuePipe(rich_queue)
         failures: list[BaseException] = []
 
         def send() -> None:
             try:
-                for block in backup.storage.backup_blocks(backup):
-                    write_pipe.send_bytes(block)
-            except BrokenPipeError:
+                blocks = iter(backup.storage.backup_blocks(backup))
+                try:
+                    rich_queue.put_messages(blocks)
+                finally:
+                    close = getattr(blocks, "close", None)
+                    if close is not None:
+                        close()     # a generator's cleanup runs now, not at GC
+            except rqueue.QueueStopped:
                 return          # the reader stopped first; it reports why
             except BaseException as err:
                 failures.append(err)
-            finally:
-                write_pipe.close()
+                rich_queue.force_stop()     # the reader sees the end (EOFError)
 
         sender = threading.Thread(target=send, name="rsyncv2-restore-read",
                                   daemon=True)

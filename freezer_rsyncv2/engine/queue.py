@@ -1,4 +1,8 @@
-"""A bounded queue with Freezer's RichQueue interface that either side can force-stop."""
+"""A bounded queue with Freezer's RichQueue interface that either side can force-stop.
+
+Also the reading end of such a queue with a pipe's interface (``QueuePipe``),
+which the base class hands to ``restore_level`` instead of a real pipe.
+"""
 
 from __future__ import annotations
 
@@ -31,15 +35,21 @@ class RichQueue:
     seconds, so ``force_stop()`` from either side makes the other raise
     QueueStopped instead of hanging; ``finish()`` is only called after the
     last ``put`` returned, so "finished and empty" means "drained".
+
+    ``size`` is how many messages may wait between the two sides.  With
+    ``size=0`` (a hand-off; for ``queue.Queue`` 0 would mean unbounded) none
+    waits: ``put`` returns only once the consumer took the message, so the
+    two sides hold two messages between them (the one being consumed and
+    the one being produced) instead of ``size + 2``.
     """
 
     def __init__(self, size: int = 2, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            # maxsize 0 would make queue.Queue unbounded: memory would grow without limit.
-            raise ConfigError(f"queue size must be an int >= 1, got {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ConfigError(f"queue size must be an int >= 0, got {size!r}")
         if not poll_interval > 0:
             raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
-        self.data_queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.size = size
+        self.data_queue: queue.Queue[Any] = queue.Queue(maxsize=max(size, 1))
         self.poll_interval = poll_interval
         self._finished = threading.Event()
         self._stopped = threading.Event()
@@ -94,9 +104,19 @@ class RichQueue:
             self.check_stop()
             try:
                 self.data_queue.put(message, timeout=self.poll_interval)
-                return
+                break
             except queue.Full:
                 continue
+        if self.size == 0:
+            self._wait_taken()
+
+    def _wait_taken(self) -> None:
+        """Hand-off: block until the consumer took every message put."""
+        done = self.data_queue.all_tasks_done
+        with done:
+            while self.data_queue.unfinished_tasks:
+                self.check_stop()
+                done.wait(self.poll_interval)
 
     def put_messages(self, messages: Iterable[Any]) -> None:
         """Put every message then ``finish()``.
@@ -129,13 +149,16 @@ class RichQueue:
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
             try:
-                return self.data_queue.get(timeout=wait)
+                message = self.data_queue.get(timeout=wait)
             except queue.Empty:
                 # finish() happens after the last put(), so finished-then-empty is final.
                 if self._finished.is_set() and self.data_queue.empty():
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+                continue
+            self.data_queue.task_done()     # wakes a hand-off put()
+            return message
 
     def get_messages(self) -> Iterator[Any]:
         """Yield messages until finished and drained; raises QueueStopped if stopped."""
@@ -144,3 +167,30 @@ class RichQueue:
                 yield self.get()
             except queue.Empty:
                 continue
+
+
+class QueuePipe:
+    """The reading end of a RichQueue, with the interface ``restore_level`` reads.
+
+    ``recv_bytes()`` returns the producer's messages as they are (references,
+    no copy) and raises EOFError once the producer finished, or stopped (it
+    failed: the producer reports why).  ``close()`` force-stops the queue, so a
+    producer blocked in ``put`` stops with QueueStopped instead of waiting.
+    """
+
+    def __init__(self, rich_queue: RichQueue) -> None:
+        self.rich_queue = rich_queue
+
+    def recv_bytes(self, maxlength: int | None = None) -> Any:
+        try:
+            message = self.rich_queue.get()
+        except (queue.Empty, QueueStopped):
+            raise EOFError from None
+        if maxlength is not None and len(message) > maxlength:
+            self.close()
+            raise OSError("message of %d bytes is longer than maxlength %d"
+                          % (len(message), maxlength))
+        return message
+
+    def close(self) -> None:
+        self.rich_queue.force_stop()

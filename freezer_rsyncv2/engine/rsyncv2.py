@@ -117,7 +117,7 @@ class Rsyncv2Engine(base.BackupEngine):
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,
                always_level: int | None, restart_always_level: float | None,
-               queue_size: int = 2) -> int:
+               queue_size: int = 0) -> int:
         self._cipher()
         if not os.path.lexists(backup_resource):
             raise errors.SourceError("backup source %s does not exist"

@@ -322,8 +322,11 @@ class _Buffer:
             return view[:n]
         parts, need = [], n
         while len(view) < need:
-            parts.append(view)
+            # A copy of the tail, so this chunk is let go before the next is
+            # asked for (the producer may read the one after meanwhile).
+            parts.append(bytes(view))
             need -= len(view)
+            self._view = view = memoryview(b"")
             try:
                 view = memoryview(next(self._chunks)).cast("B")
             except StopIteration:
@@ -396,6 +399,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
                 "stream ends after %d frames (%d bytes) without its final "
                 "frame" % (index, where))
         flags, stored_len, plain_len = _FRAME.unpack(head)
+        head = None     # a view: the chunk may end here (see sealed, below)
         if flags & ~_KNOWN_FLAGS:
             raise errors.CorruptRecordError(
                 "frame %d at byte %d has unknown flags 0x%02x"
@@ -417,6 +421,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             raise type(err)("frame %d at byte %d: %s"
                             % (index, where, err)) from err
         yield codec.decompress(packed, plain_len)
+        sealed = packed = None      # no view of this chunk kept meanwhile
         index += 1
         if flags & FLAG_FINAL:
             break
@@ -429,6 +434,8 @@ def segments(pieces: Iterable, max_size: int) -> Iterator[bytes]:
     """Regroup byte pieces into segments of exactly max_size (last shorter).
 
     Each segment is built with one copy (a join); pieces are not changed.
+    Segments are ``bytes``: Freezer's storages take nothing else (its S3
+    storage skips any other type without failing).
     """
     if max_size <= 0:
         raise errors.ConfigError("max_segment_size must be positive")

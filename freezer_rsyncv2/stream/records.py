@@ -290,7 +290,8 @@ def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
     for plain in plain_frames:
         fed += len(plain)
         try:
-            unpacker.feed(plain)
+            unpacker.feed(plain)    # copied: the frame is not needed
+            plain = None
             for raw in unpacker:
                 if state == "end":
                     raise errors.CorruptRecordError("records after END")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
+from freezer_rsyncv2.engine.queue import QueuePipe, QueueStopped, RichQueue
 from freezer_rsyncv2.errors import ConfigError, Rsyncv2Error, StorageError
 
 POLL = 0.05
@@ -49,7 +49,7 @@ def test_queue_stopped_is_library_error_not_storage_error() -> None:
     assert not issubclass(QueueStopped, StorageError)
 
 
-@pytest.mark.parametrize("size", [0, -1, True, 1.5])
+@pytest.mark.parametrize("size", [-1, True, 1.5, None])
 def test_bad_size(size: object) -> None:
     with pytest.raises(ConfigError):
         RichQueue(size)  # type: ignore[arg-type]
@@ -170,3 +170,82 @@ def test_freezer_style_consumer_loop() -> None:
     producer.finish()
     assert bytes(received) == b"abc"
     assert rich.empty()
+
+
+def test_hand_off_put_returns_once_taken() -> None:
+    """size=0: nothing waits in the queue; put() returns when the consumer took it."""
+    rich = RichQueue(size=0, poll_interval=POLL)
+    producer = started(lambda: rich.put(b"a"))
+    time.sleep(3 * POLL)
+    assert producer.is_alive()          # nobody took it yet
+    assert rich.get() == b"a"
+    producer.finish()
+    assert producer.error is None
+
+
+def test_hand_off_put_without_consumer_stops_on_force_stop() -> None:
+    rich = RichQueue(size=0, poll_interval=POLL)
+    producer = started(lambda: rich.put(b"a"))
+    time.sleep(3 * POLL)
+    rich.force_stop()
+    assert isinstance(producer.finish().error, QueueStopped)
+
+
+@pytest.mark.parametrize("size", [0, 1, 3])
+def test_producer_is_at_most_size_plus_one_ahead(size: int) -> None:
+    """What the two sides hold: the consumer's message, ``size`` queued, one being put."""
+    rich = RichQueue(size=size, poll_interval=POLL)
+    produced = []
+
+    def messages():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    producer = started(lambda: rich.put_messages(messages()))
+    ahead = []
+    for got in rich.get_messages():
+        time.sleep(0.01)                # a slow consumer: the producer waits
+        ahead.append(len(produced) - 1 - got)
+    producer.finish()
+    assert producer.error is None
+    assert max(ahead) == size + 1
+
+
+def test_queue_pipe_reads_like_a_pipe() -> None:
+    rich = RichQueue(size=0, poll_interval=POLL)
+    pipe = QueuePipe(rich)
+    blocks = [b"one", b"", b"three"]
+    producer = started(lambda: rich.put_messages(blocks))
+    got = [pipe.recv_bytes() for _ in blocks]
+    assert all(a is b for a, b in zip(got, blocks))     # references, no copies
+    with pytest.raises(EOFError):
+        pipe.recv_bytes()
+    with pytest.raises(EOFError):
+        pipe.recv_bytes()
+    producer.finish()
+
+
+def test_queue_pipe_ends_when_the_producer_stops() -> None:
+    rich = RichQueue(size=0, poll_interval=POLL)
+    pipe = QueuePipe(rich)
+    rich.force_stop()
+    with pytest.raises(EOFError):
+        pipe.recv_bytes()
+
+
+def test_queue_pipe_close_stops_the_producer() -> None:
+    rich = RichQueue(size=0, poll_interval=POLL)
+    pipe = QueuePipe(rich)
+    producer = started(lambda: rich.put_messages(iter(lambda: b"x", None)))  # endless
+    assert pipe.recv_bytes() == b"x"
+    pipe.close()
+    assert isinstance(producer.finish().error, QueueStopped)
+
+
+def test_queue_pipe_maxlength() -> None:
+    rich = RichQueue(size=1, poll_interval=POLL)
+    rich.put(b"abcd")
+    with pytest.raises(OSError):
+        QueuePipe(rich).recv_bytes(maxlength=3)
+    assert rich.is_force_stop

@@ -135,7 +135,9 @@ def test_segments_of_views_split_exactly():
     big = os.urandom(10000)
     pieces = [memoryview(big)[:3000], b"", memoryview(big)[3000:], b"z" * 5000]
     segs = list(frames.segments(pieces, 4096))
-    assert all(isinstance(s, bytes) for s in segs)
+    # segments own their bytes (a storage may keep them), never views, and
+    # are bytes: Freezer's S3 storage skips a part of any other type
+    assert all(type(s) is bytes for s in segs)
     assert b"".join(segs) == big + b"z" * 5000
     assert [len(s) for s in segs] == [4096] * 3 + [15000 - 3 * 4096]
 
