@@ -81,8 +81,10 @@ class BackupEngine(metaclass=abc.ABCMeta):
     # -- backup -----------------------------------------------------------
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
-        rich_queue.put_messages(self.backup_data(backup_resource,
-                                                 manifest_path))
+        segments = self.backup_data(backup_resource, manifest_path)
+        if not getattr(self.storage, "takes_bytearray", False):
+            segments = map(bytes, segments)     # Freezer's storages
+        rich_queue.put_messages(segments)
 
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,

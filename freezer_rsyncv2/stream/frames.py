@@ -430,28 +430,34 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             "unexpected bytes after the final frame (byte %d)" % buf.consumed)
 
 
-def segments(pieces: Iterable, max_size: int) -> Iterator[bytes]:
+def segments(pieces: Iterable, max_size: int) -> Iterator[bytearray]:
     """Regroup byte pieces into segments of exactly max_size (last shorter).
 
-    Each segment is built with one copy (a join); pieces are not changed.
-    Segments are ``bytes``: Freezer's storages take nothing else (its S3
-    storage skips any other type without failing).
+    Each piece is copied once, into the segment being built (a bytearray
+    grown in place), as soon as it arrives: no piece is held until a
+    segment is complete, so building one costs one segment of memory, not
+    two (the pieces and their join).  Pieces are not changed; a yielded
+    segment is never changed again.  Storages that need ``bytes`` get them
+    from ``BackupEngine`` (``Storage.takes_bytearray``).
     """
     if max_size <= 0:
         raise errors.ConfigError("max_segment_size must be positive")
-    held: list = []
-    size = 0
+    seg = bytearray()
     for piece in pieces:
         n = len(piece)
-        while size + n >= max_size:
-            cut = max_size - size
-            view = memoryview(piece)
-            held.append(view[:cut])
-            yield b"".join(held)
-            held, size = [], 0
-            piece, n = view[cut:], n - cut
-        if n:
-            held.append(piece)
-            size += n
-    if size:
-        yield b"".join(held)
+        if len(seg) + n < max_size:
+            seg += piece
+            continue
+        view = memoryview(piece)
+        start = 0
+        while len(seg) + n - start >= max_size:
+            cut = start + max_size - len(seg)
+            seg += view[start:cut]
+            yield seg
+            seg = bytearray()
+            start = cut
+        if start < n:
+            seg += view[start:]
+        del view
+    if seg:
+        yield seg

@@ -7,6 +7,8 @@ import stat
 
 import pytest
 
+from freezer_rsyncv2.engine import rsyncv2
+from freezer_rsyncv2.storage import local
 from freezer_rsyncv2.stream import compression
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
@@ -224,3 +226,41 @@ def test_dereference_hard_stores_hardlinks_as_copies(make_engine, src,
     sb = os.stat(os.path.join(dest, "b"))
     assert sa.st_ino != sb.st_ino
     assert open(os.path.join(dest, "b"), "rb").read() == b"shared"
+
+
+class _RecordingStorage(local.LocalStorage):
+    """A local storage that notes the type of every segment it is given."""
+
+    def __init__(self, *args, takes_bytearray, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.takes_bytearray = takes_bytearray
+        self.kinds = set()
+
+    def write_backup(self, rich_queue, backup):
+        kinds = self.kinds
+
+        class Spy:
+            def get_messages(self):
+                for message in rich_queue.get_messages():
+                    kinds.add(type(message))
+                    yield message
+
+            def force_stop(self):
+                rich_queue.force_stop()
+        super().write_backup(Spy(), backup)
+
+
+@pytest.mark.parametrize("takes", [True, False])
+def test_segments_are_bytes_for_storages_that_need_them(tmp_path, src,
+                                                        restore_dir, takes):
+    """Freezer's S3 storage skips any segment that is not bytes."""
+    treeutil.write(os.path.join(src, "f"), os.urandom(3 << 20))
+    storage = _RecordingStorage(str(tmp_path / "c"), 1 << 20,
+                                takes_bytearray=takes)
+    engine = rsyncv2.Rsyncv2Engine(storage=storage, compression="none",
+                                   max_segment_size=1 << 20)
+    backup(engine, src)
+    assert storage.kinds == ({bytearray} if takes else {bytes})
+    dest = restore_dir()
+    restore(engine, dest)
+    treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))

@@ -1,6 +1,7 @@
 import os
 import random
 import struct
+import weakref
 import zlib
 
 import pytest
@@ -135,11 +136,34 @@ def test_segments_of_views_split_exactly():
     big = os.urandom(10000)
     pieces = [memoryview(big)[:3000], b"", memoryview(big)[3000:], b"z" * 5000]
     segs = list(frames.segments(pieces, 4096))
-    # segments own their bytes (a storage may keep them), never views, and
-    # are bytes: Freezer's S3 storage skips a part of any other type
-    assert all(type(s) is bytes for s in segs)
+    # segments own their bytes (a storage may keep them), never views
+    assert all(type(s) is bytearray for s in segs)
     assert b"".join(segs) == big + b"z" * 5000
     assert [len(s) for s in segs] == [4096] * 3 + [15000 - 3 * 4096]
+
+
+def test_segments_hold_no_piece_they_have_copied():
+    """A segment is built as its pieces come: building one holds one
+    segment of memory, not the pieces and their join."""
+
+    class Piece(bytearray):     # bytes cannot be weakly referenced
+        pass
+
+    alive = []
+
+    def pieces():
+        for i in range(40):
+            p = Piece(os.urandom(1000))
+            alive.append(weakref.ref(p))
+            yield p
+            del p
+            # what was handed over before has been copied: nothing keeps
+            # it (the loop still names the latest piece)
+            assert all(r() is None for r in alive[:-1])
+
+    segs = list(frames.segments(pieces(), 4096))
+    assert [len(s) for s in segs] == [4096] * 9 + [40000 - 9 * 4096]
+    assert all(r() is None for r in alive)
 
 
 def test_decoded_plaintext_is_the_same_for_every_chunking():
