@@ -167,7 +167,8 @@ class _Writer:
                 continue
             size = memoryview(piece).nbytes
             _check_limit(total + size, limit, path)
-            if self.worker is not None and not isinstance(piece, bytes):
+            if self.worker is not None and not isinstance(piece, bytes) \
+                    and not (isinstance(piece, memoryview) and piece.readonly):
                 piece = bytes(piece)    # the hashing thread must see it as is
             self._hash(update, piece)
             total += size

@@ -93,6 +93,7 @@ def identity_prefix(items: Iterable[PlanItem], limit: int
                 return head, it
             pos += item[1]
         else:
+            head[-1] = bytes(item)      # a view would pin its whole frame
             pos += len(item)
             literal += len(item)
             if literal > limit:

@@ -64,8 +64,8 @@ def _patch(
     ops: Iterable[Any], basis_read: BasisReader, block_len: int, basis_size: int, max_piece: int
 ) -> Iterator[bytes]:
     for number, item in enumerate(_plan(ops, block_len, basis_size)):
-        if isinstance(item, bytes):
-            yield item
+        if not isinstance(item, tuple):
+            yield item      # LITERAL data
             continue
         offset, length = item
         while length:
@@ -108,7 +108,7 @@ def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes
             if len(op) != 2:
                 raise CorruptRecordError(f"op #{number}: LITERAL op needs 2 fields, got {len(op)}")
             data = op[1]
-            if not isinstance(data, bytes):
+            if not isinstance(data, (bytes, memoryview)):
                 raise CorruptRecordError(f"op #{number}: LITERAL data must be bytes, got {type(data).__name__}")
             if not data:
                 raise CorruptRecordError(f"op #{number}: empty LITERAL op")

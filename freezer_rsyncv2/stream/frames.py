@@ -43,6 +43,10 @@ _KNOWN_FLAGS = FLAG_FINAL
 
 FRAME_PLAIN = 1 << 20          # plaintext bytes a writer puts in one frame
 MAX_PLAIN = 4 << 20            # largest plaintext a reader accepts per frame
+# A writer ends a frame after the piece that reaches FRAME_PLAIN, so that a
+# record's data (at most FRAME_PLAIN bytes) stays in one frame and a reader
+# takes it without a copy; it cuts only a bigger piece, or one that would
+# take the frame past 2 x FRAME_PLAIN.
 MAX_STORED = MAX_PLAIN + (1 << 16)
 MAX_EXT = 4096
 _SMALL = 16 << 10              # record bytes below this are coalesced
@@ -259,12 +263,12 @@ class StreamEncoder:
                 piece = b""
             self._take(piece)
             while self._size >= FRAME_PLAIN:
-                yield from self._frame(FRAME_PLAIN, False)
+                yield from self._frame(False)
         if final:
             self._take(b"")
-            while self._size > FRAME_PLAIN:
-                yield from self._frame(FRAME_PLAIN, False)
-            yield from self._frame(self._size, True)
+            while self._size >= FRAME_PLAIN:
+                yield from self._frame(False)
+            yield from self._frame(True)
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
 
@@ -277,19 +281,22 @@ class StreamEncoder:
             self._pieces.append(piece)
             self._size += len(piece)
 
-    def _frame(self, size: int, final: bool) -> Iterator[list]:
-        """Cut the first ``size`` pending bytes into a frame; yield the
-        frames (as lists of pieces) that are ready."""
+    def _frame(self, final: bool) -> Iterator[list]:
+        """Make the next frame: whole pending pieces up to FRAME_PLAIN bytes
+        or just past it (all of them if ``final``: fewer than FRAME_PLAIN);
+        yield the frames (as lists of pieces) that are ready."""
         out, got = [], 0
-        while got < size:
+        while self._pieces and (final or got < FRAME_PLAIN):
             piece = self._pieces.popleft()
             n = len(piece)
-            if got + n > size:
+            if n > FRAME_PLAIN or got + n > 2 * FRAME_PLAIN:
+                cut = FRAME_PLAIN - got
                 view = memoryview(piece)
-                self._pieces.appendleft(view[size - got:])
-                piece, n = view[:size - got], size - got
+                self._pieces.appendleft(view[cut:])
+                piece, n = view[:cut], cut
             out.append(piece)
             got += n
+        size = got
         self._size -= size
         if self._pool is None:
             yield self._writer.frame_pieces(out, size, final)

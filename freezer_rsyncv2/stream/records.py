@@ -257,7 +257,7 @@ def _check(rec: Any) -> tuple:
         e, extra = entry_from_map(rec[1])
         return (rtype, e, extra)
     elif rtype == LITERAL:
-        if not isinstance(rec[1], bytes) or not rec[1]:
+        if not isinstance(rec[1], (bytes, memoryview)) or not rec[1]:
             raise errors.CorruptRecordError("LITERAL record without data")
     elif rtype == COPY:
         _int(rec, 1)
@@ -273,45 +273,119 @@ def _check(rec: Any) -> tuple:
     return tuple(rec)
 
 
+_UNPACK_OPTS = dict(
+    raw=False, use_list=True, strict_map_key=False,
+    max_buffer_size=2 * _MAX_RECORD, max_bin_len=_MAX_RECORD,
+    max_str_len=MAX_PATH, max_array_len=16, max_map_len=2 * MAX_XATTRS,
+    max_ext_len=0)
+_BIN_LEN = {0xc4: 1, 0xc5: 2, 0xc6: 4}     # msgpack bin 8/16/32: length bytes
+_FIRST_FEED = 512
+
+
+class _Reader:
+    """Splits frame plaintexts (any boundaries) into raw records.
+
+    A LITERAL record that lies inside one plaintext comes out as a view of
+    it, its data neither copied nor parsed by msgpack (a restore's bulk);
+    every other record is unpacked by msgpack from just its own bytes.
+    """
+
+    def __init__(self, plain_frames: Iterable[bytes]) -> None:
+        self._frames = iter(plain_frames)
+        self._view = memoryview(b"")
+        self._pos = 0
+
+    def _next_frame(self) -> bool:
+        for plain in self._frames:
+            if len(plain):
+                self._view = memoryview(plain).cast("B")
+                self._pos = 0
+                return True
+        return False
+
+    def at_end(self) -> bool:
+        return self._pos >= len(self._view) and not self._next_frame()
+
+    def read(self) -> Any:
+        """The next raw record (the stream must not be at its end)."""
+        view, pos = self._view, self._pos
+        if view[pos:pos + 2] == _LIT_HEAD:
+            size_len = _BIN_LEN.get(view[pos + 2]) if pos + 2 < len(view) \
+                else None
+            start = pos + 3 + (size_len or 0)
+            if size_len and start <= len(view):
+                size = int.from_bytes(view[pos + 3:start], "big")
+                if 0 < size <= _MAX_RECORD:
+                    self._pos = start
+                    return [LITERAL, self._data(size)]
+        return self._unpack()
+
+    def _data(self, size: int) -> Any:
+        """The next ``size`` bytes: a view if they lie in one plaintext."""
+        view, pos = self._view, self._pos
+        if pos + size <= len(view):
+            self._pos = pos + size
+            return view[pos:pos + size]
+        out = bytearray()
+        while len(out) < size:
+            if self._pos >= len(self._view) and not self._next_frame():
+                raise errors.TruncatedError("stream ends inside a record")
+            take = min(size - len(out), len(self._view) - self._pos)
+            out += self._view[self._pos:self._pos + take]
+            self._pos += take
+        return bytes(out)
+
+    def _unpack(self) -> Any:
+        unpacker = msgpack.Unpacker(**_UNPACK_OPTS)
+        step, fed = _FIRST_FEED, 0
+        while True:
+            if self._pos >= len(self._view) and not self._next_frame():
+                raise errors.TruncatedError("stream ends inside a record")
+            start = self._pos
+            piece = self._view[start:start + step]
+            unpacker.feed(piece)
+            before, fed = fed, fed + len(piece)
+            try:
+                raw = unpacker.unpack()
+            except msgpack.OutOfData:
+                if fed > _MAX_RECORD:
+                    raise errors.CorruptRecordError(
+                        "record larger than %d bytes" % _MAX_RECORD) from None
+                self._pos = start + len(piece)
+                step = min(step * 4, _MAX_RECORD)
+                continue
+            self._pos = start + unpacker.tell() - before
+            return raw
+
+
 def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
-    ``(type, Entry, extra)``.  The stream must open with BEGIN and close with
-    END, after which nothing may follow.
+    ``(type, Entry, extra)``; LITERAL data may be a read-only view of a
+    plaintext (valid as long as the plaintext is).  The stream must open
+    with BEGIN and close with END, after which nothing may follow.
     """
-    unpacker = msgpack.Unpacker(
-        raw=False, use_list=True, strict_map_key=False,
-        max_buffer_size=2 * _MAX_RECORD, max_bin_len=_MAX_RECORD,
-        max_str_len=MAX_PATH, max_array_len=16, max_map_len=2 * MAX_XATTRS,
-        max_ext_len=0)
-    state = "start"
-    fed = end_at = 0
-    for plain in plain_frames:
-        fed += len(plain)
+    reader = _Reader(plain_frames)
+    first = True
+    while not reader.at_end():
         try:
-            unpacker.feed(plain)    # copied: the frame is not needed
-            plain = None
-            for raw in unpacker:
-                if state == "end":
-                    raise errors.CorruptRecordError("records after END")
-                rec = _check(raw)
-                if state == "start" and rec[0] != BEGIN:
-                    raise errors.CorruptRecordError(
-                        "stream does not open with BEGIN (%s)"
-                        % NAMES.get(rec[0]))
-                if state != "start" and rec[0] == BEGIN:
-                    raise errors.CorruptRecordError("second BEGIN record")
-                state = "end" if rec[0] == END else "body"
-                if state == "end":
-                    end_at = unpacker.tell()
-                yield rec
+            rec = _check(reader.read())
         except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
                 msgpack.exceptions.StackError, msgpack.exceptions.BufferFull,
                 ValueError, TypeError) as err:
             raise errors.CorruptRecordError(
                 "undecodable record: %s" % err) from err
-    if state != "end":
-        raise errors.TruncatedError("stream ends before its END record")
-    if end_at != fed:
-        raise errors.CorruptRecordError("trailing bytes after END record")
+        if first and rec[0] != BEGIN:
+            raise errors.CorruptRecordError(
+                "stream does not open with BEGIN (%s)" % NAMES.get(rec[0]))
+        if not first and rec[0] == BEGIN:
+            raise errors.CorruptRecordError("second BEGIN record")
+        first = False
+        yield rec
+        if rec[0] == END:
+            if not reader.at_end():
+                raise errors.CorruptRecordError(
+                    "trailing bytes after END record")
+            return
+    raise errors.TruncatedError("stream ends before its END record")

@@ -114,7 +114,7 @@ def test_patch_is_lazy_but_validates_arguments_eagerly() -> None:
         ((LITERAL, b"a", b"b"), ["LITERAL op needs 2 fields"]),
         ((LITERAL, "text"), ["must be bytes", "str"]),
         ((LITERAL, bytearray(b"x")), ["bytearray"]),
-        ((LITERAL, memoryview(b"x")), ["memoryview"]),
+        ((LITERAL, memoryview(b"")), ["empty LITERAL"]),
         ((LITERAL, 7), ["int"]),
         ((LITERAL, None), ["NoneType"]),
         ((LITERAL, b""), ["empty LITERAL"]),
@@ -162,3 +162,11 @@ def test_plan_validates_like_patch() -> None:
         list(plan([(LITERAL, b"ok"), (COPY, 0, 99)], 4096, len(BASIS)))
     with pytest.raises(CorruptRecordError):
         plan([], 0, 10)
+
+
+def test_literal_views_pass_through_uncopied() -> None:
+    """A decoder hands LITERAL data over as views of its frames."""
+    data = memoryview(b"0123456789")
+    out = list(plan([(LITERAL, data[2:5]), (LITERAL, data)], 4, 0))
+    assert out[0].obj is data.obj and bytes(out[0]) == b"234"
+    assert b"".join(patch([(LITERAL, data[2:5])], lambda o, n: b"", 4, 0)) == b"234"

@@ -107,22 +107,33 @@ def test_segments_regroup_exactly():
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip"])
-def test_pieces_encoder_matches_the_bytes_encoder(codec):
+def test_frames_end_between_pieces(codec):
     rng = random.Random(3)
     pieces = []
     for _ in range(300):
         n = rng.choice([0, 1, 17, 5000, 20000, 300000, frames.FRAME_PLAIN + 7])
         data = os.urandom(n)
         pieces.append(memoryview(data) if rng.random() < 0.3 else data)
-    whole = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
-    expected = b"".join(whole.write(b"".join(pieces))) + b"".join(whole.close())
     enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
     got = []
     for i in range(0, len(pieces), 7):
         got += list(enc.write_many(pieces[i:i + 7]))
     got += list(enc.close_many())
-    assert b"".join(got) == expected
-    assert decode(expected, chunk=65536) == b"".join(pieces)
+    stream = b"".join(got)
+    assert decode(stream, chunk=65536) == b"".join(pieces)
+    # frames end between pieces: no piece of at most FRAME_PLAIN bytes (a
+    # record's data) is cut, no frame passes 2 x FRAME_PLAIN
+    plains = list(frames.decode_frames([stream], frames.KIND_DATA))
+    assert max(len(p) for p in plains) <= 2 * frames.FRAME_PLAIN
+    ends, at = set(), 0
+    for plain in plains[:-1]:
+        at += len(plain)
+        ends.add(at)
+    at = 0
+    for piece in pieces:
+        if len(piece) <= frames.FRAME_PLAIN:
+            assert not any(at < end < at + len(piece) for end in ends)
+        at += len(piece)
 
 
 def test_pieces_pass_through_uncopied():

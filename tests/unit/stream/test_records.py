@@ -114,3 +114,49 @@ def test_oversized_literal_is_refused():
 def test_literal_head_is_the_start_of_a_literal_record(size):
     data = os.urandom(size)
     assert records.literal_head(size) + data == records.literal(data)
+
+
+def _mixed_stream():
+    e = make_entry()
+    body = [records.entry(e, data=records.DATA_FULL)]
+    for size in (1, 255, 256, 65535, 65536, records.MAX_LITERAL):
+        body.append(records.literal(os.urandom(size)))
+    body += [records.copy(3, 4), records.hole(4096),
+             records.end_file(10, b"d" * 32)]
+    return stream(*body)
+
+
+def test_every_chunking_gives_the_same_records():
+    recs = _mixed_stream()
+    expected = decode(*recs)
+    data = b"".join(recs)
+    for size in (1, 2, 7, 300, 513, 4096, 65537, 1 << 20, len(data)):
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        got = list(records.decode(chunks))
+        assert [(r[0], bytes(r[1]) if r[0] == records.LITERAL else r[1:])
+                for r in got] == \
+            [(r[0], bytes(r[1]) if r[0] == records.LITERAL else r[1:])
+             for r in expected]
+
+
+def test_literal_inside_one_plaintext_is_a_view_not_a_copy():
+    data = os.urandom(70000)
+    plain = b"".join(stream(records.literal(data)))
+    lit = list(records.decode([plain]))[1]
+    assert isinstance(lit[1], memoryview) and lit[1].obj is plain
+    assert lit[1].readonly and bytes(lit[1]) == data
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 100])
+def test_record_cut_short_is_truncated(cut):
+    recs = stream(records.literal(os.urandom(1000)))
+    body = b"".join(recs[:2])
+    with pytest.raises(errors.TruncatedError):
+        list(records.decode([body[:len(body) - cut]]))
+
+
+def test_over_long_record_is_refused_without_reading_it_all():
+    # an ENTRY-like map that claims to go on and on
+    huge = b"\x92\x02\xdf\xff\xff\xff\xff" + b"\xa1a\x01" * 600000
+    with pytest.raises(errors.FormatError):
+        list(records.decode([records.begin({"level": 0}), huge]))
