@@ -82,7 +82,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
         segments = self.backup_data(backup_resource, manifest_path)
-        if not getattr(self.storage, "takes_bytearray", False):
+        if not getattr(self.storage, "takes_segments", False):
             segments = map(bytes, segments)     # Freezer's storages
         rich_queue.put_messages(segments)
 

@@ -219,9 +219,10 @@ class Storage(abc.ABC):
     """
 
     _type: str | None = None
-    #: ``write_backup`` takes bytearray segments (the engine's, uncopied);
-    #: Freezer's storages are given bytes (its S3 storage skips others).
-    takes_bytearray = True
+    #: ``write_backup`` takes the engine's segments as they are: bytes-like
+    #: or ``frames.Segment`` (its ``pieces``, not joined); Freezer's
+    #: storages are given bytes (its S3 storage skips anything else).
+    takes_segments = True
 
     def __init__(self, storage_path: str, max_segment_size: int,
                  skip_prepare: bool = False) -> None:

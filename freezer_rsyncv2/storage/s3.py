@@ -244,7 +244,8 @@ class S3Storage(Storage):
         writer = self.writer(self.key(backup.data_path))
         try:
             for message in rich_queue.get_messages():
-                writer.write(message)
+                for piece in getattr(message, "pieces", (message,)):
+                    writer.write(piece)
             writer.close()
         except BaseException:
             writer.abort()

@@ -437,34 +437,49 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             "unexpected bytes after the final frame (byte %d)" % buf.consumed)
 
 
-def segments(pieces: Iterable, max_size: int) -> Iterator[bytearray]:
+class Segment:
+    """One storage segment as the byte pieces it is made of, not joined.
+
+    ``len()`` is its size in bytes and ``bytes()`` joins it.  A storage that
+    writes pieces (``os.writev``) stores it without a copy; storages that
+    need one bytes object get ``bytes(segment)`` from ``BackupEngine``
+    (``Storage.takes_segments``).  The pieces are never changed.
+    """
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: list, size: int) -> None:
+        self.pieces = pieces
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+def segments(pieces: Iterable, max_size: int) -> Iterator[Segment]:
     """Regroup byte pieces into segments of exactly max_size (last shorter).
 
-    Each piece is copied once, into the segment being built (a bytearray
-    grown in place), as soon as it arrives: no piece is held until a
-    segment is complete, so building one costs one segment of memory, not
-    two (the pieces and their join).  Pieces are not changed; a yielded
-    segment is never changed again.  Storages that need ``bytes`` get them
-    from ``BackupEngine`` (``Storage.takes_bytearray``).
+    Nothing is copied: a piece that straddles two segments is cut into two
+    views.  A segment holds its pieces until the storage has written it.
     """
     if max_size <= 0:
         raise errors.ConfigError("max_segment_size must be positive")
-    seg = bytearray()
+    held: list = []
+    size = 0
     for piece in pieces:
         n = len(piece)
-        if len(seg) + n < max_size:
-            seg += piece
-            continue
-        view = memoryview(piece)
-        start = 0
-        while len(seg) + n - start >= max_size:
-            cut = start + max_size - len(seg)
-            seg += view[start:cut]
-            yield seg
-            seg = bytearray()
-            start = cut
-        if start < n:
-            seg += view[start:]
-        del view
-    if seg:
-        yield seg
+        while size + n >= max_size:
+            cut = max_size - size
+            view = memoryview(piece)
+            held.append(view[:cut])
+            yield Segment(held, max_size)
+            held, size = [], 0
+            piece, n = view[cut:], n - cut
+        if n:
+            held.append(piece)
+            size += n
+    if size:
+        yield Segment(held, size)

@@ -9,7 +9,7 @@ import pytest
 
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import local
-from freezer_rsyncv2.stream import compression
+from freezer_rsyncv2.stream import compression, frames
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -231,9 +231,9 @@ def test_dereference_hard_stores_hardlinks_as_copies(make_engine, src,
 class _RecordingStorage(local.LocalStorage):
     """A local storage that notes the type of every segment it is given."""
 
-    def __init__(self, *args, takes_bytearray, **kwargs):
+    def __init__(self, *args, takes_segments, **kwargs):
         super().__init__(*args, **kwargs)
-        self.takes_bytearray = takes_bytearray
+        self.takes_segments = takes_segments
         self.kinds = set()
 
     def write_backup(self, rich_queue, backup):
@@ -256,11 +256,11 @@ def test_segments_are_bytes_for_storages_that_need_them(tmp_path, src,
     """Freezer's S3 storage skips any segment that is not bytes."""
     treeutil.write(os.path.join(src, "f"), os.urandom(3 << 20))
     storage = _RecordingStorage(str(tmp_path / "c"), 1 << 20,
-                                takes_bytearray=takes)
+                                takes_segments=takes)
     engine = rsyncv2.Rsyncv2Engine(storage=storage, compression="none",
                                    max_segment_size=1 << 20)
     backup(engine, src)
-    assert storage.kinds == ({bytearray} if takes else {bytes})
+    assert storage.kinds == ({frames.Segment} if takes else {bytes})
     dest = restore_dir()
     restore(engine, dest)
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))

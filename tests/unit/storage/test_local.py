@@ -166,3 +166,21 @@ def test_backup_blocks_reads_other_storage_backup_by_path(tmp_path: Path) -> Non
     storage.write_backup(queue_of([b"0123456789"]), Backup(ENGINE, NAME, 1, 1, 0, storage=storage))
     unbound = Backup(ENGINE, NAME, 1, 1, 0)
     assert list(storage.backup_blocks(unbound)) == [b"0123", b"4567", b"89"]
+
+
+def test_writev_all_writes_every_piece_in_order(tmp_path, monkeypatch):
+    pieces = [os.urandom(n) for n in (0, 1, 7, 4096, 3)] * 700   # > IOV_MAX
+    pieces.append(memoryview(b"tail-view"))
+    real = os.writev
+
+    calls = []
+
+    def short_writev(fd, buffers):      # the kernel may write a prefix only
+        calls.append(len(buffers))
+        return real(fd, [b"".join(bytes(b) for b in buffers)[:4099]])
+    monkeypatch.setattr(local.os, "writev", short_writev)
+    path = tmp_path / "out"
+    with open(path, "wb", buffering=0) as f:
+        local._writev_all(f.fileno(), pieces)
+    assert path.read_bytes() == b"".join(bytes(p) for p in pieces)
+    assert max(calls) <= local._IOV_MAX
