@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 
 import pytest
 import xxhash
@@ -90,6 +91,28 @@ def test_three_levels_round_trip(make_engine, src, restore_dir, passfile,
     assert restore(make_engine(encrypt_key=passfile), dest) == 2
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
     assert len(calls) == 1
+
+
+def test_backups_derive_their_key_once_in_the_background(
+        make_engine, src, passfile, monkeypatch):
+    """Levels 0 and 1 start the KDF as soon as the chain is known, on a
+    background thread, and every stream of the level uses that one key."""
+    treeutil.write(os.path.join(src, "a.txt"), b"a", T0)
+    calls = []
+    real = crypto.KdfParams.derive
+    monkeypatch.setattr(
+        crypto.KdfParams, "derive", lambda self, p, s: calls.append(
+            (s, threading.current_thread().name)) or real(self, p, s))
+    for level in (0, 1):
+        crypto._cache.clear()       # as in a fresh process
+        calls.clear()
+        treeutil.write(os.path.join(src, "a.txt"), b"a%d" % level,
+                       T0 + level)
+        assert backup(make_engine(encrypt_key=passfile), src) == level
+        assert [name for _salt, name in calls] == ["rsyncv2-kdf"]
+        if level == 0:
+            salt = calls[0][0]
+    assert calls[0][0] == salt          # level 1 reused level 0's salt
 
 
 def test_restore_without_pass_file(make_engine, src, restore_dir, passfile):
