@@ -12,6 +12,7 @@ import xxhash
 
 from freezer_rsyncv2 import cli, errors
 from freezer_rsyncv2.fs import filedata
+from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.stream import crypto
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
@@ -113,6 +114,32 @@ def test_backups_derive_their_key_once_in_the_background(
         if level == 0:
             salt = calls[0][0]
     assert calls[0][0] == salt          # level 1 reused level 0's salt
+
+
+def test_level_one_walks_while_the_key_is_derived(
+        make_engine, src, passfile, monkeypatch):
+    """The derivation only ends once the walk went on: it overlaps it."""
+    for i in range(20):
+        treeutil.write(os.path.join(src, "f%02d" % i), b"%d" % i, T0)
+    assert backup(make_engine(encrypt_key=passfile), src) == 0
+    walked = threading.Event()
+    real_walk, real_derive = fswalk.walk, crypto.KdfParams.derive
+
+    def walk(*args, **kwargs):
+        for n, e in enumerate(real_walk(*args, **kwargs)):
+            if n == 10:
+                walked.set()
+            yield e
+
+    def derive(self, passphrase, salt):
+        assert walked.wait(10), "the walk waited for the key"
+        return real_derive(self, passphrase, salt)
+
+    monkeypatch.setattr(fswalk, "walk", walk)
+    monkeypatch.setattr(crypto.KdfParams, "derive", derive)
+    crypto._cache.clear()
+    treeutil.write(os.path.join(src, "f05"), b"changed", T0 + 1)
+    assert backup(make_engine(encrypt_key=passfile), src) == 1
 
 
 def test_restore_without_pass_file(make_engine, src, restore_dir, passfile):
