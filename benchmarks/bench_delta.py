@@ -138,19 +138,40 @@ class Bench:
         os.link(target, link)
 
     def pair_case(self, case: str, old: str, new: str, refs: str) -> None:
-        src = self.path(case, "src")
         for rep in range(self.args.repeat):
-            self.log("[%s] repeat %d/%d" % (case, rep + 1, self.args.repeat))
-            self.store.reset()
-            self.swap(src, old)
-            self.backup(case, "ours level 0", src, os.path.getsize(old))
-            self.swap(src, new)
-            self.backup(case, "ours level 1", src, os.path.getsize(new))
-            self.restore(case, "ours restore 0+1", new)
-            if self.rdiff and refs != "none":
-                self.rdiff_ops(case, old, new, refs)
-            if self.tar and refs == "full":
-                self.tar_ops(case, old)
+            self.pair_once(case, old, new, refs, rep)
+
+    def pair_once(self, case: str, old: str, new: str, refs: str, rep: int) -> None:
+        src = self.path(case, "src")
+        self.log("[%s] repeat %d/%d" % (case, rep + 1, self.args.repeat))
+        self.store.reset()
+        self.swap(src, old)
+        self.backup(case, "ours level 0", src, os.path.getsize(old))
+        self.swap(src, new)
+        self.backup(case, "ours level 1", src, os.path.getsize(new))
+        self.restore(case, "ours restore 0+1", new)
+        if self.rdiff and refs != "none":
+            self.rdiff_ops(case, old, new, refs)
+        if self.tar and refs == "full":
+            self.tar_ops(case, old)
+
+    def random_and_encrypted(self, cases: list[str]) -> None:
+        """The random pair, and again encrypted: each repeat of one right after
+        the other's, so the encryption ratio compares runs made under the same
+        load (the machine may be shared)."""
+        old, new = self.input("random-old"), self.input("random-new")
+        key = self.path("pass-file")
+        with open(key, "w") as f:
+            f.write("benchmark passphrase\n")
+        for rep in range(self.args.repeat):
+            if "random" in cases:
+                self.pair_once("random", old, new, "full", rep)
+            if "encrypted" in cases:
+                self._encrypt_key = key
+                try:
+                    self.pair_once("encrypted", old, new, "none", rep)
+                finally:
+                    self._encrypt_key = None
 
     def rdiff_ops(self, case: str, old: str, new: str, refs: str) -> None:
         rd = [self.rdiff, "-f"]
@@ -228,9 +249,12 @@ class Bench:
         if not GNU_TIME:
             self.report.note("GNU time is not installed: peak RSS comes from wait4 and includes "
                              "the benchmark's own size (apt-get install time)")
+        paired = False
         for case in cases:
-            if case == "random":
-                self.pair_case(case, self.input("random-old"), self.input("random-new"), "full")
+            if case in ("random", "encrypted"):
+                if not paired:
+                    self.random_and_encrypted(cases)
+                paired = True
             elif case == "nomatch":
                 self.pair_case(case, self.input("random-old"), self.input("unrelated"),
                                "delta")
@@ -239,14 +263,6 @@ class Bench:
                                "basic")
             elif case == "chain":
                 self.chain_case()
-            elif case == "encrypted":
-                # The random pair again, encrypted: what encryption costs.
-                self._encrypt_key = self.path("pass-file")
-                with open(self._encrypt_key, "w") as f:
-                    f.write("benchmark passphrase\n")
-                self.pair_case(case, self.input("random-old"), self.input("random-new"),
-                               "none")
-                self._encrypt_key = None
         self.targets()
 
     # -- targets ----------------------------------------------------------------

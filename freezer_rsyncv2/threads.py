@@ -8,7 +8,8 @@ or writes.  The backlog is bounded, so memory stays bounded too.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -56,3 +57,40 @@ class OrderedWorker:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def first_while(slow: Iterator[Any], fast: Iterator[Any], limit: int,
+                name: str = "rsyncv2-first") -> tuple[Any, list[Any]]:
+    """``next(slow, None)`` on a helper thread while this one takes from ``fast``.
+
+    Returns that first item and the items taken from ``fast`` meanwhile (at
+    most ``limit``; fewer if ``fast`` ends or ``slow`` answers first).  An
+    error of ``slow`` is raised here; the helper has always ended on return.
+    Used where the first item of ``slow`` waits for something (a key
+    derivation) that ``fast`` (a tree walk) does not need.
+    """
+    out: list[Any] = []
+    box: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            box["item"] = next(slow, None)
+        except BaseException as err:     # re-raised by the caller
+            box["error"] = err
+
+    helper = threading.Thread(target=first, name=name, daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive() and len(out) < limit:
+            item = next(fast, _END)
+            if item is _END:
+                break
+            out.append(item)
+    finally:
+        helper.join()
+    if "error" in box:
+        raise box["error"]
+    return box["item"], out
+
+
+_END = object()

@@ -12,6 +12,7 @@ after them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -34,6 +35,7 @@ LOG = log.getLogger(__name__)
 READ_SIZE = 1 << 20
 RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
+WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
 _ZEROS = bytes(READ_SIZE)
 _STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
                 "link_target", "rdev", "hardlink_to", "xattrs")
@@ -88,11 +90,14 @@ class BackupPass:
     def _records(self) -> Iterator[bytes]:
         yield records.begin({"level": self.level, "dg": digests.DEFAULT})
         prev = iter(self.previous)
-        old = next(prev, None)
-        for e in fswalk.walk(self.root, exclude=self.cfg.exclude,
-                             dereference=self.cfg.dereference,
-                             on_warning=self._warn,
-                             hardlinks=not self.cfg.hardlinks_as_copies):
+        walk = fswalk.walk(self.root, exclude=self.cfg.exclude,
+                           dereference=self.cfg.dereference,
+                           on_warning=self._warn,
+                           hardlinks=not self.cfg.hardlinks_as_copies)
+        # The first manifest entry may wait for the key derivation: walk
+        # meanwhile (the walk needs no key).
+        old, walked = threads.first_while(prev, walk, WALK_AHEAD)
+        for e in itertools.chain(walked, walk):
             key = mf.sort_key(e.path)
             while old is not None and mf.sort_key(old.entry.path) < key:
                 self._deleted(old)

@@ -78,6 +78,14 @@ class BackupEngine(metaclass=abc.ABCMeta):
         """Whether a new level may build on ``prev`` (else a new level 0)."""
         return True
 
+    def prepare_chain(self, level_zero_manifest: str | None) -> None:
+        """Called as soon as the chain the new level extends is known.
+
+        With the fetched level-0 manifest of that chain, or None when a new
+        level 0 starts.  An engine may start slow preparations here (the
+        key derivation); the default does nothing.
+        """
+
     # -- backup -----------------------------------------------------------
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
@@ -105,6 +113,8 @@ class BackupEngine(metaclass=abc.ABCMeta):
             LOG.warning("%s: the settings changed in a way the chain cannot "
                         "follow; starting a new level 0", hostname_backup_name)
             prev = None
+        if prev is None:
+            self.prepare_chain(None)
         tmpdir = tempfile.mkdtemp(prefix="rsyncv2-")
         try:
             engine_meta = os.path.join(tmpdir, "engine_meta")
@@ -152,6 +162,8 @@ class BackupEngine(metaclass=abc.ABCMeta):
             path = os.path.join(tmpdir, "manifest_%d" % level)
             b.storage.get_file(b.engine_metadata_path, path)
             paths.append(path)
+            if level == 0:
+                self.prepare_chain(path)
         return paths
 
     def _fresh_level_zero(self, name: str, timestamp: int) -> int:

@@ -96,22 +96,35 @@ class Rsyncv2Engine(base.BackupEngine):
         """A cipher for one new stream (None without encryption).
 
         Reads the pass file at first call (so ``backup()`` fails early on a
-        bad one); the KDF runs when the stream's header is written, reusing
-        the salt of the chain's level 0 when it can (docs/encryption.rst).
+        bad one); the KDF runs when the stream's header is written (or
+        earlier, from ``prepare_chain``), reusing the salt of the chain's
+        level 0 when it can (docs/encryption.rst).
         """
         if not self.cfg.encrypt_key:
             return None
-        if self._keyring is None:
-            self._keyring = crypto.Keyring.from_pass_file(self.cfg.encrypt_key)
-        return self._keyring.writing_cipher(chain=self.chain_manifests[:1])
+        return self._pass_keyring().writing_cipher(
+            chain=self.chain_manifests[:1])
 
     def _cipher_factory(self) -> Callable:
         """The cipher factory for reading streams, keyed by the pass file."""
         if not self.cfg.encrypt_key:
             return frames.null_cipher_for
+        return self._pass_keyring().open_cipher
+
+    def _pass_keyring(self) -> crypto.Keyring:
         if self._keyring is None:
             self._keyring = crypto.Keyring.from_pass_file(self.cfg.encrypt_key)
-        return self._keyring.open_cipher
+        return self._keyring
+
+    def prepare_chain(self, level_zero_manifest: str | None) -> None:
+        """Start deriving the level's keys on a background thread.
+
+        The derivation (about 0.2 s) then overlaps the storage work that
+        follows (listing, fetching the other manifests, starting the
+        upload) instead of starting when the first stream needs its key.
+        """
+        if self.cfg.encrypt_key:
+            self._pass_keyring().prefetch_chain(level_zero_manifest)
 
     # -- backup ---------------------------------------------------------------
     def backup(self, backup_resource: str, hostname_backup_name: str,

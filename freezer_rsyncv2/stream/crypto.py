@@ -16,6 +16,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -251,6 +252,34 @@ class Keyring:
     def master(self, kdf: KdfParams, salt: bytes) -> bytes:
         return _derive_cached(self._passphrase, kdf, salt)
 
+    def prefetch(self, kdf: KdfParams, salt: bytes) -> None:
+        """Start deriving ``master(kdf, salt)`` on a background thread.
+
+        A later ``master`` call waits for that derivation instead of running
+        its own, and raises what it raised.  Costs out of bounds are left to
+        the real use to report.
+        """
+        _prefetch(self._passphrase, kdf, salt)
+
+    def prefetch_chain(self, level_zero: str | None) -> None:
+        """Start the derivations a level extending a chain will need.
+
+        ``level_zero`` is the chain's stored level-0 manifest (its header
+        gives KDF and salt, no key needed), or None for a new level 0.
+        """
+        found = _peek_params(level_zero) if level_zero else None
+        params = None
+        if found is not None and found[0] in _AEADS:
+            try:
+                params = StreamParams.decode(found[1])
+            except errors.Rsyncv2Error:
+                params = None     # reported when the manifest is read
+        if params is not None:
+            self.prefetch(params.kdf, params.salt)    # reading the chain
+            if params.kdf == WRITE_KDF:
+                return                # and writing: the chain's salt
+        self.prefetch(WRITE_KDF, self._fresh_salt())
+
     def writing_cipher(self, chain: Sequence[str] = (),
                        cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
         """A cipher for a new stream; ``chain`` lists manifests it extends."""
@@ -270,6 +299,10 @@ class Keyring:
             salt = self._chain_salt(path, kdf)
             if salt is not None:
                 return salt
+        return self._fresh_salt()
+
+    def _fresh_salt(self) -> bytes:
+        """This keyring's salt for streams that start a chain."""
         with _salt_lock:
             if self._salt is None:
                 self._salt = os.urandom(SALT_LEN)
@@ -357,23 +390,71 @@ def _key_check(master: bytes) -> bytes:
 
 
 _CACHE_SIZE = 32
+# (passphrase, KDF costs, salt) -> Future of the master key; a failed
+# derivation leaves the cache, so a later use derives again.
 _cache: collections.OrderedDict = collections.OrderedDict()
 _cache_lock = threading.Lock()
 _salt_lock = threading.Lock()
+# One derivation at a time, whatever the thread: memory stays bounded.
+_derive_gate = threading.Lock()
+
+
+def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
+           ) -> tuple[Future, bool]:
+    """The cached future of a master key, and whether the caller must run it."""
+    key = (passphrase, kdf, salt)
+    with _cache_lock:
+        future = _cache.get(key)
+        if future is not None:
+            _cache.move_to_end(key)
+            return future, False
+        future = Future()
+        future.set_running_or_notify_cancel()
+        _cache[key] = future
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return future, True
+
+
+def _fulfil(future: Future, passphrase: bytes, kdf: KdfParams, salt: bytes
+            ) -> None:
+    """Run one derivation into its future (never raises)."""
+    try:
+        with _derive_gate:
+            master = kdf.derive(passphrase, salt)
+    except BaseException as err:     # handed to whoever waits for the key
+        with _cache_lock:
+            key = (passphrase, kdf, salt)
+            if _cache.get(key) is future:
+                del _cache[key]
+        future.set_exception(err)
+    else:
+        future.set_result(master)
 
 
 def _derive_cached(passphrase: bytes, kdf: KdfParams, salt: bytes) -> bytes:
-    """The master key, derived once per (passphrase, KDF costs, salt)."""
+    """The master key, derived once per (passphrase, KDF costs, salt).
+
+    Runs the derivation in this thread unless another thread (a prefetch or
+    a concurrent user) already does; then waits for that one.
+    """
     kdf.check()
-    key = (passphrase, kdf, salt)
-    with _cache_lock:     # also serialises derivations: memory stays bounded
-        master = _cache.get(key)
-        if master is None:
-            master = kdf.derive(passphrase, salt)
-            _cache[key] = master
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        return master
+    future, mine = _claim(passphrase, kdf, salt)
+    if mine:
+        _fulfil(future, passphrase, kdf, salt)
+    return future.result()
+
+
+def _prefetch(passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:
+    """Start a derivation on a daemon thread unless it is cached or running."""
+    try:
+        kdf.check()
+    except errors.Rsyncv2Error:
+        return
+    future, mine = _claim(passphrase, kdf, salt)
+    if mine:
+        threading.Thread(target=_fulfil, name="rsyncv2-kdf", daemon=True,
+                         args=(future, passphrase, kdf, salt)).start()
 
 
 _PEEK = 8192       # more than a header with its largest ext

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import random
+import threading
 
 import blake3
 import pytest
@@ -11,6 +12,7 @@ import xxhash
 
 from freezer_rsyncv2 import cli, errors
 from freezer_rsyncv2.fs import filedata
+from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.stream import crypto
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
@@ -90,6 +92,54 @@ def test_three_levels_round_trip(make_engine, src, restore_dir, passfile,
     assert restore(make_engine(encrypt_key=passfile), dest) == 2
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
     assert len(calls) == 1
+
+
+def test_backups_derive_their_key_once_in_the_background(
+        make_engine, src, passfile, monkeypatch):
+    """Levels 0 and 1 start the KDF as soon as the chain is known, on a
+    background thread, and every stream of the level uses that one key."""
+    treeutil.write(os.path.join(src, "a.txt"), b"a", T0)
+    calls = []
+    real = crypto.KdfParams.derive
+    monkeypatch.setattr(
+        crypto.KdfParams, "derive", lambda self, p, s: calls.append(
+            (s, threading.current_thread().name)) or real(self, p, s))
+    for level in (0, 1):
+        crypto._cache.clear()       # as in a fresh process
+        calls.clear()
+        treeutil.write(os.path.join(src, "a.txt"), b"a%d" % level,
+                       T0 + level)
+        assert backup(make_engine(encrypt_key=passfile), src) == level
+        assert [name for _salt, name in calls] == ["rsyncv2-kdf"]
+        if level == 0:
+            salt = calls[0][0]
+    assert calls[0][0] == salt          # level 1 reused level 0's salt
+
+
+def test_level_one_walks_while_the_key_is_derived(
+        make_engine, src, passfile, monkeypatch):
+    """The derivation only ends once the walk went on: it overlaps it."""
+    for i in range(20):
+        treeutil.write(os.path.join(src, "f%02d" % i), b"%d" % i, T0)
+    assert backup(make_engine(encrypt_key=passfile), src) == 0
+    walked = threading.Event()
+    real_walk, real_derive = fswalk.walk, crypto.KdfParams.derive
+
+    def walk(*args, **kwargs):
+        for n, e in enumerate(real_walk(*args, **kwargs)):
+            if n == 10:
+                walked.set()
+            yield e
+
+    def derive(self, passphrase, salt):
+        assert walked.wait(10), "the walk waited for the key"
+        return real_derive(self, passphrase, salt)
+
+    monkeypatch.setattr(fswalk, "walk", walk)
+    monkeypatch.setattr(crypto.KdfParams, "derive", derive)
+    crypto._cache.clear()
+    treeutil.write(os.path.join(src, "f05"), b"changed", T0 + 1)
+    assert backup(make_engine(encrypt_key=passfile), src) == 1
 
 
 def test_restore_without_pass_file(make_engine, src, restore_dir, passfile):

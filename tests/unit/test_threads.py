@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from freezer_rsyncv2.threads import OrderedWorker
+from freezer_rsyncv2.threads import OrderedWorker, first_while
 
 
 def test_calls_run_in_order_on_one_other_thread():
@@ -83,3 +83,64 @@ def test_discard_drops_pending_and_close_is_idempotent():
     worker.close()
     worker.close()
     assert len(ran) <= 5
+
+
+def _slow(gate: threading.Event, items):
+    assert gate.wait(10)
+    yield from items
+
+
+def test_first_while_takes_from_fast_until_slow_answers():
+    gate = threading.Event()
+    taken = []
+
+    def fast():
+        for i in range(1000):
+            taken.append(i)
+            if i == 5:
+                gate.set()       # slow answers from here on
+                time.sleep(0.05)
+            yield i
+
+    slow = _slow(gate, ["a", "b"])
+    first, walked = first_while(slow, fast(), limit=100)
+    assert first == "a" and next(slow) == "b"
+    assert walked == taken and 6 <= len(walked) <= 100
+
+
+def test_first_while_stops_at_the_limit_or_the_end_of_fast():
+    gate = threading.Event()
+    timer = threading.Timer(0.1, gate.set)
+    timer.start()
+    first, walked = first_while(_slow(gate, []), iter(range(10)), limit=3)
+    assert first is None and walked == [0, 1, 2]
+    gate.clear()
+    timer = threading.Timer(0.1, gate.set)
+    timer.start()
+    assert first_while(_slow(gate, [1]), iter([7]), limit=3) == (1, [7])
+
+
+def test_first_while_raises_the_error_of_slow_after_the_helper_ended():
+    def slow():
+        time.sleep(0.05)
+        raise KeyError("derivation failed")
+        yield
+
+    before = threading.active_count()
+    with pytest.raises(KeyError, match="derivation failed"):
+        first_while(slow(), iter(range(5)), limit=10)
+    assert threading.active_count() == before
+
+
+def test_first_while_joins_the_helper_when_fast_fails():
+    gate = threading.Event()
+    threading.Timer(0.05, gate.set).start()
+
+    def fast():
+        yield 1
+        raise OSError("walk failed")
+
+    slow = _slow(gate, ["x"])
+    with pytest.raises(OSError, match="walk failed"):
+        first_while(slow, fast(), limit=10)
+    assert not [t for t in threading.enumerate() if t.name == "rsyncv2-first"]
