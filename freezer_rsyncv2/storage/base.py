@@ -210,6 +210,10 @@ class _NamedEngine:
         self.name = name
 
 
+#: Largest block a restore reads from our storages (``read_block_size``).
+READ_BLOCK = 8 << 20
+
+
 class Storage(abc.ABC):
     """Freezer's storage interface (base.Storage + physical.PhysicalStorage) plus CLI extras.
 
@@ -233,6 +237,13 @@ class Storage(abc.ABC):
         self.max_segment_size = max_segment_size
         if not skip_prepare:
             self.prepare()
+
+    @property
+    def read_block_size(self) -> int:
+        """Bytes per block ``backup_blocks`` yields: the segment size, at most
+        READ_BLOCK (a restore holds two blocks, and with encryption the key
+        derivation's 64 MiB besides, so this bounds its memory)."""
+        return min(self.max_segment_size, READ_BLOCK)
 
     @property
     def type(self) -> str | None:

@@ -462,6 +462,18 @@ class StorageContract:
         assert all(0 < len(chunk) <= read_segment for chunk in chunks)
         assert b"".join(chunks) == data
 
+    def test_blocks_are_at_most_the_read_block(self, tmp_path: Path,
+                                               monkeypatch) -> None:
+        """Restore memory is bounded whatever the segment size."""
+        monkeypatch.setattr(base, "READ_BLOCK", 1000)
+        storage = self.make_storage(tmp_path / "blocks", 1 << 20)
+        data = bytes(range(256)) * 20
+        backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
+        storage.write_backup(queue_of([data]), backup)
+        chunks = list(storage.backup_blocks(backup))
+        assert [len(c) for c in chunks] == [1000] * 5 + [120]
+        assert b"".join(chunks) == data
+
     def test_large_level_round_trip(self, tmp_path: Path) -> None:
         """A level of several MiB (past any multipart threshold) in uneven segments."""
         storage = self.make_storage(tmp_path / "large", 1 << 20)
