@@ -184,3 +184,28 @@ def test_writev_all_writes_every_piece_in_order(tmp_path, monkeypatch):
         local._writev_all(f.fileno(), pieces)
     assert path.read_bytes() == b"".join(bytes(p) for p in pieces)
     assert max(calls) <= local._IOV_MAX
+
+
+def test_early_writeback_starts_the_disk_writes_as_the_file_grows(
+        tmp_path, monkeypatch):
+    calls = []
+
+    def fake(fd, offset, nbytes, flags):
+        calls.append((offset, nbytes, flags))
+        return -1 if len(calls) == 2 else 0     # one failure: retried later
+    monkeypatch.setattr(local._EarlyWriteback, "call", staticmethod(fake))
+    flusher = local._EarlyWriteback(99)
+    step = local._WRITEBACK_STEP
+    for _ in range(5):
+        flusher.written(step // 2)
+    # the failed range (the second call) is asked for again, with more
+    assert calls == [(0, step, 2), (step, step, 2), (step, 3 * step // 2, 2)]
+    flusher.written(step // 2)      # less than a step since the last call
+    assert len(calls) == 3
+
+
+def test_early_writeback_without_sync_file_range(monkeypatch):
+    monkeypatch.setattr(local._EarlyWriteback, "call", None)
+    local._EarlyWriteback(99).written(1 << 30)      # nothing to call
+    assert local._sync_file_range() is not None or not \
+        os.uname().sysname == "Linux"
