@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hmac
 import itertools
+import mmap
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,8 @@ STAGE_MIN = 16 << 20
 #: At most this much LITERAL data is held while deciding on an in-place patch.
 IN_PLACE_BUFFER = 16 << 20
 _HASH_CHUNK = 4 << 20
+#: files at least this big are hashed through a memory map, on all cores
+MAP_MIN = 64 << 20
 
 PlanItem = Any      # bytes (LITERAL data) or (basis offset, length)
 
@@ -102,7 +105,20 @@ def identity_prefix(items: Iterable[PlanItem], limit: int
 
 
 def hash_fd(fd: int, hash_name: str) -> tuple[bytes, int]:
-    """(digest, length) of a whole open file, read through one buffer."""
+    """(digest, length) of a whole open file.
+
+    A big file is mapped and hashed on all cores (BLAKE3): about 0.15 s per
+    GiB here against 0.35 s through a buffer.  The file is our own staged
+    temporary file (mode 0600, a random name); another process of the same
+    user truncating it meanwhile would end this one with SIGBUS, leaving
+    temporary files, never a final name.
+    """
+    size = os.fstat(fd).st_size
+    if size >= MAP_MIN:
+        hasher = digests.new(hash_name, parallel=True)
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+            hasher.update(mapped)
+        return hasher.digest(), size
     hasher = digests.new(hash_name)
     buf = bytearray(_HASH_CHUNK)
     view = memoryview(buf)
