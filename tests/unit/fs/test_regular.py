@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat
 
@@ -84,6 +85,7 @@ def test_identity_prefix_stops_past_the_literal_limit():
 @pytest.mark.parametrize("name", ["sha256", "blake3"])
 def test_hash_fd(tmp_path, monkeypatch, mapped, name):
     monkeypatch.setattr(regular, "MAP_MIN", 1 if mapped else 1 << 62)
+    monkeypatch.setattr(regular, "MAP_WINDOW", mmap.ALLOCATIONGRANULARITY * 3)
     data = os.urandom(3 * regular._HASH_CHUNK // 2)
     (tmp_path / "f").write_bytes(data)
     (tmp_path / "empty").write_bytes(b"")
