@@ -180,6 +180,11 @@ class FrameWriter:
     def seal(self, packed: bytes, plain_len: int, final: bool = False
              ) -> bytes:
         """The next frame, from its already compressed plaintext."""
+        return b"".join(self.seal_pieces(packed, plain_len, final))
+
+    def seal_pieces(self, packed: bytes, plain_len: int, final: bool = False
+                    ) -> list:
+        """``seal`` as [frame head, sealed payload]: not joined."""
         if self._done:
             raise ValueError("stream already finished")
         flags = FLAG_FINAL if final else 0
@@ -189,7 +194,7 @@ class FrameWriter:
         sealed = self.cipher.seal(self._index, aad, packed)
         self._index += 1
         self._done = final
-        return _FRAME.pack(flags, stored_len, plain_len) + sealed
+        return [_FRAME.pack(flags, stored_len, plain_len), sealed]
 
     def frame_pieces(self, pieces: list, size: int, final: bool = False
                      ) -> list:
@@ -201,7 +206,10 @@ class FrameWriter:
         """
         if type(self.codec) is not compression.NoCompression \
                 or type(self.cipher) is not NullCipher:
-            return [self.frame(b"".join(pieces), final)]
+            if size > MAX_PLAIN:
+                raise ValueError("frame plaintext too large")
+            plain = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            return self.seal_pieces(self.codec.compress(plain), size, final)
         if self._done:
             raise ValueError("stream already finished")
         if size > MAX_PLAIN:
@@ -305,7 +313,7 @@ class StreamEncoder:
             _compress, self._writer.codec.id, b"".join(out)), size, final))
         while self._inflight and (final or len(self._inflight) > _AHEAD):
             future, plain_len, last = self._inflight.popleft()
-            yield [self._writer.seal(future.result(), plain_len, last)]
+            yield self._writer.seal_pieces(future.result(), plain_len, last)
 
 
 class _Buffer:
@@ -394,8 +402,7 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
     header, version, codec_id, cipher_id, params = read_header(buf, kind)
     codec = compression.by_id(codec_id)
     cipher = cipher_factory(cipher_id, params)
-    null = type(cipher) is NullCipher   # it takes views of the input
-    if null:
+    if type(cipher) is NullCipher:
         cipher = NullCipher(version)    # the checksum of the version
     index = 0
     while True:
@@ -420,8 +427,6 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             raise errors.TruncatedError(
                 "stream ends inside frame %d (byte %d)" % (index, where))
         aad = header + _AAD.pack(index, flags, stored_len, plain_len)
-        if not null:
-            sealed = bytes(sealed)
         try:
             packed = cipher.open(index, aad, sealed)
         except errors.IntegrityError as err:
