@@ -20,7 +20,7 @@ import msgpack
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import compression, frames, records
+from freezer_rsyncv2.stream import compression, encoder, frames, records
 
 READ_CHUNK = 1 << 20
 
@@ -103,8 +103,8 @@ class ManifestWriter:
 
     def close(self) -> int:
         """Encode everything to the manifest path; returns its size."""
-        enc = frames.StreamEncoder(frames.KIND_MANIFEST, self._codec,
-                                   self._cipher)
+        enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec,
+                                    self._cipher)
         tmp = self._path + ".tmp"
         with open(tmp, "wb") as out:
             for piece in enc.write(records.begin({"level": self._level})):

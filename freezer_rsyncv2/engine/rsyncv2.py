@@ -31,7 +31,7 @@ from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
 from freezer_rsyncv2.fs import restore as fsrestore
-from freezer_rsyncv2.stream import compression, crypto, frames, records
+from freezer_rsyncv2.stream import compression, crypto, encoder, frames, records
 
 LOG = log.getLogger(__name__)
 
@@ -163,12 +163,12 @@ class Rsyncv2Engine(base.BackupEngine):
             target=self._produce, name="rsyncv2-sign-delta", daemon=True,
             args=(backup_path, previous, writer, summary, write_queue, stop))
         worker.start()
-        encoder = frames.StreamEncoder(frames.KIND_DATA, self._codec(),
+        stream = encoder.StreamEncoder(frames.KIND_DATA, self._codec(),
                                        self._cipher())
         try:
-            pieces = self._encode(encoder, _drain(write_queue))
-            for segment in frames.segments(pieces,
-                                           self.cfg.max_segment_size):
+            pieces = self._encode(stream, _drain(write_queue))
+            for segment in encoder.segments(pieces,
+                                            self.cfg.max_segment_size):
                 summary.stored_bytes += len(segment)
                 yield segment
         finally:
@@ -193,11 +193,11 @@ class Rsyncv2Engine(base.BackupEngine):
         self.last_summary = summary
 
     @staticmethod
-    def _encode(encoder: frames.StreamEncoder, batches: Iterable[list]
+    def _encode(stream: encoder.StreamEncoder, batches: Iterable[list]
                 ) -> Iterator:
         for batch in batches:
-            yield from encoder.write_many(batch)
-        yield from encoder.close_many()
+            yield from stream.write_many(batch)
+        yield from stream.close_many()
 
     def _produce(self, backup_path: str, previous: list[str],
                  writer: mf.ManifestWriter, summary: prog.Summary,

@@ -224,7 +224,7 @@ class Storage(abc.ABC):
 
     _type: str | None = None
     #: ``write_backup`` takes the engine's segments as they are: bytes-like
-    #: or ``frames.Segment`` (its ``pieces``, not joined); Freezer's
+    #: or ``encoder.Segment`` (its ``pieces``, not joined); Freezer's
     #: storages are given bytes (its S3 storage skips anything else).
     takes_segments = True
 

@@ -16,12 +16,8 @@ stream that ends without it is truncated.
 
 from __future__ import annotations
 
-import collections
-import os
 import struct
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 
 import xxhash
@@ -49,25 +45,11 @@ MAX_PLAIN = 4 << 20            # largest plaintext a reader accepts per frame
 # take the frame past 2 x FRAME_PLAIN.
 MAX_STORED = MAX_PLAIN + (1 << 16)
 MAX_EXT = 4096
-_SMALL = 16 << 10              # record bytes below this are coalesced
-_COMPRESS_THREADS = min(4, os.cpu_count() or 1)
-_AHEAD = 2 * _COMPRESS_THREADS  # frames being compressed ahead of sealing
-_codecs = threading.local()     # codec objects are not all thread-safe
-
 _HEAD = struct.Struct(">8sHBBBH")
 _FRAME = struct.Struct(">BII")
 _AAD = struct.Struct(">QBII")
 _CRC = struct.Struct(">I")
 _XXH = struct.Struct(">Q")
-
-
-def _compress(codec_id: int, plain: bytes) -> bytes:
-    """Compress one frame's plaintext with this thread's codec object."""
-    codec = getattr(_codecs, "c%d" % codec_id, None)
-    if codec is None:
-        codec = compression.by_id(codec_id)
-        setattr(_codecs, "c%d" % codec_id, codec)
-    return codec.compress(plain)
 
 
 class _Crc32:
@@ -224,98 +206,6 @@ class FrameWriter:
         return [head, *pieces, check]
 
 
-class StreamEncoder:
-    """Collects record bytes and yields the stream's bytes, frame by frame.
-
-    ``write``/``close`` yield each frame as bytes; ``write_many``/
-    ``close_many`` take and yield pieces (bytes-like, never changed
-    afterwards), which travel uncopied when the stream is neither
-    compressed nor encrypted.  Compression runs on helper threads (zlib,
-    bz2, lzma and zstd release the GIL) a few frames ahead of sealing,
-    which stays in order on the caller's thread.
-    """
-
-    def __init__(self, kind: int, codec: compression.Codec,
-                 cipher=None) -> None:
-        self._writer = FrameWriter(kind, codec, cipher)
-        self._buf = bytearray()         # small pieces being coalesced
-        self._pieces: collections.deque = collections.deque()
-        self._size = 0                  # bytes in _pieces
-        self._started = False
-        self._inflight: collections.deque = collections.deque()
-        self._pool = None if type(codec) is compression.NoCompression \
-            else ThreadPoolExecutor(_COMPRESS_THREADS, "rsyncv2-zip")
-
-    def write(self, data: bytes) -> Iterator[bytes]:
-        return (b"".join(frame) for frame in self._frames((data,)))
-
-    def close(self) -> Iterator[bytes]:
-        return (b"".join(frame) for frame in self._frames((), final=True))
-
-    def write_many(self, pieces: Iterable) -> Iterator:
-        return (p for frame in self._frames(pieces) for p in frame)
-
-    def close_many(self) -> Iterator:
-        return (p for frame in self._frames((), final=True) for p in frame)
-
-    def _frames(self, pieces: Iterable, final: bool = False
-                ) -> Iterator[list]:
-        if not self._started:
-            self._started = True
-            yield [self._writer.header()]
-        for piece in pieces:
-            if len(piece) < _SMALL:
-                self._buf += piece      # coalesce small records
-                if len(self._buf) < _SMALL:
-                    continue
-                piece = b""
-            self._take(piece)
-            while self._size >= FRAME_PLAIN:
-                yield from self._frame(False)
-        if final:
-            self._take(b"")
-            while self._size >= FRAME_PLAIN:
-                yield from self._frame(False)
-            yield from self._frame(True)
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-
-    def _take(self, piece) -> None:     # coalesced small pieces first
-        if self._buf:
-            self._pieces.append(bytes(self._buf))
-            self._size += len(self._buf)
-            self._buf.clear()
-        if len(piece):
-            self._pieces.append(piece)
-            self._size += len(piece)
-
-    def _frame(self, final: bool) -> Iterator[list]:
-        """Make the next frame: whole pending pieces up to FRAME_PLAIN bytes
-        or just past it (all of them if ``final``: fewer than FRAME_PLAIN);
-        yield the frames (as lists of pieces) that are ready."""
-        out, got = [], 0
-        while self._pieces and (final or got < FRAME_PLAIN):
-            piece = self._pieces.popleft()
-            n = len(piece)
-            if n > FRAME_PLAIN or got + n > 2 * FRAME_PLAIN:
-                cut = FRAME_PLAIN - got
-                view = memoryview(piece)
-                self._pieces.appendleft(view[cut:])
-                piece, n = view[:cut], cut
-            out.append(piece)
-            got += n
-        size = got
-        self._size -= size
-        if self._pool is None:
-            yield self._writer.frame_pieces(out, size, final)
-            return
-        self._inflight.append((self._pool.submit(
-            _compress, self._writer.codec.id, b"".join(out)), size, final))
-        while self._inflight and (final or len(self._inflight) > _AHEAD):
-            future, plain_len, last = self._inflight.popleft()
-            yield self._writer.seal_pieces(future.result(), plain_len, last)
-
-
 class _Buffer:
     """A byte queue fed by arbitrary chunks, read by exact counts.
 
@@ -440,51 +330,3 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
     if not buf.at_end():
         raise errors.CorruptRecordError(
             "unexpected bytes after the final frame (byte %d)" % buf.consumed)
-
-
-class Segment:
-    """One storage segment as the byte pieces it is made of, not joined.
-
-    ``len()`` is its size in bytes and ``bytes()`` joins it.  A storage that
-    writes pieces (``os.writev``) stores it without a copy; storages that
-    need one bytes object get ``bytes(segment)`` from ``BackupEngine``
-    (``Storage.takes_segments``).  The pieces are never changed.
-    """
-
-    __slots__ = ("pieces", "size")
-
-    def __init__(self, pieces: list, size: int) -> None:
-        self.pieces = pieces
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.pieces)
-
-
-def segments(pieces: Iterable, max_size: int) -> Iterator[Segment]:
-    """Regroup byte pieces into segments of exactly max_size (last shorter).
-
-    Nothing is copied: a piece that straddles two segments is cut into two
-    views.  A segment holds its pieces until the storage has written it.
-    """
-    if max_size <= 0:
-        raise errors.ConfigError("max_segment_size must be positive")
-    held: list = []
-    size = 0
-    for piece in pieces:
-        n = len(piece)
-        while size + n >= max_size:
-            cut = max_size - size
-            view = memoryview(piece)
-            held.append(view[:cut])
-            yield Segment(held, max_size)
-            held, size = [], 0
-            piece, n = view[cut:], n - cut
-        if n:
-            held.append(piece)
-            size += n
-    if size:
-        yield Segment(held, size)

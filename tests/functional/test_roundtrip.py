@@ -9,7 +9,7 @@ import pytest
 
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import local
-from freezer_rsyncv2.stream import compression, frames
+from freezer_rsyncv2.stream import compression, encoder
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -260,7 +260,7 @@ def test_segments_are_bytes_for_storages_that_need_them(tmp_path, src,
     engine = rsyncv2.Rsyncv2Engine(storage=storage, compression="none",
                                    max_segment_size=1 << 20)
     backup(engine, src)
-    assert storage.kinds == ({frames.Segment} if takes else {bytes})
+    assert storage.kinds == ({encoder.Segment} if takes else {bytes})
     dest = restore_dir()
     restore(engine, dest)
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))

@@ -1,6 +1,6 @@
 """Crafts level streams in our format with arbitrary records, and restores them.
 
-The real encoder is used (records.pack + frames.StreamEncoder), with none of
+The real encoder is used (records.pack + encoder.StreamEncoder), with none of
 the checks a backup makes, so tests can feed restore exactly what an
 attacker could store.
 """
@@ -12,7 +12,7 @@ import os
 import types
 
 from freezer_rsyncv2.engine import rsyncv2
-from freezer_rsyncv2.stream import compression, frames, records
+from freezer_rsyncv2.stream import compression, encoder, frames, records
 
 DIGEST_ZERO = hashlib.sha256(b"").digest()
 
@@ -45,7 +45,7 @@ def encode(recs: list, begin: bool = True, end: bool = True,
     body += [r if isinstance(r, bytes) else records.pack(r) for r in recs]
     if end:
         body.append(records.pack([records.END, {}]))
-    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
+    enc = encoder.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
     out = b""
     for piece in body:
         out += b"".join(enc.write(piece))

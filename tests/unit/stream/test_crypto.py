@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.stream import compression, crypto, frames
+from freezer_rsyncv2.stream import compression, crypto, encoder, frames
 
 pytestmark = pytest.mark.usefixtures("cheap_kdf")
 
@@ -18,7 +18,7 @@ def small_frames(monkeypatch, size=64):
 
 
 def encode(blocks, cipher, codec="none", kind=frames.KIND_DATA):
-    enc = frames.StreamEncoder(kind, compression.by_name(codec), cipher)
+    enc = encoder.StreamEncoder(kind, compression.by_name(codec), cipher)
     out = b""
     for block in blocks:
         out += b"".join(enc.write(block))

@@ -7,11 +7,11 @@ import pytest
 import xxhash
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.stream import compression, frames
+from freezer_rsyncv2.stream import compression, encoder, frames
 
 
 def encode(plain_blocks, codec="none", kind=frames.KIND_DATA):
-    enc = frames.StreamEncoder(kind, compression.by_name(codec))
+    enc = encoder.StreamEncoder(kind, compression.by_name(codec))
     out = b""
     for block in plain_blocks:
         out += b"".join(enc.write(block))
@@ -76,7 +76,7 @@ def test_bad_magic_version_and_kind():
 
 
 def test_swapped_frames_are_detected():
-    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
+    enc = encoder.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
     pieces = list(enc.write(os.urandom(frames.FRAME_PLAIN * 2)))
     pieces += list(enc.close())
     header, f1, f2, last = pieces
@@ -97,14 +97,14 @@ def test_oversized_frame_declaration_is_refused():
 def test_segments_regroup_exactly():
     rng = random.Random(1)
     pieces = [os.urandom(rng.randrange(0, 9000)) for _ in range(50)]
-    segs = list(frames.segments(pieces, 4096))
+    segs = list(encoder.segments(pieces, 4096))
     assert b"".join(bytes(s) for s in segs) == b"".join(pieces)
     assert all(len(s) == 4096 for s in segs[:-1])
     assert 0 < len(segs[-1]) <= 4096
     with pytest.raises(errors.ConfigError):
-        list(frames.segments([b"x"], 0))
+        list(encoder.segments([b"x"], 0))
     data = os.urandom(frames.FRAME_PLAIN)
-    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
+    enc = encoder.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))
     out = list(enc.write_many([data]))
     assert any(piece is data for piece in out)
 
@@ -112,7 +112,7 @@ def test_segments_regroup_exactly():
 def test_segments_of_views_split_exactly_without_copies():
     big = os.urandom(10000)
     pieces = [memoryview(big)[:3000], b"", memoryview(big)[3000:], b"z" * 5000]
-    segs = list(frames.segments(pieces, 4096))
+    segs = list(encoder.segments(pieces, 4096))
     assert b"".join(bytes(s) for s in segs) == big + b"z" * 5000
     assert [len(s) for s in segs] == [4096] * 3 + [15000 - 3 * 4096]
     assert [sum(len(p) for p in s.pieces) for s in segs] == \
@@ -139,7 +139,7 @@ def test_threaded_compression_gives_the_serial_frames(codec):
     n, step = len(data), frames.FRAME_PLAIN
     serial = writer.header() + b"".join(
         writer.frame(data[i:i + step], final=i + step >= n) for i in range(0, n, step))
-    enc = frames.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
+    enc = encoder.StreamEncoder(frames.KIND_DATA, compression.by_name(codec))
     assert b"".join(enc.write(data)) + b"".join(enc.close()) == serial
     assert decode(serial, chunk=100000) == data
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.stream import compression, crypto, frames
+from freezer_rsyncv2.stream import compression, crypto, encoder, frames
 
 pytestmark = pytest.mark.usefixtures("cheap_kdf")
 
@@ -187,7 +187,8 @@ def test_prefetch_chain_uses_the_salt_of_level_zero(tmp_path, calls):
 
 
 def encode_manifest(keys):
-    enc = frames.StreamEncoder(frames.KIND_MANIFEST, compression.by_name("none"),
-                               keys.writing_cipher())
+    enc = encoder.StreamEncoder(frames.KIND_MANIFEST,
+                                compression.by_name("none"),
+                                keys.writing_cipher())
     yield from enc.write(b"records")
     yield from enc.close()
