@@ -9,30 +9,25 @@ u64 i``.  ``frames.py`` binds header, index, flags and lengths as AAD.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hmac
 import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import aead
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import frames
-
-try:        # cryptography >= 44
-    from cryptography.hazmat.primitives.kdf import argon2 as _argon2
-except ImportError:     # pragma: no cover - depends on the installed version
-    _argon2 = None  # type: ignore[assignment]
-Argon2id: Any = getattr(_argon2, "Argon2id", None)
+from freezer_rsyncv2.stream import kdf as kdfmod
+from freezer_rsyncv2.stream.kdf import (  # noqa: F401 (re-exported)
+    ARGON2ID_DEFAULT, KDF_ARGON2ID, KDF_NAMES, KDF_SCRYPT, KEY_LEN,
+    SCRYPT_DEFAULT, Argon2id, KdfParams, _cache, default_write_kdf)
 
 PARAMS_VERSION = 1
 
@@ -44,23 +39,11 @@ DEFAULT_CIPHER = CIPHER_AES_256_GCM
 _AEADS: dict[int, Any] = {CIPHER_AES_256_GCM: aead.AESGCM,
                           CIPHER_CHACHA20_POLY1305: aead.ChaCha20Poly1305}
 
-KDF_ARGON2ID = 1
-KDF_SCRYPT = 2
-KDF_NAMES = {KDF_ARGON2ID: "Argon2id", KDF_SCRYPT: "scrypt"}
-
-KEY_LEN = 32
 SALT_LEN = 16
 STREAM_NONCE_LEN = 16
 NONCE_PREFIX_LEN = 4
 CHECK_LEN = 16
 TAG_LEN = 16
-
-# Bounds a reader enforces on stored KDF costs, before deriving anything.
-MAX_KDF_MEMORY = 1 << 30            # bytes
-MAX_ARGON2_ITERATIONS = 10
-MAX_LANES = 16
-MAX_SCRYPT_LOG2_N = 20
-MAX_SCRYPT_R = 32
 
 MAX_PASSPHRASE = 64 * 1024
 
@@ -70,66 +53,6 @@ _INDEX = struct.Struct(">Q")
 
 _CHECK_INFO = b"freezer_rsyncv2 v1 key check"
 _FRAME_KEY_INFO = b"freezer_rsyncv2 v1 frame key"
-
-
-@dataclasses.dataclass(frozen=True)
-class KdfParams:
-    """A KDF and its three stored costs.
-
-    Argon2id: (memory in KiB, iterations, lanes); scrypt: (log2 of N, r, p).
-    """
-
-    kdf: int
-    cost1: int
-    cost2: int
-    cost3: int
-
-    def memory_bytes(self) -> int:
-        if self.kdf == KDF_ARGON2ID:
-            return self.cost1 * 1024
-        return 128 * self.cost2 * (1 << min(self.cost1, 64))
-
-    def check(self) -> None:
-        """Refuse unknown KDFs and costs out of bounds (hostile headers)."""
-        if self.kdf not in KDF_NAMES:
-            raise errors.UnsupportedVersionError(
-                "unknown KDF id %d in the cipher parameters" % self.kdf)
-        if self.kdf == KDF_ARGON2ID:
-            ok = (1 <= self.cost3 <= MAX_LANES
-                  and 8 * self.cost3 <= self.cost1
-                  and 1 <= self.cost2 <= MAX_ARGON2_ITERATIONS)
-        else:
-            ok = (1 <= self.cost1 <= MAX_SCRYPT_LOG2_N
-                  and 1 <= self.cost2 <= MAX_SCRYPT_R
-                  and 1 <= self.cost3 <= MAX_LANES)
-        if not ok or self.memory_bytes() > MAX_KDF_MEMORY:
-            raise errors.CorruptRecordError(
-                "%s costs %d, %d, %d out of bounds (see docs/encryption.rst)"
-                % (KDF_NAMES[self.kdf], self.cost1, self.cost2, self.cost3))
-
-    def derive(self, passphrase: bytes, salt: bytes) -> bytes:
-        if self.kdf == KDF_ARGON2ID:
-            if Argon2id is None:
-                raise errors.ConfigError(
-                    "this backup's key is derived with Argon2id, which needs "
-                    "cryptography >= 44")
-            kdf: Any = Argon2id(salt=salt, length=KEY_LEN,
-                                iterations=self.cost2, lanes=self.cost3,
-                                memory_cost=self.cost1)
-        else:
-            kdf = Scrypt(salt=salt, length=KEY_LEN, n=1 << self.cost1,
-                         r=self.cost2, p=self.cost3)
-        return kdf.derive(passphrase)
-
-
-# RFC 9106's second recommended option; scrypt as in its RFC 7914 advice.
-ARGON2ID_DEFAULT = KdfParams(KDF_ARGON2ID, 64 * 1024, 3, 4)
-SCRYPT_DEFAULT = KdfParams(KDF_SCRYPT, 17, 8, 1)
-
-
-def default_write_kdf() -> KdfParams:
-    """The KDF new streams use: Argon2id when available, scrypt otherwise."""
-    return ARGON2ID_DEFAULT if Argon2id is not None else SCRYPT_DEFAULT
 
 
 # What writers use; tests replace it with cheap parameters.
@@ -250,7 +173,7 @@ class Keyring:
         return cls(read_passphrase(path))
 
     def master(self, kdf: KdfParams, salt: bytes) -> bytes:
-        return _derive_cached(self._passphrase, kdf, salt)
+        return kdfmod.derive_cached(self._passphrase, kdf, salt)
 
     def prefetch(self, kdf: KdfParams, salt: bytes) -> None:
         """Start deriving ``master(kdf, salt)`` on a background thread.
@@ -259,7 +182,7 @@ class Keyring:
         its own, and raises what it raised.  Costs out of bounds are left to
         the real use to report.
         """
-        _prefetch(self._passphrase, kdf, salt)
+        kdfmod.prefetch(self._passphrase, kdf, salt)
 
     def prefetch_chain(self, level_zero: str | None) -> None:
         """Start the derivations a level extending a chain will need.
@@ -389,72 +312,7 @@ def _key_check(master: bytes) -> bytes:
     return _hkdf(master, None, _CHECK_INFO, CHECK_LEN)
 
 
-_CACHE_SIZE = 32
-# (passphrase, KDF costs, salt) -> Future of the master key; a failed
-# derivation leaves the cache, so a later use derives again.
-_cache: collections.OrderedDict = collections.OrderedDict()
-_cache_lock = threading.Lock()
 _salt_lock = threading.Lock()
-# One derivation at a time, whatever the thread: memory stays bounded.
-_derive_gate = threading.Lock()
-
-
-def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
-           ) -> tuple[Future, bool]:
-    """The cached future of a master key, and whether the caller must run it."""
-    key = (passphrase, kdf, salt)
-    with _cache_lock:
-        future = _cache.get(key)
-        if future is not None:
-            _cache.move_to_end(key)
-            return future, False
-        future = Future()
-        future.set_running_or_notify_cancel()
-        _cache[key] = future
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-        return future, True
-
-
-def _fulfil(future: Future, passphrase: bytes, kdf: KdfParams, salt: bytes
-            ) -> None:
-    """Run one derivation into its future (never raises)."""
-    try:
-        with _derive_gate:
-            master = kdf.derive(passphrase, salt)
-    except BaseException as err:     # handed to whoever waits for the key
-        with _cache_lock:
-            key = (passphrase, kdf, salt)
-            if _cache.get(key) is future:
-                del _cache[key]
-        future.set_exception(err)
-    else:
-        future.set_result(master)
-
-
-def _derive_cached(passphrase: bytes, kdf: KdfParams, salt: bytes) -> bytes:
-    """The master key, derived once per (passphrase, KDF costs, salt).
-
-    Runs the derivation in this thread unless another thread (a prefetch or
-    a concurrent user) already does; then waits for that one.
-    """
-    kdf.check()
-    future, mine = _claim(passphrase, kdf, salt)
-    if mine:
-        _fulfil(future, passphrase, kdf, salt)
-    return future.result()
-
-
-def _prefetch(passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:
-    """Start a derivation on a daemon thread unless it is cached or running."""
-    try:
-        kdf.check()
-    except errors.Rsyncv2Error:
-        return
-    future, mine = _claim(passphrase, kdf, salt)
-    if mine:
-        threading.Thread(target=_fulfil, name="rsyncv2-kdf", daemon=True,
-                         args=(future, passphrase, kdf, salt)).start()
 
 
 _PEEK = 8192       # more than a header with its largest ext
