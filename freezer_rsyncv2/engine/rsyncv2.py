@@ -167,14 +167,19 @@ class Rsyncv2Engine(base.BackupEngine):
                                        self._cipher())
         try:
             pieces = self._encode(stream, _drain(write_queue))
-            for segment in encoder.segments(pieces,
-                                            self.cfg.max_segment_size):
+            for segment in encoder.segments(pieces, self._segment_size()):
                 summary.stored_bytes += len(segment)
                 yield segment
         finally:
             stop.set()
             worker.join()
         self._finish_level(manifest_path, writer, summary)
+
+    def _segment_size(self) -> int:
+        """``max_segment_size``, or less where our own storage asks for it."""
+        return min(self.cfg.max_segment_size,
+                   getattr(self.storage, "write_segment_size",
+                           self.cfg.max_segment_size))
 
     def _start_level(self, manifest_path: str
                      ) -> tuple[list[str], prog.Summary, mf.ManifestWriter]:

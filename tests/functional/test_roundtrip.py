@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from freezer_rsyncv2.engine import rsyncv2
+from freezer_rsyncv2.storage import base as storage_base
 from freezer_rsyncv2.storage import local
 from freezer_rsyncv2.stream import compression, encoder
 from tests.functional import treeutil
@@ -235,14 +236,16 @@ class _RecordingStorage(local.LocalStorage):
         super().__init__(*args, **kwargs)
         self.takes_segments = takes_segments
         self.kinds = set()
+        self.sizes = []
 
     def write_backup(self, rich_queue, backup):
-        kinds = self.kinds
+        kinds, sizes = self.kinds, self.sizes
 
         class Spy:
             def get_messages(self):
                 for message in rich_queue.get_messages():
                     kinds.add(type(message))
+                    sizes.append(len(message))
                     yield message
 
             def force_stop(self):
@@ -264,3 +267,23 @@ def test_segments_are_bytes_for_storages_that_need_them(tmp_path, src,
     dest = restore_dir()
     restore(engine, dest)
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
+
+
+def test_our_storages_get_small_segments_freezers_the_full_size(
+        tmp_path, src, monkeypatch):
+    """Segment size bounds the backup's memory; Freezer's storages store
+    each segment as an object or part, so they get max_segment_size."""
+    monkeypatch.setattr(storage_base, "READ_BLOCK", 256 << 10)
+    treeutil.write(os.path.join(src, "f"), os.urandom(3 << 20))
+    ours = _RecordingStorage(str(tmp_path / "a"), 1 << 20,
+                             takes_segments=True)
+    backup(rsyncv2.Rsyncv2Engine(storage=ours, compression="none",
+                                 max_segment_size=1 << 20), src)
+    assert max(ours.sizes) == 256 << 10
+
+    class FreezerLike(_RecordingStorage):
+        write_segment_size = property(lambda self: 1 << 40)  # not ours
+    theirs = FreezerLike(str(tmp_path / "b"), 1 << 20, takes_segments=False)
+    backup(rsyncv2.Rsyncv2Engine(storage=theirs, compression="none",
+                                 max_segment_size=1 << 20), src)
+    assert max(theirs.sizes) == 1 << 20
