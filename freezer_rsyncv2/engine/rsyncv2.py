@@ -178,7 +178,7 @@ class Rsyncv2Engine(base.BackupEngine):
     def _segment_size(self) -> int:
         """``max_segment_size``, or less where our own storage asks for it."""
         return min(self.cfg.max_segment_size,
-                   getattr(self.storage, "write_segment_size",
+                   getattr(self.storage, "io_block_size",
                            self.cfg.max_segment_size))
 
     def _start_level(self, manifest_path: str

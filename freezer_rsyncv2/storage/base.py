@@ -210,9 +210,8 @@ class _NamedEngine:
         self.name = name
 
 
-#: Largest block a restore reads from our storages (``read_block_size``),
-#: and largest segment a backup hands them (``write_segment_size``).
-READ_BLOCK = 8 << 20
+#: Largest block our storages exchange with the engine (``io_block_size``).
+IO_BLOCK = 8 << 20
 
 
 class Storage(abc.ABC):
@@ -240,21 +239,18 @@ class Storage(abc.ABC):
             self.prepare()
 
     @property
-    def read_block_size(self) -> int:
-        """Bytes per block ``backup_blocks`` yields: the segment size, at most
-        READ_BLOCK (a restore holds two blocks, and with encryption the key
-        derivation's 64 MiB besides, so this bounds its memory)."""
-        return min(self.max_segment_size, READ_BLOCK)
+    def io_block_size(self) -> int:
+        """Bytes per block ``backup_blocks`` yields and per segment the engine
+        hands ``write_backup``: the segment size, at most IO_BLOCK.
 
-    @property
-    def write_segment_size(self) -> int:
-        """Bytes per segment the engine hands ``write_backup``: the segment
-        size, at most READ_BLOCK.  Our storages do not store segments as
-        objects (a file; S3 parts of their own size), so smaller ones only
-        bound the backup's memory (two segments in flight); Freezer's
-        storages get ``max_segment_size`` segments (Swift stores each as an
-        object, its S3 storage each as a part of at least 5 MiB)."""
-        return min(self.max_segment_size, READ_BLOCK)
+        Our storages keep no segment as an object (a file; S3 parts of their
+        own size), so the size only bounds memory: two blocks on restore
+        (with encryption, the key derivation's 64 MiB besides), two segments
+        in flight on backup.  Freezer's storages get ``max_segment_size``
+        segments (Swift stores each as an object, its S3 storage each as a
+        part of at least 5 MiB).
+        """
+        return min(self.max_segment_size, IO_BLOCK)
 
     @property
     def type(self) -> str | None:

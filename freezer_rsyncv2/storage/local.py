@@ -231,7 +231,7 @@ class LocalStorage(Storage):
         with handle:
             while True:
                 try:
-                    chunk = handle.read(self.read_block_size)
+                    chunk = handle.read(self.io_block_size)
                 except OSError as exc:
                     raise StorageError(f"cannot read {path}: {exc}") from exc
                 if not chunk:

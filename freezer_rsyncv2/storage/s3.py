@@ -256,7 +256,7 @@ class S3Storage(Storage):
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         key = self.key(backup.copy(self).data_path)
-        return self.iter_object(key, self.read_block_size)
+        return self.iter_object(key, self.io_block_size)
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names directly under ``path`` (objects and common prefixes)."""

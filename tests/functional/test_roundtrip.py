@@ -273,7 +273,7 @@ def test_our_storages_get_small_segments_freezers_the_full_size(
         tmp_path, src, monkeypatch):
     """Segment size bounds the backup's memory; Freezer's storages store
     each segment as an object or part, so they get max_segment_size."""
-    monkeypatch.setattr(storage_base, "READ_BLOCK", 256 << 10)
+    monkeypatch.setattr(storage_base, "IO_BLOCK", 256 << 10)
     treeutil.write(os.path.join(src, "f"), os.urandom(3 << 20))
     ours = _RecordingStorage(str(tmp_path / "a"), 1 << 20,
                              takes_segments=True)
@@ -282,7 +282,7 @@ def test_our_storages_get_small_segments_freezers_the_full_size(
     assert max(ours.sizes) == 256 << 10
 
     class FreezerLike(_RecordingStorage):
-        write_segment_size = property(lambda self: 1 << 40)  # not ours
+        io_block_size = property(lambda self: 1 << 40)  # not ours
     theirs = FreezerLike(str(tmp_path / "b"), 1 << 20, takes_segments=False)
     backup(rsyncv2.Rsyncv2Engine(storage=theirs, compression="none",
                                  max_segment_size=1 << 20), src)

@@ -465,7 +465,7 @@ class StorageContract:
     def test_blocks_are_at_most_the_read_block(self, tmp_path: Path,
                                                monkeypatch) -> None:
         """Restore memory is bounded whatever the segment size."""
-        monkeypatch.setattr(base, "READ_BLOCK", 1000)
+        monkeypatch.setattr(base, "IO_BLOCK", 1000)
         storage = self.make_storage(tmp_path / "blocks", 1 << 20)
         data = bytes(range(256)) * 20
         backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
