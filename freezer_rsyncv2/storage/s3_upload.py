@@ -65,7 +65,7 @@ class ObjectWriter:
         self._call = call
         self._concurrency = concurrency
         self._content_md5 = content_md5
-        self._pending: list[bytes | bytearray] = []
+        self._pending: list[bytes] = []
         self._pending_len = 0
         self._upload_id: str | None = None
         self._next_part = 1
@@ -91,8 +91,8 @@ class ObjectWriter:
             raise StorageError(f"write to closed upload of {self.key}")
         if not data:
             return
-        if not isinstance(data, (bytes, bytearray)):
-            data = bytes(data)      # a view may change under us: copy it
+        if not isinstance(data, bytes):
+            data = bytes(data)
         self._pending.append(data)
         self._pending_len += len(data)
         if self._pending_len >= self.threshold():
@@ -136,11 +136,10 @@ class ObjectWriter:
 
     # -- internals ------------------------------------------------------------------
 
-    def _take_pending(self) -> bytes | bytearray:
+    def _take_pending(self) -> bytes:
         pending = self._pending
         self._pending, self._pending_len = [], 0
-        if len(pending) == 1:
-            return pending[0]       # a whole segment: sent as it is, no copy
+        # join() of a single bytes object returns it without copying.
         return b"".join(pending)
 
     def _send_part(self) -> None:
