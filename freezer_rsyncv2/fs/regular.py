@@ -339,14 +339,13 @@ class RegularFiles:
 
     def finalize(self, path: bytes) -> None:
         """Check (if patched in place) and rename one staged file."""
-        staged = self._staged.get(path)
+        staged = self._staged.pop(path, None)
         if staged is None:
             return
         with os_errors(path, "finish"), \
                 self._parent(path, create=False, mutate=True) as (parent,
                                                                   name):
             if parent is None:
-                self._staged.pop(path, None)
                 raise RestoreError(f"{show(path)}: its directory is gone")
             try:
                 fd = os.open(staged.tmp, os.O_RDONLY | os.O_NOFOLLOW
@@ -357,10 +356,8 @@ class RegularFiles:
                     self.meta.apply_fd(fd, staged.entry)
                 finally:
                     os.close(fd)
-                self._staged.pop(path)
                 self._rename_into_place(parent, staged.tmp, name, path)
             except BaseException:
-                self._staged.pop(path, None)
                 with contextlib.suppress(OSError):
                     os.unlink(staged.tmp, dir_fd=parent)
                 raise
