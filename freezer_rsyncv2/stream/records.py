@@ -326,14 +326,15 @@ class _Reader:
         if pos + size <= len(view):
             self._pos = pos + size
             return view[pos:pos + size]
-        out = bytearray()
-        while len(out) < size:
+        parts, got = [], 0
+        while got < size:
             if self._pos >= len(self._view) and not self._next_frame():
                 raise errors.TruncatedError("stream ends inside a record")
-            take = min(size - len(out), len(self._view) - self._pos)
-            out += self._view[self._pos:self._pos + take]
+            take = min(size - got, len(self._view) - self._pos)
+            parts.append(self._view[self._pos:self._pos + take])
             self._pos += take
-        return bytes(out)
+            got += take
+        return b"".join(parts)      # the one copy, of data across frames
 
     def _unpack(self) -> Any:
         unpacker = msgpack.Unpacker(**_UNPACK_OPTS)
