@@ -29,12 +29,7 @@ def new(name: str, parallel: bool = False) -> Any:
     ``parallel``: BLAKE3 hashes each big ``update`` on all cores (the same
     digest); SHA-256 cannot.
     """
-    try:
-        maker = _MAKERS[name]
-    except (KeyError, TypeError):
-        raise errors.UnsupportedVersionError(
-            "unknown file digest %r (this library knows %s)"
-            % (name, ", ".join(sorted(_MAKERS)))) from None
+    maker = _MAKERS[_known(name)]
     if parallel and name == BLAKE3:
         return blake3.blake3(max_threads=blake3.blake3.AUTO)
     return maker()
@@ -42,6 +37,13 @@ def new(name: str, parallel: bool = False) -> Any:
 
 def of_level(begin: dict) -> str:
     """The digest a level's files use, from its BEGIN record's fields."""
-    name = begin.get("dg", SHA256)
-    new(name)   # known, or UnsupportedVersionError
+    return _known(begin.get("dg", SHA256))
+
+
+def _known(name: Any) -> str:
+    """``name`` if this library knows that digest, else UnsupportedVersionError."""
+    if not isinstance(name, str) or name not in _MAKERS:
+        raise errors.UnsupportedVersionError(
+            "unknown file digest %r (this library knows %s)"
+            % (name, ", ".join(sorted(_MAKERS))))
     return name
