@@ -13,9 +13,17 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import bench_storage  # noqa: E402
 from freezer_rsyncv2.engine.rsyncv2 import Rsyncv2Engine  # noqa: E402
+from freezer_rsyncv2.stream import kdf  # noqa: E402
 
 
 def main(spec: dict) -> dict:
+    result = operation(spec)
+    keys = kdf.stats()
+    result.update(key_wait=keys["wait_seconds"], key_derive=keys["derive_seconds"])
+    return result
+
+
+def operation(spec: dict) -> dict:
     segment = spec["max_segment_size"]
     engine = Rsyncv2Engine(storage=bench_storage.build(spec["storage"], segment),
                            compression=spec.get("compression", "none"),

@@ -291,9 +291,10 @@ class Bench:
                     r.target("low entropy (%s): %s <= 2 x random" % (case, op),
                              get(case, op), get("random", op), 2.0)
         for op in ("ours level 0", "ours level 1"):
-            if get("encrypted", op) and get("random", op):
-                r.target("encryption: %s <= 1.1 x unencrypted" % op,
-                         get("encrypted", op), get("random", op), 1.1)
+            enc, plain = get("encrypted", op), get("random", op)
+            if enc and plain:
+                r.target("encryption: %s <= 1.1 x unencrypted" % op, enc, plain, 1.1)
+                self.key_note(op, enc, plain)
         restore = get("random", "ours restore 0+1")
         untar, patch = get("random", "tar -x"), get("random", "rdiff patch")
         if restore and untar and patch:
@@ -320,6 +321,20 @@ class Bench:
             r.note("max segment size %d MiB (default 32 MiB): backup and restore each hold two "
                    "segments (the one being stored or restored and the next), so peak RSS "
                    "moves by 2 x the difference" % (self.args.max_segment_size // MIB))
+
+    def key_note(self, op: str, enc: Row, plain: Row) -> None:
+        """How much of the encryption cost is the wait for the key derivation
+        (once per process: Argon2id or scrypt on the passphrase)."""
+        waits = [run.report.get("key_wait") for run in enc.series.runs]
+        if None in waits or not waits:
+            return
+        wait = sorted(waits)[len(waits) // 2]
+        derive = enc.series.report("key_derive", 0.0)
+        self.report.note(
+            "encryption, %s: %.3f s more than unencrypted, of which %.3f s waiting for the "
+            "key derivation (median; it took %.3f s, once per process); without that wait "
+            "%.2f x" % (op, enc.series.seconds - plain.series.seconds, wait, derive,
+                        (enc.series.seconds - wait) / plain.series.seconds))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -107,6 +108,21 @@ _cache: collections.OrderedDict = collections.OrderedDict()
 _cache_lock = threading.Lock()
 # One derivation at a time, whatever the thread: memory stays bounded.
 _derive_gate = threading.Lock()
+# Seconds this process spent deriving, and waiting for a derived key.
+_stats = {"derivations": 0, "derive_seconds": 0.0, "wait_seconds": 0.0}
+
+
+def stats() -> dict:
+    """This process's key derivations so far: how many, their seconds, and
+    the seconds callers of ``derive_cached`` waited for a key (the cost on
+    the critical path; a prefetch that finished in time adds nothing)."""
+    with _cache_lock:
+        return dict(_stats)
+
+
+def _count(field: str, seconds: float) -> None:
+    with _cache_lock:
+        _stats[field] += seconds
 
 
 def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
@@ -131,7 +147,10 @@ def _fulfil(future: Future, passphrase: bytes, kdf: KdfParams, salt: bytes
     """Run one derivation into its future (never raises)."""
     try:
         with _derive_gate:
+            start = time.perf_counter()
             master = kdf.derive(passphrase, salt)
+            _count("derive_seconds", time.perf_counter() - start)
+            _count("derivations", 1)
     except BaseException as err:     # handed to whoever waits for the key
         with _cache_lock:
             key = (passphrase, kdf, salt)
@@ -150,9 +169,15 @@ def derive_cached(passphrase: bytes, kdf: KdfParams, salt: bytes) -> bytes:
     """
     kdf.check()
     future, mine = _claim(passphrase, kdf, salt)
-    if mine:
-        _fulfil(future, passphrase, kdf, salt)
-    return future.result()
+    if future.done():
+        return future.result()
+    start = time.perf_counter()
+    try:
+        if mine:
+            _fulfil(future, passphrase, kdf, salt)
+        return future.result()
+    finally:
+        _count("wait_seconds", time.perf_counter() - start)
 
 
 def prefetch(passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:

@@ -40,5 +40,8 @@ def test_bench_delta_encrypted_case_on_s3(tmp_path):
     out = proc.stdout
     assert "encryption: ours level 0 <= 1.1 x unencrypted" in out
     assert "encryption: ours level 1 <= 1.1 x unencrypted" in out
+    for op in ("level 0", "level 1"):
+        assert "encryption, ours %s:" % op in out
+        assert "waiting for the key derivation" in out
     assert "storage s3" in out
     assert os.listdir(tmp_path) == []

@@ -7,6 +7,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression, crypto, encoder, frames
+from freezer_rsyncv2.stream import kdf as kdfmod
 
 pytestmark = pytest.mark.usefixtures("cheap_kdf")
 
@@ -192,3 +193,29 @@ def encode_manifest(keys):
                                 keys.writing_cipher())
     yield from enc.write(b"records")
     yield from enc.close()
+
+
+def test_stats_count_derivations_and_the_time_callers_waited(monkeypatch):
+    real = crypto.KdfParams.derive
+    release = threading.Event()
+
+    def slow(self, passphrase, salt):
+        assert release.wait(WAIT)
+        return real(self, passphrase, salt)
+
+    monkeypatch.setattr(crypto.KdfParams, "derive", slow)
+    before = kdfmod.stats()
+    keys = crypto.Keyring(PASS)
+    salt = os.urandom(crypto.SALT_LEN)
+    keys.prefetch(crypto.WRITE_KDF, salt)
+    threading.Timer(0.2, release.set).start()
+    keys.master(crypto.WRITE_KDF, salt)         # waits for the prefetch
+    waited = kdfmod.stats()
+    assert waited["derivations"] == before["derivations"] + 1
+    assert waited["derive_seconds"] - before["derive_seconds"] >= 0.15
+    assert waited["wait_seconds"] - before["wait_seconds"] >= 0.15
+    keys.master(crypto.WRITE_KDF, salt)         # cached: no wait, no derivation
+    after = kdfmod.stats()
+    assert after["derivations"] == waited["derivations"]
+    assert after["wait_seconds"] == waited["wait_seconds"]
+    join_kdf_threads()
