@@ -2,19 +2,18 @@
 
 The walk and the chain's effective manifest are both sorted by path, so they
 are merged as two sorted streams.  Each entry is classified (new, changed,
-metadata-only, unchanged, deleted); changed files are read once, feeding the
-whole-file digest, the next level's signature and, when the previous level
-has a signature, the rsync matcher.  New large files whose inode belonged to
-a deleted path are renames: they are held back to the end of the pass and
-sent as deltas against the old path (``prev_name``), which is deleted only
-after them.
+metadata-only, unchanged, deleted); changed files are read once
+(``file_reader``), feeding the whole-file digest, the next level's signature
+and, when the previous level has a signature, the rsync matcher.  New large
+files whose inode belonged to a deleted path are renames: they are held back
+to the end of the pass and sent as deltas against the old path
+(``prev_name``), which is deleted only after them.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 
 from oslo_log import log
@@ -24,19 +23,16 @@ from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
+from freezer_rsyncv2.engine import file_reader
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import walk as fswalk
-from freezer_rsyncv2.rsync import matcher as rmatch
-from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import records
 
 LOG = log.getLogger(__name__)
 
-READ_SIZE = 1 << 20
 RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
 WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
-_ZEROS = bytes(READ_SIZE)
 _STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
                 "link_target", "rdev", "hardlink_to", "xattrs")
 
@@ -70,22 +66,15 @@ class BackupPass:
         self._deletes: list[bytes] = []
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
-        # A big file's SHA-256 and signature run on helper threads (other
-        # cores) while this one reads and matches.
-        self._digest_worker = threads.OrderedWorker("rsyncv2-digest")
-        self._sig_worker = threads.OrderedWorker("rsyncv2-signature")
-        try:
-            self._file_root = not stat.S_ISDIR(os.stat(self.root).st_mode)
-        except OSError:
-            self._file_root = False
+        self._reader = file_reader.FileReader(cfg, self.root, summary,
+                                              progress, self._warn)
 
     # -- the pass ---------------------------------------------------------
     def records(self) -> Iterator[bytes]:
         try:
             yield from self._records()
         finally:
-            self._digest_worker.close()
-            self._sig_worker.close()
+            self._reader.close()
 
     def _records(self) -> Iterator[bytes]:
         yield records.begin({"level": self.level, "dg": digests.DEFAULT})
@@ -202,7 +191,7 @@ class BackupPass:
         held: list[bytes] | None = []
         held_size = 0
         result = None
-        for piece in self._read_file(e, basis, prev_name):
+        for piece in self._reader.read(e, basis, prev_name):
             if isinstance(piece, tuple):
                 result = piece
                 continue
@@ -236,95 +225,6 @@ class BackupPass:
         self.manifest.add(me, late=late)
         self._status(e, "new" if old is None else "changed")
 
-    def _read_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                   prev_name: bytes | None) -> Iterator:
-        """Yield record bytes, then one tuple (entry, digest, signature, complete)."""
-        full = self.root if self._file_root else os.path.join(self.root, e.path)
-        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-        if not self.cfg.dereference:
-            flags |= os.O_NOFOLLOW
-        try:
-            try:
-                fd = os.open(full, flags)
-            except PermissionError:
-                fd = os.open(full, flags & ~getattr(os, "O_NOATIME", 0))
-        except OSError as err:
-            self._warn(e.path, "skipped, cannot open: %s" % err.strerror)
-            return
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self._warn(e.path, "skipped, no longer a regular file")
-                return
-            e = _refresh(e, st)
-            ranges = fswalk.data_ranges(fd, st.st_size)
-            sparse = sum(length for _o, length in ranges) < st.st_size
-            extra = {"data": records.DATA_FULL, "sp": sparse or None}
-            matcher = None
-            if basis is not None:
-                extra.update(data=records.DATA_DELTA, pn=prev_name,
-                             bl=basis.block_len, bs=basis.entry.size)
-                matcher = rmatch.Matcher(basis.signature())
-            yield records.entry(e, **extra)
-            digest = digests.new(digests.DEFAULT)
-            builder = rsig.SignatureBuilder(
-                rsig.block_size_for(st.st_size, self.cfg.block_size))
-            if st.st_size >= threads.PARALLEL_MIN:
-                def hash_chunk(chunk: bytes) -> None:
-                    self._digest_worker.submit(digest.update, chunk)
-                    self._sig_worker.submit(builder.update, chunk)
-            else:
-                def hash_chunk(chunk: bytes) -> None:
-                    digest.update(chunk)
-                    builder.update(chunk)
-            done = 0
-            for kind, offset, length in _regions(ranges, st.st_size):
-                if kind == "hole":
-                    for n in _split(length):
-                        zeros = _ZEROS[:n]
-                        hash_chunk(zeros)
-                        if matcher is not None:
-                            yield from _ops(matcher.feed(zeros))
-                    if matcher is None:
-                        yield records.hole(length)
-                    done += length
-                    continue
-                for chunk in _read_range(fd, offset, length, e.path, self._warn):
-                    hash_chunk(chunk)
-                    if matcher is not None:
-                        yield from _ops(matcher.feed(chunk))
-                    else:
-                        yield records.literal_head(len(chunk))
-                        yield chunk
-                    self.summary.bytes_read += len(chunk)
-                    self.progress.advance(len(chunk))
-                    done += len(chunk)
-                if done < offset + length:
-                    break       # the file shrank while we read it
-            if matcher is not None:
-                yield from _ops(matcher.finish())
-                self.summary.literal_bytes += matcher.literal_bytes
-                self.summary.copied_bytes += matcher.copied_bytes
-            else:
-                self.summary.literal_bytes += done
-            self._digest_worker.wait()
-            self._sig_worker.wait()
-            value = digest.digest()
-            yield records.end_file(done, value)
-            after = os.fstat(fd)
-            complete = (done == st.st_size and after.st_size == st.st_size
-                        and after.st_mtime_ns == st.st_mtime_ns)
-            e.size = done
-            if not complete:
-                self._warn(e.path, "changed while being read; stored what "
-                                   "was read, will be read again next time")
-                e.mtime_ns = -1     # forces a re-read at the next level
-            yield (e, value, builder.finish(), complete)
-        finally:
-            self._digest_worker.discard()   # nothing if all went well
-            self._sig_worker.discard()
-            os.close(fd)
-
     # -- renames ----------------------------------------------------------
     def _renames(self) -> Iterator[bytes]:
         if not self._held:
@@ -344,61 +244,5 @@ class BackupPass:
                                        prev_name=old_path if basis else None)
 
 
-def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
-    """The entry as the open file is now (it may have changed since the walk)."""
-    e.size = st.st_size
-    e.mtime_ns = st.st_mtime_ns
-    e.ctime_ns = st.st_ctime_ns
-    e.ino = st.st_ino
-    e.mode = stat.S_IMODE(st.st_mode)
-    return e
-
-
-def _regions(ranges: list[tuple[int, int]], size: int
-             ) -> Iterator[tuple[str, int, int]]:
-    pos = 0
-    for offset, length in ranges:
-        if offset > pos:
-            yield ("hole", pos, offset - pos)
-        yield ("data", offset, length)
-        pos = offset + length
-    if pos < size:
-        yield ("hole", pos, size - pos)
-
-
-def _split(length: int) -> Iterator[int]:
-    while length > 0:
-        n = min(length, READ_SIZE)
-        yield n
-        length -= n
-
-
 def _under(path: bytes, top: bytes | None) -> bool:
     return top is not None and path.startswith(top + b"/")
-
-
-def _read_range(fd: int, offset: int, length: int, path: bytes,
-                warn: Callable[[bytes, str], None]) -> Iterator[bytes]:
-    """Read a range; a read error ends it early (the caller sees the shortfall)."""
-    end = offset + length
-    while offset < end:
-        try:
-            chunk = os.pread(fd, min(READ_SIZE, end - offset), offset)
-        except InterruptedError:
-            continue
-        except OSError as err:
-            warn(path, "read error at byte %d: %s" % (offset, err.strerror))
-            return
-        if not chunk:
-            return
-        yield chunk
-        offset += len(chunk)
-
-
-def _ops(ops: Iterable[tuple]) -> Iterator[bytes]:
-    for op in ops:
-        if op[0] == rmatch.COPY:
-            yield records.copy(op[1], op[2])
-        else:
-            yield records.literal_head(len(op[1]))
-            yield op[1]

@@ -34,7 +34,7 @@ from oslo_log import log
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.engine import queue as rqueue
-from freezer_rsyncv2.storage import base as sbase
+from freezer_rsyncv2.storage import layout as slayout
 
 LOG = log.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
                 timestamp = self._fresh_level_zero(hostname_backup_name,
                                                    timestamp)
                 level_zero = timestamp
-            backup = sbase.Backup(
+            backup = slayout.Backup(
                 engine=self, hostname_backup_name=hostname_backup_name,
                 level_zero_timestamp=level_zero, timestamp=timestamp,
                 level=prev.level + 1 if prev is not None else 0)

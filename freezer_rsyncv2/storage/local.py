@@ -14,7 +14,8 @@ from typing import Any, BinaryIO
 from oslo_log import log
 
 from freezer_rsyncv2.errors import StorageError
-from freezer_rsyncv2.storage.base import Backup, Storage, StorageFileNotFoundError
+from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
+from freezer_rsyncv2.storage.layout import Backup
 
 LOG = log.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from oslo_log import log
 from freezer_rsyncv2.errors import BucketNotFoundError, ConfigError, Rsyncv2Error, StorageError
 from freezer_rsyncv2.storage import retry as retries
 from freezer_rsyncv2.storage import s3_client
-from freezer_rsyncv2.storage.base import Backup, Storage, StorageFileNotFoundError
+from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
+from freezer_rsyncv2.storage.layout import Backup
 from freezer_rsyncv2.storage.s3_upload import ObjectWriter, check_part_size
 
 LOG = log.getLogger(__name__)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from freezer_rsyncv2 import cli
-from freezer_rsyncv2.engine import backup_pass
+from freezer_rsyncv2.engine import file_reader
 from tests.functional import treeutil
 
 
@@ -121,13 +121,13 @@ def test_bad_option_value_exits_2(env, capsys):
 
 
 def test_warnings_exit_3(env, capsys, monkeypatch):
-    original = backup_pass._read_range
+    original = file_reader._read_range
 
     def shrinking(fd, offset, length, path, warn):
         for chunk in original(fd, offset, length, path, warn):
             os.truncate(os.path.join(env["src"], "d/b.bin"), 10)
             yield chunk
-    monkeypatch.setattr(backup_pass, "_read_range", shrinking)
+    monkeypatch.setattr(file_reader, "_read_range", shrinking)
     assert run(*backup_args(env)) == 3
     assert "PARTIAL" in capsys.readouterr().out
 

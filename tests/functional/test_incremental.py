@@ -6,7 +6,7 @@ import random
 import pytest
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.engine import backup_pass
+from freezer_rsyncv2.engine import file_reader
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -99,7 +99,7 @@ def test_level_without_change_reads_no_content(make_engine, many_files,
 
     def no_reads(*args, **kwargs):
         raise AssertionError("file content was read")
-    monkeypatch.setattr(backup_pass, "_read_range", no_reads)
+    monkeypatch.setattr(file_reader, "_read_range", no_reads)
     engine = make_engine()
     backup(engine, many_files)
     assert engine.last_summary.bytes_read == 0
@@ -194,7 +194,7 @@ def test_file_changing_while_read(make_engine, src, restore_dir, monkeypatch,
     p = os.path.join(src, "moving.bin")
     treeutil.write(p, rnd(3 << 20, 7))
     treeutil.write(os.path.join(src, "steady.txt"), b"steady")
-    original = backup_pass._read_range
+    original = file_reader._read_range
     done = []
 
     def racing(fd, offset, length, path, warn):
@@ -213,7 +213,7 @@ def test_file_changing_while_read(make_engine, src, restore_dir, monkeypatch,
                     with open(p, "r+b") as f:
                         f.seek(2 << 20)
                         f.write(b"Z" * 4096)
-    monkeypatch.setattr(backup_pass, "_read_range", racing)
+    monkeypatch.setattr(file_reader, "_read_range", racing)
     engine = make_engine()
     backup(engine, src)
     summary = engine.last_summary
@@ -256,7 +256,7 @@ def test_unopenable_file_is_skipped_with_a_warning(make_engine, src,
         if os.fsencode(path).endswith(b"/secret"):
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, flags, *args, **kwargs)
-    monkeypatch.setattr(backup_pass.os, "open", deny)
+    monkeypatch.setattr(file_reader.os, "open", deny)
     engine = make_engine()
     backup(engine, src)
     monkeypatch.undo()

@@ -1,109 +1,12 @@
-"""Unit tests of the storage base module: paths, name validation, Backup and the error types."""
+"""Unit tests of the storage base module: the error types, the Storage ABC, its clock and re-exports."""
 
 from __future__ import annotations
 
 import pytest
 
-from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, StorageError
-from freezer_rsyncv2.storage import base
-from freezer_rsyncv2.storage.base import Backup, LevelZeroNotFoundError, Storage
-
-
-class FakeEngine:
-    def __init__(self, name: str = "rsyncv2") -> None:
-        self.name = name
-
-
-class PathOnly:
-    """A storage stand-in: Backup only reads ``storage_path`` to build paths."""
-
-    def __init__(self, storage_path: str) -> None:
-        self.storage_path = storage_path
-
-
-def test_path_join() -> None:
-    assert base.path_join("/s", "data", 1, "x") == "/s/data/1/x"
-    # as Freezer's utils.path_join: no normalization at all
-    assert base.path_join("/s/", "metadata") == "/s//metadata"
-    assert base.path_join("/", "metadata") == "//metadata"
-    assert base.path_join("bucket/prefix", "data") == "bucket/prefix/data"
-    assert base.path_join("only") == "only"
-
-
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "/a", "a\0b", None, 5])
-def test_validate_name_rejects(bad: object) -> None:
-    with pytest.raises(ConfigError):
-        base.validate_name(bad)
-
-
-@pytest.mark.parametrize("good", ["host_backup", "a.b", "...", "ü-x", "a b"])
-def test_validate_name_accepts(good: str) -> None:
-    assert base.validate_name(good) == good
-
-
-def test_backup_paths_match_freezer_layout() -> None:
-    backup = Backup(FakeEngine(), "host_x", 100, 200, 1, storage=PathOnly("/s"))
-    assert backup.increments_data_path == "/s/data/rsyncv2/host_x/100"
-    assert backup.increments_metadata_path == "/s/metadata/rsyncv2/host_x/100"
-    assert backup.data_prefix_path == "/s/data/rsyncv2/host_x/100/1_200"
-    assert backup.data_path == "/s/data/rsyncv2/host_x/100/1_200/data"
-    assert backup.engine_metadata_path == "/s/data/rsyncv2/host_x/100/1_200/engine_metadata"
-    assert backup.segments_path == "/s/data/rsyncv2/host_x/100/1_200/segments"
-    assert backup.metadata_path == "/s/metadata/rsyncv2/host_x/100/1_200/metadata"
-
-
-def test_backup_without_storage_has_no_paths() -> None:
-    backup = Backup(FakeEngine(), "host_x", 100, 100, 0)
-    assert backup.storage is None
-    assert not hasattr(backup, "data_path")
-    with pytest.raises(StorageError):
-        backup.get_increments()
-
-
-def test_backup_copy_rebinds_storage() -> None:
-    backup = Backup(FakeEngine(), "host_x", 100, 200, 1)
-    copied = backup.copy(PathOnly("/t"))
-    assert copied is not backup
-    assert (copied.level, copied.timestamp, copied.level_zero_timestamp) == (1, 200, 100)
-    assert copied.data_path == "/t/data/rsyncv2/host_x/100/1_200/data"
-
-
-def test_backup_attributes_and_repr() -> None:
-    engine = FakeEngine()
-    backup = Backup(engine, "host_x", "100", 200, 1)
-    assert backup.engine is engine
-    assert backup.hostname_backup_name == "host_x"
-    assert backup.level_zero_timestamp == 100
-    assert repr(backup) == ("Backup(engine='rsyncv2', hostname_backup_name='host_x', "
-                            "level_zero_timestamp=100, level=1, timestamp=200)")
-
-
-@pytest.mark.parametrize("kwargs", [
-    {"hostname_backup_name": "../etc"},
-    {"hostname_backup_name": ".."},
-    {"timestamp": 1.5},
-    {"timestamp": -1},
-    {"level": True},
-    {"level_zero_timestamp": "01"},
-])
-def test_backup_rejects_bad_values(kwargs: dict[str, object]) -> None:
-    args: dict[str, object] = {"engine": FakeEngine(), "hostname_backup_name": "h",
-                               "level_zero_timestamp": 1, "timestamp": 1, "level": 0}
-    args.update(kwargs)
-    with pytest.raises(ConfigError):
-        Backup(**args)  # type: ignore[arg-type]
-
-
-def test_backup_rejects_bad_engine_name() -> None:
-    with pytest.raises(ConfigError):
-        Backup(FakeEngine("a/b"), "h", 1, 1, 0)
-
-
-def test_parse_level_dir() -> None:
-    assert base.parse_level_dir("0_100") == (0, 100)
-    assert base.parse_level_dir("12_1700000000") == (12, 1700000000)
-    for junk in ("1_", "_1", "1_2_3", "01_2", "a_1", "1", ".1_2.tmp"):
-        assert base.parse_level_dir(junk) is None
+from freezer_rsyncv2.errors import BackupNotFoundError, StorageError
+from freezer_rsyncv2.storage import base, layout
+from freezer_rsyncv2.storage.base import LevelZeroNotFoundError, Storage
 
 
 def test_not_found_error_is_index_error() -> None:
@@ -119,3 +22,9 @@ def test_storage_is_abstract() -> None:
 
 def test_now_is_int_seconds() -> None:
     assert isinstance(base.now(), int)
+
+
+def test_layout_names_are_reexported() -> None:
+    for name in ("Backup", "EngineLike", "path_join", "validate_name", "parse_level_dir",
+                 "METADATA_NAME", "DATA_NAME", "ENGINE_METADATA_NAME"):
+        assert getattr(base, name) is getattr(layout, name)
