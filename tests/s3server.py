@@ -1,4 +1,9 @@
-"""A real S3-API server (moto's standalone server) on 127.0.0.1 and a fault-injecting proxy."""
+"""A real S3-API server (moto's standalone server) on 127.0.0.1 and a fault-injecting proxy.
+
+If the server cannot start (``moto[server]`` from the test extras is missing,
+or it does not come up), every test using ``s3_server`` fails with the
+reason: the S3 tests are part of the suite and are never skipped.
+"""
 
 from __future__ import annotations
 
@@ -131,7 +136,8 @@ def s3_server() -> Iterator[S3Server]:
     try:
         server = S3Server.start()
     except ServerUnavailable as exc:
-        pytest.skip(f"no S3 server for the S3 tests: {exc}")
+        pytest.fail(f"no S3 server, so the S3 tests cannot run (install the test extras: "
+                    f"pip install -e '.[test]'): {exc}")
     try:
         yield server
     finally:

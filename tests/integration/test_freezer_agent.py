@@ -22,7 +22,6 @@ from tests.integration.conftest import HOST
 pytestmark = pytest.mark.integration
 
 OUR_LINE = "using freezer_rsyncv2 %s" % freezer_rsyncv2.__version__
-NOT_YET = "not supported yet"       # our ConfigError while encryption is missing
 
 
 def common(container: Path, name: str) -> list[str]:
@@ -199,16 +198,6 @@ def test_xz_compression(agent, tmp_path):
     same_tree(src, dest)
 
 
-def _encrypted_backup_or_skip(agent, container: Path, src: Path,
-                              pass_file: Path):
-    run = agent(*backup_args(container, "enc", src,
-                             "--encrypt-pass-file", str(pass_file)))
-    if run.returncode != 0 and NOT_YET in run.log:
-        pytest.skip("our engine does not support encryption yet (it raises "
-                    "ConfigError for encrypt_key): runs once it does")
-    return run.ok()
-
-
 def test_encrypted_round_trip(agent, tmp_path):
     rng = random.Random(7)
     src, container = tmp_path / "src", tmp_path / "container"
@@ -217,7 +206,8 @@ def test_encrypted_round_trip(agent, tmp_path):
     write(src / "secret-name-marker.txt", marker * 100)
     pass_file = tmp_path / "pass"
     pass_file.write_text("correct horse battery staple\n")
-    _encrypted_backup_or_skip(agent, container, src, pass_file)
+    agent(*backup_args(container, "enc", src,
+                       "--encrypt-pass-file", str(pass_file))).ok()
     write(src / "d/b.bin", rand(rng, 200_000))
     agent(*backup_args(container, "enc", src,
                        "--encrypt-pass-file", str(pass_file))).ok()
@@ -240,7 +230,8 @@ def test_wrong_pass_file_fails(agent, tmp_path):
     right, wrong = tmp_path / "right", tmp_path / "wrong"
     right.write_text("the right one\n")
     wrong.write_text("the wrong one\n")
-    _encrypted_backup_or_skip(agent, container, src, right)
+    agent(*backup_args(container, "enc", src,
+                       "--encrypt-pass-file", str(right))).ok()
     dest = tmp_path / "restored"
     run = agent(*restore_args(container, "enc", dest,
                               "--encrypt-pass-file", str(wrong)), timeout=120)

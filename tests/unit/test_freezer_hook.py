@@ -164,17 +164,30 @@ def test_missing_replacement_falls_back_to_freezer(fake_freezer):
     assert module.Rsyncv2Engine.ORIGIN == "freezer"
 
 
+class _NoFreezer:
+    """A meta path finder for which no ``freezer`` package is installed."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "freezer" or fullname.startswith("freezer."):
+            raise ModuleNotFoundError("No module named %r" % fullname,
+                                      name=fullname)
+        return None
+
+
 def test_without_freezer_nothing_appears(monkeypatch):
-    if importlib.util.find_spec("freezer") is not None:
-        pytest.skip("a real freezer package is importable here")
+    # A freezer installed here (or imported already) is hidden for the test.
+    for name in list(sys.modules):
+        if name == "freezer" or name.startswith("freezer."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoFreezer(), *sys.meta_path])
     monkeypatch.delenv(freezer_hook.DISABLE_ENV, raising=False)
+    freezer_hook.uninstall()
     freezer_hook.install()
-    try:
-        with pytest.raises(ModuleNotFoundError):
-            importlib.import_module(freezer_hook.TARGET)
-        assert "freezer" not in sys.modules
-    finally:
-        freezer_hook.uninstall()
+    assert isinstance(sys.meta_path[0], freezer_hook.EngineFinder)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        importlib.import_module(freezer_hook.TARGET)
+    assert raised.value.name == "freezer"
+    assert "freezer" not in sys.modules
 
 
 def test_load_is_logged(fake_freezer, caplog):
