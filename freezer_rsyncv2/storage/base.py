@@ -126,6 +126,13 @@ class Storage(abc.ABC):
     def info(self) -> Any:
         """Freezer's ``info`` job output: list of dicts with container_name/size/objects_count."""
 
+    @abc.abstractmethod
+    def stored_size(self, path: str) -> int | None:
+        """Bytes of the file (object) at ``path``; None when there is none.
+
+        The engine checks a level's data with it before publishing the level.
+        """
+
     # -- Freezer's concrete logic ---------------------------------------------
 
     def metadata_path(self, engine: EngineLike, hostname_backup_name: str) -> str:
@@ -261,6 +268,8 @@ class Storage(abc.ABC):
         return [zero.get_increments()
                 for zero in self.get_level_zero(engine, hostname_backup_name)]
 
-    @abc.abstractmethod
     def level_size(self, backup: Backup) -> int:
         """Extra: stored bytes of one level (data + engine_metadata; missing counts as 0)."""
+        backup = backup.copy(self)
+        return sum(self.stored_size(path) or 0
+                   for path in (backup.data_path, backup.engine_metadata_path))

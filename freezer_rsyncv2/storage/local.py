@@ -239,6 +239,14 @@ class LocalStorage(Storage):
                     return
                 yield chunk
 
+    def stored_size(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot stat {path}: {exc}") from exc
+
     # -- directories ---------------------------------------------------------------
 
     def listdir(self, path: str) -> list[str]:
@@ -274,17 +282,3 @@ class LocalStorage(Storage):
             return
         except OSError as exc:
             raise StorageError(f"cannot remove {path}: {exc}") from exc
-
-    # -- extras ---------------------------------------------------------------------
-
-    def level_size(self, backup: Backup) -> int:
-        backup = backup.copy(self)
-        total = 0
-        for path in (backup.data_path, backup.engine_metadata_path):
-            try:
-                total += os.stat(path).st_size
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise StorageError(f"cannot stat {path}: {exc}") from exc
-        return total

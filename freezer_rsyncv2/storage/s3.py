@@ -287,18 +287,14 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Key=name))
         self._abort_uploads(f"{key}/" if key else "")
 
-    def level_size(self, backup: Backup) -> int:
-        backup = backup.copy(self)
-        total = 0
-        for path in (backup.data_path, backup.engine_metadata_path):
-            key = self.key(path)
-            try:
-                head = self.call("HeadObject", key,
-                                 lambda: self.client.head_object(Bucket=self.bucket, Key=key))
-            except StorageFileNotFoundError:
-                continue
-            total += int(head.get("ContentLength", 0))
-        return total
+    def stored_size(self, path: str) -> int | None:
+        key = self.key(path)
+        try:
+            head = self.call("HeadObject", key,
+                             lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        except StorageFileNotFoundError:
+            return None
+        return int(head.get("ContentLength", 0))
 
     # -- internals ------------------------------------------------------------------------
 
