@@ -54,6 +54,8 @@ class BackupEngine(metaclass=abc.ABCMeta):
         self.chain_manifests: list[str] = []
         # A dry run reads and deltas everything but stores nothing.
         self.dry_run = False
+        # Bytes handed to the storage for the level being written.
+        self.handed_bytes = 0
 
     @property
     @abc.abstractmethod
@@ -92,7 +94,14 @@ class BackupEngine(metaclass=abc.ABCMeta):
         segments = self.backup_data(backup_resource, manifest_path)
         if not getattr(self.storage, "takes_segments", False):
             segments = map(bytes, segments)     # Freezer's storages
-        rich_queue.put_messages(segments)
+        rich_queue.put_messages(self._counted(segments))
+
+    def _counted(self, segments: Iterator[Any]) -> Iterator[Any]:
+        """The segments as they are, their bytes added up in ``handed_bytes``."""
+        self.handed_bytes = 0
+        for segment in segments:
+            self.handed_bytes += len(segment)
+            yield segment
 
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,
@@ -140,6 +149,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
                     pass
                 return backup.level
             self._run_backup(backup_resource, engine_meta, backup, queue_size)
+            self._check_stored(backup)
             with open(freezer_meta, "wb") as out:
                 out.write(json.dumps(self.metadata(backup_resource)).encode())
             self.storage.put_metadata(engine_meta, freezer_meta, backup)
@@ -208,6 +218,33 @@ class BackupEngine(metaclass=abc.ABCMeta):
             real = [f for f in failures
                     if not isinstance(f, rqueue.QueueStopped)]
             raise (real or failures)[0]
+
+    def _check_stored(self, backup: Any) -> None:
+        """Raise StorageError unless the level's data holds every byte handed over.
+
+        Before any metadata is written, so a level whose data did not make
+        it is never published.  Asked of each storage that can tell an
+        object's size (a ``stored_size(path)`` method: ours, and Freezer's
+        S3 storage once ``freezer_compat`` adapted it, whose uploads can
+        fail without an error); the others are trusted.  One stat or HEAD
+        request per storage and level.
+        """
+        for storage in written_storages(self.storage):
+            stored_size = getattr(storage, "stored_size", None)
+            if stored_size is None:
+                continue
+            path = backup.copy(storage).data_path
+            stored = stored_size(path)
+            if stored == self.handed_bytes:
+                continue
+            found = "is missing" if stored is None else \
+                "holds %d bytes" % stored
+            raise errors.StorageError(
+                "backup %s level %d: %s %s after %d bytes were written to it: "
+                "the upload failed (the storage's own log lines may say "
+                "why), so the level is not recorded" % (
+                    backup.hostname_backup_name, backup.level, path, found,
+                    self.handed_bytes))
 
     # -- restore ----------------------------------------------------------
     def restore(self, hostname_backup_name: str, restore_resource: str,
@@ -282,6 +319,13 @@ class BackupEngine(metaclass=abc.ABCMeta):
         sender.join()
         if failures:
             raise failures[0]
+
+
+def written_storages(storage: Any) -> list[Any]:
+    """The storages a backup is written to: Freezer's MultipleStorage
+    writes to each of its ``storages``, any other storage to itself."""
+    members = getattr(storage, "storages", None)
+    return list(members) if isinstance(members, (list, tuple)) else [storage]
 
 
 def _newest_per_level(engine: Any, backups: dict, recent_to_date: int | None
