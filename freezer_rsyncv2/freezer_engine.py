@@ -12,6 +12,7 @@ from typing import Any
 from oslo_log import log
 
 import freezer_rsyncv2
+from freezer_rsyncv2 import freezer_compat
 from freezer_rsyncv2.engine import rsyncv2 as _engine
 
 __all__ = ["Rsyncv2Engine", "IMPLEMENTATION", "VERSION"]
@@ -46,7 +47,9 @@ class Rsyncv2Engine(_engine.Rsyncv2Engine):
 
     freezer-agent always passes ``rsync_block_size`` (4096 unless told
     otherwise); when the user did not set it, the block size is chosen per
-    file by rsync's rule instead of being fixed at 4 KiB.
+    file by rsync's rule instead of being fixed at 4 KiB.  Freezer's S3
+    storage gets working metadata uploads and a checked data upload
+    (``freezer_compat``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -55,6 +58,7 @@ class Rsyncv2Engine(_engine.Rsyncv2Engine):
                       "size chosen per file")
             kwargs["rsync_block_size"] = None
         super().__init__(*args, **kwargs)
+        freezer_compat.adapt_storage(self.storage)
 
 
 LOG.info("rsyncv2 engine: using %s %s from %s (set FREEZER_RSYNCV2_DISABLE=1 "
