@@ -11,6 +11,7 @@ import random
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,17 +25,25 @@ pytestmark = pytest.mark.integration
 OUR_LINE = "using freezer_rsyncv2 %s" % freezer_rsyncv2.__version__
 
 
-def common(container: Path, name: str) -> list[str]:
-    return ["--storage", "local", "--container", str(container),
-            "--engine", "rsyncv2", "--backup-name", name, "--hostname", HOST]
+def storage_args(container: Any) -> list[str]:
+    """freezer-agent's storage options: a Path is a local container; any
+    other container gives its own (``agent_args()``, e.g. an S3 bucket)."""
+    if isinstance(container, Path):
+        return ["--storage", "local", "--container", str(container)]
+    return container.agent_args()
 
 
-def backup_args(container: Path, name: str, src: Path, *extra: str) -> list[str]:
+def common(container: Any, name: str) -> list[str]:
+    return [*storage_args(container), "--engine", "rsyncv2",
+            "--backup-name", name, "--hostname", HOST]
+
+
+def backup_args(container: Any, name: str, src: Path, *extra: str) -> list[str]:
     return ["--action", "backup", "--mode", "fs", "--incremental",
             "--path-to-backup", str(src), *common(container, name), *extra]
 
 
-def restore_args(container: Path, name: str, dest: Path, *extra: str) -> list[str]:
+def restore_args(container: Any, name: str, dest: Path, *extra: str) -> list[str]:
     return ["--action", "restore", "--restore-abs-path", str(dest),
             *common(container, name), *extra]
 
