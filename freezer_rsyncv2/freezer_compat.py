@@ -64,7 +64,8 @@ def adapt_storage(storage: Any) -> Any:
     ours does just that, so on a Freezer whose put_file works nothing
     observable changes.  A version check would have to guess which release
     fixes it, and a behaviour probe would need an upload to the user's
-    bucket.  A subclass or an object with its own ``put_file`` is left alone.
+    bucket.  A subclass overriding ``put_file``, or an object given its own,
+    is left alone.
     """
     for member in base.written_storages(storage):
         if not is_freezer_s3(member) or "put_file" in vars(member):
