@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -326,10 +327,10 @@ class Bench:
         """How much of the encryption cost is the wait for the key derivation
         (once per process: Argon2id or scrypt on the passphrase)."""
         waits = [run.report.get("key_wait") for run in enc.series.runs]
-        if None in waits or not waits:
+        derives = [run.report.get("key_derive") for run in enc.series.runs]
+        if not waits or None in waits or None in derives:
             return
-        wait = sorted(waits)[len(waits) // 2]
-        derive = enc.series.report("key_derive", 0.0)
+        wait, derive = statistics.median(waits), statistics.median(derives)
         self.report.note(
             "encryption, %s: %.3f s more than unencrypted, of which %.3f s waiting for the "
             "key derivation (median; it took %.3f s, once per process); without that wait "

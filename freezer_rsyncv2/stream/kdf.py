@@ -11,9 +11,11 @@ in memory only.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -110,19 +112,37 @@ _cache_lock = threading.Lock()
 _derive_gate = threading.Lock()
 # Seconds this process spent deriving, and waiting for a derived key.
 _stats = {"derivations": 0, "derive_seconds": 0.0, "wait_seconds": 0.0}
+_waiting = {"callers": 0, "since": 0.0}
 
 
 def stats() -> dict:
     """This process's key derivations so far: how many, their seconds, and
-    the seconds callers of ``derive_cached`` waited for a key (the cost on
-    the critical path; a prefetch that finished in time adds nothing)."""
+    the seconds during which some caller of ``derive_cached`` waited for a
+    key (the cost on the critical path; a prefetch that finished in time
+    adds nothing, and callers waiting together count once)."""
     with _cache_lock:
         return dict(_stats)
 
 
-def _count(field: str, seconds: float) -> None:
+def _count(field: str, amount: float) -> None:
     with _cache_lock:
-        _stats[field] += seconds
+        _stats[field] += amount
+
+
+@contextlib.contextmanager
+def _waited() -> Iterator[None]:
+    """Add the time from the first caller waiting to the last one done."""
+    with _cache_lock:
+        if _waiting["callers"] == 0:
+            _waiting["since"] = time.perf_counter()
+        _waiting["callers"] += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _waiting["callers"] -= 1
+            if _waiting["callers"] == 0:
+                _stats["wait_seconds"] += time.perf_counter() - _waiting["since"]
 
 
 def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
@@ -171,13 +191,10 @@ def derive_cached(passphrase: bytes, kdf: KdfParams, salt: bytes) -> bytes:
     future, mine = _claim(passphrase, kdf, salt)
     if future.done():
         return future.result()
-    start = time.perf_counter()
-    try:
+    with _waited():
         if mine:
             _fulfil(future, passphrase, kdf, salt)
         return future.result()
-    finally:
-        _count("wait_seconds", time.perf_counter() - start)
 
 
 def prefetch(passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:

@@ -219,3 +219,28 @@ def test_stats_count_derivations_and_the_time_callers_waited(monkeypatch):
     assert after["derivations"] == waited["derivations"]
     assert after["wait_seconds"] == waited["wait_seconds"]
     join_kdf_threads()
+
+
+def test_callers_waiting_together_count_once(monkeypatch):
+    real = crypto.KdfParams.derive
+    release = threading.Event()
+
+    def slow(self, passphrase, salt):
+        assert release.wait(WAIT)
+        return real(self, passphrase, salt)
+
+    monkeypatch.setattr(crypto.KdfParams, "derive", slow)
+    before = kdfmod.stats()
+    keys = crypto.Keyring(PASS)
+    salt = os.urandom(crypto.SALT_LEN)
+    keys.prefetch(crypto.WRITE_KDF, salt)
+    waiters = [threading.Thread(target=keys.master, args=(crypto.WRITE_KDF, salt))
+               for _ in range(3)]
+    for t in waiters:
+        t.start()
+    threading.Timer(0.3, release.set).start()
+    for t in waiters:
+        t.join(WAIT)
+    waited = kdfmod.stats()["wait_seconds"] - before["wait_seconds"]
+    assert 0.25 <= waited < 0.6       # three callers over 0.3 s: not 0.9 s
+    join_kdf_threads()
