@@ -195,7 +195,9 @@ def encode_manifest(keys):
     yield from enc.close()
 
 
-def test_stats_count_derivations_and_the_time_callers_waited(monkeypatch):
+@pytest.fixture
+def gated_kdf(monkeypatch):
+    """Derivations wait for the returned event before they run."""
     real = crypto.KdfParams.derive
     release = threading.Event()
 
@@ -204,6 +206,11 @@ def test_stats_count_derivations_and_the_time_callers_waited(monkeypatch):
         return real(self, passphrase, salt)
 
     monkeypatch.setattr(crypto.KdfParams, "derive", slow)
+    return release
+
+
+def test_stats_count_derivations_and_the_time_callers_waited(gated_kdf):
+    release = gated_kdf
     before = kdfmod.stats()
     keys = crypto.Keyring(PASS)
     salt = os.urandom(crypto.SALT_LEN)
@@ -221,15 +228,8 @@ def test_stats_count_derivations_and_the_time_callers_waited(monkeypatch):
     join_kdf_threads()
 
 
-def test_callers_waiting_together_count_once(monkeypatch):
-    real = crypto.KdfParams.derive
-    release = threading.Event()
-
-    def slow(self, passphrase, salt):
-        assert release.wait(WAIT)
-        return real(self, passphrase, salt)
-
-    monkeypatch.setattr(crypto.KdfParams, "derive", slow)
+def test_callers_waiting_together_count_once(gated_kdf):
+    release = gated_kdf
     before = kdfmod.stats()
     keys = crypto.Keyring(PASS)
     salt = os.urandom(crypto.SALT_LEN)
