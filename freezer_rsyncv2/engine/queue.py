@@ -6,6 +6,7 @@ which the base class hands to ``restore_level`` instead of a real pipe.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -18,7 +19,8 @@ from freezer_rsyncv2.errors import ConfigError, Rsyncv2Error
 
 LOG = log.getLogger(__name__)
 
-#: Default seconds between checks of the stop flag while blocked.
+#: Most seconds a blocked side waits before it checks the queue's state again
+#: (a change wakes it at once).
 DEFAULT_POLL_INTERVAL = 0.2
 
 
@@ -31,16 +33,18 @@ class RichQueue:
 
     Interface of ``freezer.utils.streaming.RichQueue`` so Freezer's storages'
     ``write_backup(rich_queue, backup)`` can consume it. Invariants: every
-    blocking wait polls the stop flag at least every ``poll_interval``
-    seconds, so ``force_stop()`` from either side makes the other raise
-    QueueStopped instead of hanging; ``finish()`` is only called after the
+    state change (a message put or taken, ``finish()``, ``force_stop()``)
+    wakes the other side at once, so the end of the stream is seen without
+    delay and ``force_stop()`` from either side makes the other raise
+    QueueStopped instead of hanging; blocked waits also re-check at least
+    every ``poll_interval`` seconds.  ``finish()`` is only called after the
     last ``put`` returned, so "finished and empty" means "drained".
 
     ``size`` is how many messages may wait between the two sides.  With
-    ``size=0`` (a hand-off; for ``queue.Queue`` 0 would mean unbounded) none
-    waits: ``put`` returns only once the consumer took the message, so the
-    two sides hold two messages between them (the one being consumed and
-    the one being produced) instead of ``size + 2``.
+    ``size=0`` (a hand-off) none waits: ``put`` returns only once the
+    consumer took the message, so the two sides hold two messages between
+    them (the one being consumed and the one being produced) instead of
+    ``size + 2``.
     """
 
     def __init__(self, size: int = 2, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
@@ -49,46 +53,61 @@ class RichQueue:
         if not poll_interval > 0:
             raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
         self.size = size
-        self.data_queue: queue.Queue[Any] = queue.Queue(maxsize=max(size, 1))
         self.poll_interval = poll_interval
-        self._finished = threading.Event()
-        self._stopped = threading.Event()
+        self._items: collections.deque[Any] = collections.deque()
+        self._room = max(size, 1)
+        self._put_count = 0         # messages put so far
+        self._taken = 0             # messages the consumer took so far
+        self._finished = False
+        self._stopped = False
+        self._changed = threading.Condition(threading.Lock())
 
     # -- state -----------------------------------------------------------------
 
     @property
     def is_finished(self) -> bool:
         """True once the producer called ``finish()`` (messages may remain queued)."""
-        return self._finished.is_set()
+        return self._finished
 
     @property
     def is_force_stop(self) -> bool:
         """True once either side called ``force_stop()`` (name as in Freezer)."""
-        return self._stopped.is_set()
+        return self._stopped
 
     def finish(self) -> None:
         """Producer side: no more messages will be put."""
-        self._finished.set()
+        with self._changed:
+            self._finished = True
+            self._changed.notify_all()
 
     def force_stop(self) -> None:
         """Either side: abort the transfer; blocked and future put/get raise QueueStopped."""
-        if not self._stopped.is_set():
-            LOG.debug("RichQueue force-stopped")
-        self._stopped.set()
+        with self._changed:
+            if not self._stopped:
+                LOG.debug("RichQueue force-stopped")
+            self._stopped = True
+            self._changed.notify_all()
 
     def check_stop(self) -> None:
         """Raise QueueStopped if the queue was force-stopped."""
-        if self._stopped.is_set():
+        if self._stopped:
             raise QueueStopped("queue was force-stopped")
 
     def empty(self) -> bool:
         """True if no message is queued right now."""
-        return self.data_queue.empty()
+        return not self._items
 
     def has_more(self) -> bool:
         """True while messages may still come; raises QueueStopped if stopped."""
         self.check_stop()
-        return not self._finished.is_set() or not self.data_queue.empty()
+        return not self._finished or bool(self._items)
+
+    def _wait(self, deadline: float | None = None) -> None:
+        """Wait (lock held) for a change, at most poll_interval or to deadline."""
+        wait = self.poll_interval
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        self._changed.wait(wait)
 
     # -- producer ----------------------------------------------------------------
 
@@ -98,25 +117,22 @@ class RichQueue:
         Putting after ``finish()`` is a programming error: the consumer may
         already have returned, so the message would be silently lost.
         """
-        if self._finished.is_set():
+        if self._finished:
             raise RuntimeError("put() after finish()")
-        while True:
-            self.check_stop()
-            try:
-                self.data_queue.put(message, timeout=self.poll_interval)
-                break
-            except queue.Full:
-                continue
-        if self.size == 0:
-            self._wait_taken()
-
-    def _wait_taken(self) -> None:
-        """Hand-off: block until the consumer took every message put."""
-        done = self.data_queue.all_tasks_done
-        with done:
-            while self.data_queue.unfinished_tasks:
+        with self._changed:
+            while True:
                 self.check_stop()
-                done.wait(self.poll_interval)
+                if len(self._items) < self._room:
+                    break
+                self._wait()
+            self._items.append(message)
+            self._put_count += 1
+            mine = self._put_count
+            self._changed.notify_all()
+            if self.size == 0:      # hand-off: until the consumer took it
+                while self._taken < mine:
+                    self.check_stop()
+                    self._wait()
 
     def put_messages(self, messages: Iterable[Any]) -> None:
         """Put every message then ``finish()``.
@@ -143,22 +159,20 @@ class RichQueue:
         passed without a message.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self.check_stop()
-            wait = self.poll_interval
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.monotonic()))
-            try:
-                message = self.data_queue.get(timeout=wait)
-            except queue.Empty:
+        with self._changed:
+            while True:
+                self.check_stop()
+                if self._items:
+                    message = self._items.popleft()
+                    self._taken += 1
+                    self._changed.notify_all()      # wakes a waiting put()
+                    return message
                 # finish() happens after the last put(), so finished-then-empty is final.
-                if self._finished.is_set() and self.data_queue.empty():
-                    raise
+                if self._finished:
+                    raise queue.Empty
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                continue
-            self.data_queue.task_done()     # wakes a hand-off put()
-            return message
+                    raise queue.Empty
+                self._wait(deadline)
 
     def get_messages(self) -> Iterator[Any]:
         """Yield messages until finished and drained; raises QueueStopped if stopped."""

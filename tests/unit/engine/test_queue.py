@@ -249,3 +249,34 @@ def test_queue_pipe_maxlength() -> None:
     with pytest.raises(OSError):
         QueuePipe(rich).recv_bytes(maxlength=3)
     assert rich.is_force_stop
+
+
+SLOW_POLL = 30.0    # a side that waited for its poll would make these tests fail
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_consumer_sees_the_end_at_once(size: int) -> None:
+    """The last get() returns when finish() is called, not a poll interval later."""
+    rich = RichQueue(size=size, poll_interval=SLOW_POLL)
+    consumer = started(lambda: list(rich.get_messages()))
+    rich.put(b"a")
+    time.sleep(0.05)            # the consumer now waits for the next message
+    start = time.monotonic()
+    rich.finish()
+    assert consumer.finish().result == [b"a"]
+    assert time.monotonic() - start < 1.0
+
+
+def test_force_stop_wakes_both_sides_at_once() -> None:
+    full = RichQueue(size=1, poll_interval=SLOW_POLL)
+    full.put(b"a")
+    producer = started(lambda: full.put(b"b"))       # blocks: no room
+    empty = RichQueue(size=1, poll_interval=SLOW_POLL)
+    consumer = started(empty.get)                     # blocks: nothing queued
+    time.sleep(0.05)
+    start = time.monotonic()
+    full.force_stop()
+    empty.force_stop()
+    assert isinstance(producer.finish().error, QueueStopped)
+    assert isinstance(consumer.finish().error, QueueStopped)
+    assert time.monotonic() - start < 1.0
