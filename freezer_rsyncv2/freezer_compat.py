@@ -33,6 +33,7 @@ from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.storage import retry as retries
 from freezer_rsyncv2.storage import s3_client
 from freezer_rsyncv2.storage.base import StorageFileNotFoundError
+from freezer_rsyncv2.storage.s3_upload import MIN_PART_SIZE
 
 LOG = log.getLogger(__name__)
 
@@ -75,6 +76,14 @@ def adapt_storage(storage: Any) -> Any:
         LOG.debug("rsyncv2 engine: Freezer's S3 storage on %s: metadata "
                   "uploaded with its size, data checked after upload",
                   getattr(member, "storage_path", "?"))
+        segment = getattr(member, "max_segment_size", None)
+        if isinstance(segment, int) and 0 < segment < MIN_PART_SIZE:
+            LOG.warning(
+                "rsyncv2 engine: --max-segment-size %d is below 5 MiB: "
+                "Freezer's S3 storage uploads each segment as one part of a "
+                "multipart upload, and S3 refuses parts under 5 MiB but the "
+                "last, so the backup will fail unless this store accepts "
+                "smaller parts; use at least %d", segment, MIN_PART_SIZE)
     return storage
 
 

@@ -9,6 +9,7 @@ without raising) over an in-memory S3 client.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import types
@@ -239,3 +240,15 @@ def test_nothing_without_freezer(monkeypatch):
     assert freezer_compat.freezer_s3_class() is None
     freezer_compat.adapt_storage(storage)
     assert "put_file" not in vars(storage)
+
+
+@pytest.mark.parametrize("segment, warned", [(1 << 20, True), (5 << 20, False), (32 << 20, False)])
+def test_segments_below_s3s_part_minimum_are_warned_of(freezer_s3, caplog, segment, warned):
+    storage = freezer_s3("bucket", FakeS3Client())
+    storage.max_segment_size = segment
+    with caplog.at_level(logging.WARNING):
+        freezer_compat.adapt_storage(storage)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(said) is warned
+    if warned:
+        assert "--max-segment-size %d is below 5 MiB" % segment in said[0]
