@@ -8,6 +8,7 @@ or writes.  The backlog is bounded, so memory stays bounded too.
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,3 +95,47 @@ def first_while(slow: Iterator[Any], fast: Iterator[Any], limit: int,
 
 
 _END = object()
+
+
+def read_ahead(items: Iterator[Any], depth: int,
+               name: str = "rsyncv2-ahead") -> Iterator[Any]:
+    """Yield ``items``, produced on a helper thread up to ``depth`` ahead.
+
+    An error of ``items`` is raised here after the items before it, in
+    order.  When the caller stops early (an error, ``close()``), the
+    helper stops at its next item; it is not waited for, since it may be
+    blocked in a read that only the caller's cleanup ends.
+    """
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as err:     # re-raised by the caller
+            put(("error", err))
+
+    threading.Thread(target=produce, name=name, daemon=True).start()
+    try:
+        while True:
+            kind, value = ahead.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()

@@ -27,6 +27,7 @@ from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2 import threads
 from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
@@ -40,6 +41,7 @@ _QUEUE_ITEMS = 4
 _DONE = object()
 _RECV_PIECE = 4 << 20       # restore: bytes read from the pipe per piece
 _PIPE_SIZE = 1 << 20
+_FRAMES_AHEAD = 2           # restore: frames opened ahead of their records
 
 
 class Rsyncv2Engine(base.BackupEngine):
@@ -287,9 +289,12 @@ class Rsyncv2Engine(base.BackupEngine):
         level = getattr(backup, "level", "?")
         self.progress.phase("restore level %s" % level)
         try:
-            plain = frames.decode_frames(_recv_all(read_pipe),
-                                         frames.KIND_DATA,
-                                         self._cipher_factory())
+            # Frames are checked (and decrypted) on a helper thread, a few
+            # ahead of the records being applied.
+            plain = threads.read_ahead(
+                frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
+                                     self._cipher_factory()),
+                _FRAMES_AHEAD, "rsyncv2-frames")
             session = self._session
             tree_cm: Any = (contextlib.nullcontext(session[1])
                             if session and session[0] == restore_path else

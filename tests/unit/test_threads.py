@@ -1,4 +1,4 @@
-"""OrderedWorker: calls run in order on one helper thread, errors reach the caller."""
+"""OrderedWorker, first_while and read_ahead: helper threads whose results and errors reach the caller in order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from freezer_rsyncv2.threads import OrderedWorker, first_while
+from freezer_rsyncv2.threads import OrderedWorker, first_while, read_ahead
 
 
 def test_calls_run_in_order_on_one_other_thread():
@@ -144,3 +144,44 @@ def test_first_while_joins_the_helper_when_fast_fails():
     with pytest.raises(OSError, match="walk failed"):
         first_while(slow, fast(), limit=10)
     assert not [t for t in threading.enumerate() if t.name == "rsyncv2-first"]
+
+
+def _produced(log: list, n: int, fail_at: int | None = None):
+    for i in range(n):
+        if i == fail_at:
+            raise ValueError("item %d is bad" % i)
+        log.append((i, threading.current_thread().name))
+        yield i
+
+
+def test_read_ahead_yields_every_item_in_order_from_a_helper():
+    log: list = []
+    assert list(read_ahead(_produced(log, 200), 2, "ahead-test")) == list(range(200))
+    assert {name for _i, name in log} == {"ahead-test"}
+
+
+def test_read_ahead_raises_the_error_after_the_items_before_it():
+    got = []
+    with pytest.raises(ValueError, match="item 5 is bad"):
+        for item in read_ahead(_produced([], 10, fail_at=5), 3):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_read_ahead_runs_at_most_depth_ahead_and_stops_when_closed():
+    log: list = []
+    ahead = read_ahead(_produced(log, 1000), 2)
+    assert next(ahead) == 0
+    deadline = time.monotonic() + 5
+    while len(log) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    # taken: 1; queued: 2; one more produced and waiting for room
+    assert len(log) == 4
+    ahead.close()
+    deadline = time.monotonic() + 5
+    while [t for t in threading.enumerate() if t.name == "rsyncv2-ahead"] \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if t.name == "rsyncv2-ahead"]
+    assert len(log) == 4        # the helper stopped instead of producing on
