@@ -10,6 +10,8 @@ import threading
 import uuid
 from typing import Any
 
+from tests.integration.httpstub import StubServer, reply
+
 TOKEN_LIFETIME = datetime.timedelta(hours=2)
 
 
@@ -17,12 +19,19 @@ def _iso(when: datetime.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
-class KeystoneStub:
-    """Serves version discovery and password/token logins, and records the requests."""
+class KeystoneStub(StubServer):
+    """Serves version discovery and password/token logins, and records the requests.
+
+    The catalog names this stub as the identity service and, while
+    ``object_store`` holds a URL, that URL as the object-store (Swift) one.
+    """
+
+    name = "keystone-stub"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[tuple[str, str]] = []
         self.token = uuid.uuid4().hex
+        self.object_store: str | None = None
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,25 +73,15 @@ class KeystoneStub:
             def _reply(self, code: int, body: Any,
                        headers: dict[str, str] | None = None) -> None:
                 data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                reply(self, code, data, {"Content-Type": "application/json",
+                                         **(headers or {})})
 
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.host = host
-        self.port = int(self.server.server_address[1])
-        self._thread: threading.Thread | None = None
+        super().__init__(Handler, host, port)
 
     @property
     def url(self) -> str:
         """The identity endpoint to give as OS_AUTH_URL / --os-auth-url."""
-        return "http://%s:%d/v3" % (self.host, self.port)
+        return self.root + "/v3"
 
     def versions(self) -> dict:
         """Keystone's version discovery document (v3 only)."""
@@ -97,13 +96,17 @@ class KeystoneStub:
         """A scoped token with a catalog naming this stub for every interface."""
         now = datetime.datetime.now(datetime.timezone.utc)
 
-        def service(kind: str, name: str) -> dict:
+        def service(kind: str, name: str, url: str) -> dict:
             return {"type": kind, "name": name, "id": uuid.uuid4().hex,
                     "endpoints": [{"id": uuid.uuid4().hex, "interface": iface,
                                    "region": "RegionOne",
                                    "region_id": "RegionOne",
-                                   "url": self.url}
+                                   "url": url}
                                   for iface in ("public", "internal", "admin")]}
+
+        catalog = [service("identity", "keystone", self.url)]
+        if self.object_store:
+            catalog.append(service("object-store", "swift", self.object_store))
 
         return {"token": {
             "methods": ["password"],
@@ -117,19 +120,7 @@ class KeystoneStub:
                         "domain": {"id": "default", "name": "Default"}},
             "roles": [{"id": "r1", "name": "admin"}],
             "is_domain": False,
-            "catalog": [service("identity", "keystone")]}}
-
-    def start(self) -> "KeystoneStub":
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        name="keystone-stub", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            "catalog": catalog}}
 
     def env(self) -> dict[str, str]:
         """OS_* variables that make freezer-agent log in here."""
@@ -139,12 +130,6 @@ class KeystoneStub:
                 "OS_USER_DOMAIN_NAME": "Default",
                 "OS_PROJECT_DOMAIN_NAME": "Default",
                 "OS_REGION_NAME": "RegionOne"}
-
-    def __enter__(self) -> "KeystoneStub":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":      # run by hand: prints the URL, serves until killed
