@@ -1,10 +1,12 @@
 """The rsync algorithm: rolling hash, signatures, matcher and patcher; pure functions, no I/O."""
 
-from freezer_rsyncv2.rsync.matcher import COPY, LITERAL, MAX_LITERAL, Matcher, Op
+from freezer_rsyncv2.rsync.matcher import COPY, HOLE, LITERAL, MAX_LITERAL, Matcher, Op
 from freezer_rsyncv2.rsync.patcher import copy_range, patch, plan
 from freezer_rsyncv2.rsync.rollsum import block_weak_hashes, rolling_hashes, weak_hash
+from freezer_rsyncv2.rsync.sigdelta import MAX_RUN_BLOCKS, SigRun
 from freezer_rsyncv2.rsync.signature import (
     MAX_BLOCK,
+    MAX_FILE_SIZE,
     MIN_BLOCK,
     STRONG_LEN,
     Signature,
@@ -16,13 +18,17 @@ from freezer_rsyncv2.rsync.signature import (
 
 __all__ = [
     "COPY",
+    "HOLE",
     "LITERAL",
     "MAX_BLOCK",
+    "MAX_FILE_SIZE",
     "MAX_LITERAL",
+    "MAX_RUN_BLOCKS",
     "MIN_BLOCK",
     "STRONG_LEN",
     "Matcher",
     "Op",
+    "SigRun",
     "Signature",
     "SignatureBuilder",
     "block_size_for",

@@ -1,4 +1,9 @@
-"""Sender side of the rsync algorithm: turn new-file bytes into COPY/LITERAL ops against an old signature."""
+"""Sender side of the rsync algorithm: new-file bytes and holes to COPY/LITERAL/HOLE ops against an old signature.
+
+The old signature may be sparse: only its data blocks are match candidates, so
+a COPY op never names a zero block.  Holes of the new file are not fed: the
+caller reports them with ``zeros`` and they become HOLE ops.
+"""
 
 from __future__ import annotations
 
@@ -8,60 +13,38 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
-from freezer_rsyncv2.rsync.rollsum import LANES, BytesLike, RollingHasher, rolling_hashes, seed_term
+from freezer_rsyncv2.rsync.rollsum import BytesLike, rolling_hashes
+from freezer_rsyncv2.rsync.search import WIN_MAX, BlockSearch
 from freezer_rsyncv2.rsync.signature import STRONG_LEN, Signature
 
 COPY = 0
 LITERAL = 1
+HOLE = 2
 MAX_LITERAL = 1 << 20
 
-#: ``(COPY, first_block, block_count)`` or ``(LITERAL, data)``.
-Op = Union[tuple[int, int, int], tuple[int, bytes]]
+#: ``(COPY, first_block, block_count)``, ``(LITERAL, data)`` or ``(HOLE, length)`` (length zero bytes, >= 1).
+Op = Union[tuple[int, int, int], tuple[int, bytes], tuple[int, int]]
 
-_WIN_MAX = 1 << 17  # offsets per rolling pass once the window has grown (scratch stays in L2)
 _WIN_MIN = 1 << 13  # smallest pass: below this numpy call overhead dominates
 _FOLLOW_MAX = 1024  # blocks strong-hashed per batch while following a match
-_CONFIRM_CHUNK = 256  # weak candidates confirmed per vectorized exact check
 _JOIN_MIN = 64 << 10  # new bytes joined to the held tail at the start of a feed
-_DENSE = 4096  # more first-filter candidates per pass than this: confirm by prefixes
-#: Odd multipliers giving the filters (nearly) independent bits; the first is the identity.
-_MIXES = (np.uint32(1), np.uint32(0x9E3779B1), np.uint32(0x85EBCA6B))
-
 _digest = xxhash.xxh3_128_digest
 
 
-class _BlockIndex:
-    """Lookup structures for the full-length blocks, built on the first rolling search.
-
-    Bool bitmaps over 32 - shift bits of the raw weak hash (first its top bits,
-    then the top bits of odd-multiplier remixes) reject almost every offset;
-    each stays <= 2 MiB so lookups hit the cache.  The sorted unique weak
-    values give the exact weak check; a strong->block dict resolves blocks that
-    share a weak hash (e.g. all-zero files) in O(1), the lowest index winning.
-    """
-
-    def __init__(self, sig: Signature, n_full: int) -> None:
-        raw = sig.weak[:n_full] - np.uint32(seed_term(sig.block_len))
-        self.sorted = np.unique(raw)
-        bits = min(21, max(10, len(self.sorted).bit_length() + 5))
-        self.shift = 32 - bits
-        self.filters: list[tuple[np.uint32, NDArray[np.bool_]]] = []
-        for mix in _MIXES:
-            table = np.zeros(1 << bits, dtype=bool)
-            table[(self.sorted * mix) >> self.shift] = True
-            self.filters.append((mix, table))
-        strong = sig.strong
-        keys = [strong[i * STRONG_LEN : (i + 1) * STRONG_LEN] for i in range(n_full - 1, -1, -1)]
-        self.by_strong: dict[bytes, int] = dict(zip(keys, range(n_full - 1, -1, -1)))
-
-
 class Matcher:
-    """Streaming delta generator: ``feed`` new-file chunks, then ``finish``.
+    """Streaming delta generator: ``feed`` new-file chunks and ``zeros`` for holes, then ``finish``.
 
     Matches are followed block by block with the strong hash alone; only where
     that fails does a rolling search run, over a window of offsets that starts
-    at ~2 blocks and doubles while nothing matches.  At most ~max(4 blocks,
-    1 MiB) of input plus < 1 MiB of pending literal is held between calls.
+    at ~2 blocks and doubles while nothing matches.  A hole ends a region: what
+    follows starts with the basis block at the same offset when the offset is
+    block aligned, so an image edited in place re-synchronizes without a
+    search.  At most ~max(4 blocks, 1 MiB) of input plus < 1 MiB of pending
+    literal is held between calls.
+
+    Block numbers are the basis's; a data block k lives at slot(k) of its
+    weak/strong arrays, and the full-length data blocks are slots [0, _nd_full)
+    (a short last block, if any, is the last slot).
     """
 
     def __init__(self, signature: Signature) -> None:
@@ -73,17 +56,19 @@ class Matcher:
         self._L = L
         self._n = n
         self._strong = signature.strong
+        self._blocks = signature.blocks  # None: dense, slot(k) == k
+        self._nd = signature.data_count
         last_len = signature.block_length(n - 1) if n else 0
         self._short = n - 1 if n and last_len < L else None
         self._short_len = last_len if self._short is not None else 0
-        self._n_full = n - (1 if self._short is not None else 0)
-        self._index: _BlockIndex | None = None
-        self._roller: RollingHasher | None = None
-        self._win0 = min(_WIN_MAX, max(2 * L, _WIN_MIN))
+        self._nd_full = self._nd - (1 if self._short is not None else 0)
+        self._search: BlockSearch | None = None  # built on the first rolling search
+        self._win0 = min(WIN_MAX, max(2 * L, _WIN_MIN))
         self._win = self._win0
-        self._dense = False  # the last search found weak candidates nearly everywhere
-        self._next: int | None = 0 if n else None  # block to test where the last match ended
+        self._offset = 0  # new-file offset where the next fed byte goes
+        self._next: int | None = self._aligned(0)  # data block to test where the last match ended
         self._prefer = 0  # block after the last copy: preferred among identical blocks
+        self._prefer_slot: tuple[int, int | None] = (-1, None)  # (block, its slot) cache for _preferred
         self._batch = 1
         self._threshold = max(4 * L, 1 << 20)
         self._tail = bytearray()
@@ -105,6 +90,7 @@ class Matcher:
         if self._finished:
             raise RuntimeError("Matcher.feed() after finish()")
         view = memoryview(data).cast("B")
+        self._offset += len(view)
         if len(self._tail) + len(view) < self._threshold:
             self._tail += view
             return iter(())
@@ -131,17 +117,66 @@ class Matcher:
         self._lit = [p if isinstance(p, bytes) else bytes(p) for p in self._lit]
         return self._drain()
 
+    def zeros(self, length: int) -> Iterator[Op]:
+        """The new file has ``length`` zero bytes here that are not fed (a hole): end the region, emit a HOLE.
+
+        The held tail is matched as if the data ended here (except that the
+        basis's short last block is searched for only at the real end), every
+        pending op is flushed, then ``(HOLE, length)``; feeding goes on at the
+        offset after the hole.
+        """
+        if self._finished:
+            raise RuntimeError("Matcher.zeros() after finish()")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise ValueError(f"zeros() length must be a non-negative int, got {length!r}")
+        if not length:
+            return iter(())
+        self._end_region(at_end=False)
+        self._out.append((HOLE, length))
+        self._offset += length
+        self._next = self._aligned(self._offset)
+        self._win = self._win0
+        self._batch = 1
+        return self._drain()
+
     def finish(self) -> Iterator[Op]:
         """Process the buffered tail and flush every pending op."""
         if self._finished:
             raise RuntimeError("Matcher.finish() called twice")
         self._finished = True
+        self._end_region(at_end=True)
+        return self._drain()
+
+    def _end_region(self, at_end: bool) -> None:
         tail = bytes(self._tail)
         self._tail = bytearray()
-        self._run(memoryview(tail), final=True)
+        self._run(memoryview(tail), final=True, at_end=at_end)
         self._flush_literal(everything=True)
         self._flush_copy()
-        return self._drain()
+
+    # -- basis blocks ---------------------------------------------------------
+
+    def _slot(self, block: int) -> int | None:
+        """Slot of basis block ``block`` (0 <= block < n), None for a zero block."""
+        if self._blocks is None:
+            return block
+        i = int(np.searchsorted(self._blocks, block))
+        return i if i < self._nd and int(self._blocks[i]) == block else None
+
+    def _preferred(self) -> tuple[int, int | None]:
+        """(block after the last copy, its slot if it is a full-length data block else None), cached."""
+        k = self._prefer
+        if self._prefer_slot[0] != k:
+            s = self._slot(k) if k < self._n else None
+            self._prefer_slot = (k, s if s is not None and s < self._nd_full else None)
+        return self._prefer_slot
+
+    def _aligned(self, offset: int) -> int | None:
+        """The basis data block at new-file ``offset`` when that is a block boundary, else None."""
+        block, rest = divmod(offset, self._L)
+        if rest or block >= self._n or self._slot(block) is None:
+            return None
+        return block
 
     # -- op emission ----------------------------------------------------------
 
@@ -193,10 +228,10 @@ class Matcher:
 
     # -- matching -------------------------------------------------------------
 
-    def _run(self, mv: memoryview, final: bool) -> int:
+    def _run(self, mv: memoryview, final: bool, at_end: bool = False) -> int:
         """Match as much of ``mv`` as possible; return how many bytes are fully consumed."""
         end = len(mv)
-        if self._n == 0:
+        if self._nd == 0:
             self._add_literal(mv)
             return end
         arr = np.frombuffer(mv, dtype=np.uint8)
@@ -207,28 +242,31 @@ class Matcher:
                 pos, waiting = self._follow(mv, pos, end, final)
                 if waiting:
                     return pos
-            if self._n_full == 0 or end - pos < L:
+            if self._nd_full == 0 or end - pos < L:
                 break
             width = min(self._win, end - L - pos + 1)
-            hit = self._search(arr, mv, pos, width)
+            if self._search is None:
+                self._search = BlockSearch(self.signature, self._nd_full)
+            hit = self._search.search(arr, mv, pos, width, self._preferred())
             if hit is None:
                 self._add_literal(mv[pos : pos + width])
                 pos += width
-                self._win = min(2 * self._win, _WIN_MAX)
+                self._win = min(2 * self._win, WIN_MAX)
             else:
                 offset, block = hit
                 self._add_literal(mv[pos : pos + offset])
                 self._add_copy(block, 1)
                 pos += offset + L
-                self._next = block + 1 if block + 1 < self._n else None
+                self._next = block + 1 if block + 1 < self._n and self._slot(block + 1) is not None else None
                 # after a hit in low-entropy data the next one is likely close
-                self._win = _WIN_MIN if self._dense else self._win0
+                self._win = _WIN_MIN if self._search.dense else self._win0
         if final:
-            pos = self._match_short_tail(arr, mv, pos, end)
+            if at_end:
+                pos = self._match_short_tail(arr, mv, pos, end)
             self._add_literal(mv[pos:end])
             return end
         # keep what a later match could still start in
-        keep = L - 1 if self._n_full else self._short_len - 1
+        keep = L - 1 if self._nd_full else self._short_len - 1
         cut = max(pos, end - keep)
         self._add_literal(mv[pos:cut])
         return cut
@@ -237,8 +275,11 @@ class Matcher:
         """Test the blocks after the last match in place; return (pos, needs_more_data)."""
         L = self._L
         strong = self._strong
+        blocks = self._blocks
         while self._next is not None:
             k = self._next
+            s = self._slot(k)  # never None: _next is always a data block
+            assert s is not None
             if k == self._short:
                 size = self._short_len
                 if end - pos < size:
@@ -247,7 +288,7 @@ class Matcher:
                         break
                     return pos, True
                 self._next = None
-                if _digest(mv[pos : pos + size]) == strong[k * STRONG_LEN : (k + 1) * STRONG_LEN]:
+                if _digest(mv[pos : pos + size]) == strong[s * STRONG_LEN : (s + 1) * STRONG_LEN]:
                     self._add_copy(k, 1)
                     pos += size
                 break
@@ -257,9 +298,13 @@ class Matcher:
                     self._next = None
                     break
                 return pos, True
-            m = min(self._batch, avail, self._n_full - k)
+            m = min(self._batch, avail, self._nd_full - s)
+            if blocks is not None and m > 1 and int(blocks[s + m - 1]) != k + m - 1:
+                # only the data blocks k, k+1, ... up to the next zero block: blocks[s + i] - i
+                # is non-decreasing and equals k exactly while the blocks stay consecutive
+                m = int(np.searchsorted(blocks[s : s + m] - np.arange(m), k, side="right"))
             got = b"".join([_digest(mv[pos + i * L : pos + (i + 1) * L]) for i in range(m)])
-            want = strong[k * STRONG_LEN : (k + m) * STRONG_LEN]
+            want = strong[s * STRONG_LEN : (s + m) * STRONG_LEN]
             if got == want:
                 good = m
                 self._batch = min(2 * self._batch, _FOLLOW_MAX)
@@ -275,97 +320,10 @@ class Matcher:
                 self._add_copy(k, good)
                 pos += good * L
             nxt = k + good
-            self._next = nxt if good == m and nxt < self._n else None
+            # block nxt is a data block iff it sits at the next slot
+            more = good == m and s + m < self._nd and (blocks is None or int(blocks[s + m]) == nxt)
+            self._next = nxt if more else None
         return pos, False
-
-    def _search(self, arr: NDArray[np.uint8], mv: memoryview, pos: int, width: int) -> tuple[int, int] | None:
-        """First offset in [pos, pos+width) where a full block matches: (relative offset, block)."""
-        L = self._L
-        if self._index is None:
-            self._index = _BlockIndex(self.signature, self._n_full)
-            self._roller = RollingHasher(L, _WIN_MAX)
-            size = -(-_WIN_MAX // LANES) * LANES
-            self._idx = np.empty(size, dtype=np.intp)
-            self._hit = np.empty(size, dtype=bool)
-        index = self._index
-        assert self._roller is not None
-        # Offset 0 first, for one strong hash: where a follow failed on
-        # low-entropy data another block often matches right there.
-        block = self._lookup(_digest(mv[pos : pos + L]))
-        if block is not None:
-            return 0, block
-        lanes = self._roller.lanes(arr[pos : pos + width + L - 1])
-        m = lanes.shape[1]
-        flat = lanes.reshape(-1)
-        idx = self._idx[: flat.size]
-        np.right_shift(flat, index.shift, out=idx, casting="unsafe")
-        hit = np.take(index.filters[0][1], idx, out=self._hit[: flat.size], mode="clip")
-        # Crafted or degenerate data can make weak hashes collide at every offset
-        # (mod 2**32 polynomial hashes have structured collisions); cap the wasted
-        # strong hashes per pass so a pass costs at most ~twice its rolling work.
-        budget = [64 + width // 256]
-        self._dense = np.count_nonzero(hit) > _DENSE
-        if not self._dense:
-            return self._confirm(flat, np.flatnonzero(hit), m, mv, pos, width, budget)
-        # Low-entropy data: candidates nearly everywhere, and the first match is
-        # usually among the first offsets: confirm growing prefixes of the window
-        # (lane-major columns [a, b) are the offsets [LANES*a, LANES*b)).
-        grid = hit.reshape(LANES, m)
-        start, step = 0, 16
-        while start < m and budget[0] > 0:
-            stop = min(m, start + step)
-            rows, cols = np.nonzero(grid[:, start:stop])
-            found = self._confirm(flat, rows * m + cols + start, m, mv, pos, width, budget)
-            if found is not None:
-                return found
-            start, step = stop, 2 * step
-        return None
-
-    def _confirm(
-        self, flat: NDArray[np.uint32], cand: NDArray[np.intp], m: int, mv: memoryview,
-        pos: int, width: int, budget: list[int],
-    ) -> tuple[int, int] | None:
-        """Check lane-major candidates in offset order: the first full-block match, or None."""
-        index = self._index
-        assert index is not None
-        L = self._L
-        for mix, table in index.filters[1:]:
-            if not len(cand):
-                return None
-            cand = cand[table[(flat[cand] * mix) >> index.shift]]
-        if not len(cand):
-            return None
-        # lane-major position -> offset; drop the padding lanes, visit in offset order
-        offsets = (cand % m) * LANES + cand // m
-        offsets = offsets[offsets < width]
-        if len(offsets) <= 64:
-            offsets.sort()
-        else:  # low-entropy data: maybe every offset; a bitmap sorts in O(width)
-            mark = np.zeros(width, dtype=bool)
-            mark[offsets] = True
-            offsets = np.flatnonzero(mark)
-        values = flat[(offsets % LANES) * m + offsets // LANES]
-        top = len(index.sorted) - 1
-        for s in range(0, len(offsets), _CONFIRM_CHUNK):
-            vals = values[s : s + _CONFIRM_CHUNK]
-            where = np.minimum(np.searchsorted(index.sorted, vals), top)
-            exact = offsets[s : s + _CONFIRM_CHUNK][index.sorted[where] == vals]
-            for offset in exact.tolist():
-                block = self._lookup(_digest(mv[pos + offset : pos + offset + L]))
-                if block is not None:
-                    return offset, block
-                budget[0] -= 1
-                if not budget[0]:
-                    return None
-        return None
-
-    def _lookup(self, digest: bytes) -> int | None:
-        """Block with this strong digest, preferring the one that extends the last copy."""
-        k = self._prefer
-        if k < self._n_full and self._strong[k * STRONG_LEN : (k + 1) * STRONG_LEN] == digest:
-            return k
-        assert self._index is not None
-        return self._index.by_strong.get(digest)
 
     def _match_short_tail(self, arr: NDArray[np.uint8], mv: memoryview, pos: int, end: int) -> int:
         """At the end of the new data, look for the short last block in the unmatched tail."""
@@ -373,8 +331,9 @@ class Matcher:
         size = self._short_len
         if k is None or end - pos < size:
             return pos
-        target_weak = self.signature.weak[k]
-        target = self._strong[k * STRONG_LEN : (k + 1) * STRONG_LEN]
+        s = self._nd - 1  # the short block is the last data block
+        target_weak = self.signature.weak[s]
+        target = self._strong[s * STRONG_LEN : (s + 1) * STRONG_LEN]
         found = np.flatnonzero(rolling_hashes(arr[pos:end], size) == target_weak)
         for offset in found[: 64 + (end - pos) // 256].tolist():  # same cap as in _search
             if _digest(mv[pos + offset : pos + offset + size]) == target:

@@ -1,13 +1,18 @@
-"""Receiver side of the rsync algorithm: rebuild the new file from ops and a caller-supplied basis reader."""
+"""Receiver side of the rsync algorithm: rebuild the new file from ops and a caller-supplied basis reader.
+
+Output items are bytes (data) and, for a HOLE op, an int: that many zero bytes
+the caller writes as a hole (seek) or as zeros; nothing here allocates them.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
 from freezer_rsyncv2.errors import CorruptRecordError
-from freezer_rsyncv2.rsync.matcher import COPY, LITERAL
+from freezer_rsyncv2.rsync.matcher import COPY, HOLE, LITERAL
 
 BasisReader = Callable[[int, int], bytes]
+MAX_HOLE = (1 << 63) - 1  # no file is longer
 
 
 def _is_int(value: Any) -> bool:
@@ -46,11 +51,12 @@ def patch(
     block_len: int,
     basis_size: int,
     max_piece: int = 1 << 20,
-) -> Iterator[bytes]:
-    """Yield the new file's bytes in pieces, validating every op as possibly hostile.
+) -> Iterator[bytes | int]:
+    """Yield the new file's bytes in pieces and holes as ints, validating every op as possibly hostile.
 
     COPY ranges are read through ``basis_read(offset, length)`` in pieces of at
-    most ``max_piece`` bytes; LITERAL data is passed through as is.  Any
+    most ``max_piece`` bytes; LITERAL data is passed through as is; a HOLE
+    gives its length (an int: that many zero bytes).  Any
     malformed op, or a basis read returning the wrong amount, raises
     CorruptRecordError naming the op (by position) and the offending values.
     """
@@ -62,10 +68,10 @@ def patch(
 
 def _patch(
     ops: Iterable[Any], basis_read: BasisReader, block_len: int, basis_size: int, max_piece: int
-) -> Iterator[bytes]:
+) -> Iterator[bytes | int]:
     for number, item in enumerate(_plan(ops, block_len, basis_size)):
         if not isinstance(item, tuple):
-            yield item      # LITERAL data
+            yield item      # LITERAL data or HOLE length
             continue
         offset, length = item
         while length:
@@ -82,17 +88,19 @@ def _patch(
             length -= size
 
 
-def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int]]:
-    """The new file as a sequence of LITERAL data (bytes) and basis ranges ``(offset, length)``.
+def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int] | int]:
+    """The new file as LITERAL data (bytes), basis ranges ``(offset, length)`` and HOLE lengths (int).
 
     For a receiver that copies ranges itself (e.g. kernel-side); every op is
-    validated as in ``patch``, and a range lies inside the basis.
+    validated as in ``patch``, and a range lies inside the basis.  A COPY of a
+    block the basis's signature lists as zero is not refused: the basis bytes
+    there are zeros, and only block_len and basis_size are known here.
     """
     _check_basis(block_len, basis_size)
     return _plan(ops, block_len, basis_size)
 
 
-def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int]]:
+def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int] | int]:
     for number, op in enumerate(ops):
         if not isinstance(op, (tuple, list)) or not op:
             raise CorruptRecordError(f"op #{number}: expected a non-empty tuple, got {type(op).__name__}")
@@ -113,5 +121,12 @@ def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes
             if not data:
                 raise CorruptRecordError(f"op #{number}: empty LITERAL op")
             yield data
+        elif _is_int(kind) and kind == HOLE:
+            if len(op) != 2:
+                raise CorruptRecordError(f"op #{number}: HOLE op needs 2 fields, got {len(op)}")
+            length = op[1]
+            if not _is_int(length) or not 1 <= length <= MAX_HOLE:
+                raise CorruptRecordError(f"op #{number}: HOLE length must be an int in [1, {MAX_HOLE}], got {length!r}")
+            yield length
         else:
             raise CorruptRecordError(f"op #{number}: unknown op type {kind!r}")

@@ -125,8 +125,9 @@ def test_unrelated_is_all_literal() -> None:
     assert [len(op[1]) for op in ops] == [MAX_LITERAL] * 3 + [5]
 
 
-def test_zero_files_with_inserts() -> None:
-    old = bytes(2 * MiB)
+def test_constant_files_with_inserts() -> None:
+    """Identical blocks everywhere (zeros would be zero blocks: see test_holes.py)."""
+    old = b"\x07" * (2 * MiB)
     new = bytearray(old)
     for pos in (5, 70_000, 1_000_000, 1_500_000):
         new[pos:pos] = b"\x01\x02\x03"
@@ -136,9 +137,9 @@ def test_zero_files_with_inserts() -> None:
     assert m.literal_bytes < 4096
 
 
-def test_zero_file_many_identical_blocks_small_block() -> None:
-    old = bytes(300_000)
-    new = old[:1000] + b"\xff" + old[1000:] + b"\x00" * 100
+def test_constant_file_many_identical_blocks_small_block() -> None:
+    old = b"\x07" * 300_000
+    new = old[:1000] + b"\xff" + old[1000:] + b"\x07" * 100
     ops, m = delta(old, new, 16)
     assert m.literal_bytes < 200
 

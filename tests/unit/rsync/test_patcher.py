@@ -89,7 +89,7 @@ def test_patch_is_lazy_but_validates_arguments_eagerly() -> None:
 @pytest.mark.parametrize(
     ("op", "words"),
     [
-        ((2, b"x"), ["op #1", "unknown op type 2"]),
+        ((3, b"x"), ["op #1", "unknown op type 3"]),
         ((-1, 0, 1), ["unknown op type -1"]),
         (("COPY", 0, 1), ["unknown op type 'COPY'"]),
         ((True, b"x"), ["unknown op type True"]),

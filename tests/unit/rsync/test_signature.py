@@ -49,6 +49,10 @@ def test_strong_hash() -> None:
         (10**6, 1000),
         (1001 * 1001, 1000),  # sqrt 1001 rounds down to a multiple of 8
         (1 << 30, 32768),
+        (4095 * 4095, 4088),
+        (4096 * 4096, 4096),
+        (8 << 30, 65536),  # sqrt 92681: a power of two from 4096 on
+        (512 << 20, 16384),
         (MAX_BLOCK * MAX_BLOCK, MAX_BLOCK),
         (1 << 40, MAX_BLOCK),
     ],
@@ -119,7 +123,7 @@ def test_block_lengths() -> None:
     sig = compute_signature(rand_bytes(5000), 2048)
     assert sig.block_count == 3
     assert [sig.block_length(i) for i in range(3)] == [2048, 2048, 904]
-    assert sig.strong_of(2) == strong_hash(rand_bytes(5000)[4096:])
+    assert sig.strong[2 * STRONG_LEN :] == strong_hash(rand_bytes(5000)[4096:])
     with pytest.raises(IndexError):
         sig.block_length(3)
     exact = compute_signature(rand_bytes(4096), 2048)
