@@ -9,7 +9,6 @@ chain and the tree walk merge as sorted streams with bounded memory.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import os
 import tempfile
@@ -19,6 +18,7 @@ import msgpack
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.rsync import sigdelta
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import compression, encoder, frames, records
 
@@ -30,30 +30,51 @@ def sort_key(path: bytes) -> list[bytes]:
     return path.split(b"/")
 
 
-@dataclasses.dataclass
 class ManifestEntry:
-    """One path's state at some level: its entry and, for files, signature."""
+    """One path's state at some level: its entry and, for files, signature.
 
-    entry: fsentry.Entry
-    digest: bytes | None = None
-    block_len: int = 0
-    weak: bytes | None = None
-    strong: bytes | None = None
+    The signature is built on first use (``signature()``): most entries of
+    an overlay are only compared by their stat fields, and a stored
+    signature may be a delta over the path's entry at an earlier level.
+    """
+
+    __slots__ = ("entry", "digest", "block_len", "_sig", "_make")
+
+    def __init__(self, entry: fsentry.Entry, digest: bytes | None = None,
+                 sig: rsig.Signature | None = None, block_len: int = 0,
+                 make: Callable[[], rsig.Signature] | None = None) -> None:
+        self.entry = entry
+        self.digest = digest
+        self._sig = sig
+        self._make = make
+        self.block_len = sig.block_len if sig is not None else block_len
 
     @property
     def has_signature(self) -> bool:
-        return self.weak is not None
+        return self._sig is not None or self._make is not None
 
     def signature(self) -> rsig.Signature:
-        return rsig.Signature.from_bytes(
-            self.block_len, self.entry.size, self.weak, self.strong)
+        if self._sig is None:
+            if self._make is None:
+                raise ValueError("%r has no signature" % self.entry.path)
+            self._sig, self._make = self._make(), None
+        return self._sig
+
+    def stat_only(self, entry: fsentry.Entry, digest: bytes | None
+                  ) -> ManifestEntry:
+        """``entry`` (new stat fields) with this entry's content."""
+        return ManifestEntry(entry, digest if digest is not None
+                             else self.digest, self._sig, self.block_len,
+                             self._make)
 
 
 class ManifestWriter:
     """Writes one level's manifest; records must arrive in sort order.
 
     Records go to a spill file as they come (bounded memory); ``late`` records
-    (files decided after the main pass) are merged in by ``close``.
+    (files decided after the main pass) are merged in by ``close``.  An
+    entry with a signature is one MANIFEST record followed by its SIGBLOCKS
+    (and, for a delta, SIGZERO) records, each under the record size cap.
     """
 
     def __init__(self, path: str, codec: compression.Codec, cipher=None,
@@ -64,11 +85,11 @@ class ManifestWriter:
         self._level = level
         self._spill = tempfile.TemporaryFile(
             dir=os.path.dirname(os.path.abspath(path)))
-        self._late: list[tuple[list[bytes], bytes]] = []
+        self._late: list[tuple[list[bytes], list[bytes]]] = []
         self._last: list[bytes] | None = None
         self.count = 0
 
-    def _record(self, path: bytes, packed: bytes, late: bool) -> None:
+    def _record(self, path: bytes, packed: list[bytes], late: bool) -> None:
         key = sort_key(path)
         self.count += 1
         if late:
@@ -77,29 +98,54 @@ class ManifestWriter:
         if self._last is not None and key <= self._last:
             raise ValueError("manifest records out of order at %r" % path)
         self._last = key
-        self._spill.write(records.pack([path, packed]))
+        self._spill.write(records.pack([path, len(packed)]))
+        for piece in packed:
+            self._spill.write(records.pack(piece))
 
-    def add(self, me: ManifestEntry, late: bool = False) -> None:
-        extra = {}
-        if me.has_signature:
-            extra = {"dg": me.digest, "B": me.block_len, "w": me.weak,
-                     "S": me.strong}
-        elif me.digest is not None:
-            extra = {"dg": me.digest}
-        self._record(me.entry.path, records.manifest(me.entry, **extra), late)
+    def add(self, me: ManifestEntry, late: bool = False,
+            basis: rsig.Signature | None = None) -> None:
+        """Record ``me``; with its signature if it has one.
+
+        ``basis``: the signature of this path's entry in the chain below;
+        when it has the same block length only the blocks that differ
+        from it are stored (a delta), else the whole signature.
+        """
+        if not me.has_signature:
+            extra = {} if me.digest is None else {"dg": me.digest}
+            self._record(me.entry.path,
+                         [records.manifest(me.entry, **extra)], late)
+            return
+        sig = me.signature()
+        if basis is not None and basis.block_len == sig.block_len:
+            kind, runs = records.SIG_DELTA, sigdelta.diff(
+                basis, sig, records.MAX_SIG_RUN)
+        else:
+            kind, runs = records.SIG_FULL, sigdelta.runs(
+                sig, records.MAX_SIG_RUN)
+        packed = [records.manifest(me.entry, dg=me.digest, B=sig.block_len,
+                                   sg=kind)]
+        for run in runs:
+            packed.append(records.sig_zero(run.first, run.count)
+                          if run.weak is None else
+                          records.sig_blocks(run.first, run.weak, run.strong))
+        self._record(me.entry.path, packed, late)
 
     def tombstone(self, path: bytes) -> None:
-        self._record(path, records.tombstone(path), False)
+        self._record(path, [records.tombstone(path)], False)
 
     def _merged(self) -> Iterator[bytes]:
         self._spill.seek(0)
         unpacker = msgpack.Unpacker(self._spill, raw=False,
                                     strict_map_key=False,
                                     max_buffer_size=64 << 20)
-        main = ((sort_key(path), packed) for path, packed in unpacker)
+
+        def main() -> Iterator[tuple[list[bytes], list[bytes]]]:
+            for path, count in unpacker:
+                yield sort_key(path), [next(unpacker) for _ in range(count)]
+
         late = sorted(self._late, key=lambda item: item[0])
-        for _key, packed in heapq.merge(main, late, key=lambda i: i[0]):
-            yield packed
+        for _key, packed in heapq.merge(main(), late, key=lambda i: i[0]):
+            yield from packed
 
     def close(self) -> int:
         """Encode everything to the manifest path; returns its size."""
@@ -132,44 +178,93 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 
 def read(path: str, cipher_factory: Callable = frames.null_cipher_for
          ) -> Iterator[tuple]:
-    """Yield one manifest's records: (MANIFEST, Entry, extra) or (TOMBSTONE, path)."""
+    """Yield one manifest's entries, sorted by path.
+
+    ``(MANIFEST, Entry, extra, runs)``, where ``runs`` are the entry's
+    signature records as ``sigdelta.SigRun`` (version 3), or
+    ``(TOMBSTONE, path)``.
+    """
     plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST,
                                  cipher_factory)
     last = None
+    held: list | None = None        # the MANIFEST whose signature is read
     for rec in records.decode(plain):
-        if rec[0] == records.MANIFEST:
+        rtype = rec[0]
+        if rtype in (records.SIGBLOCKS, records.SIGZERO):
+            if held is None or "sg" not in held[2]:
+                raise errors.CorruptRecordError(
+                    "%s record without its MANIFEST record in %s"
+                    % (records.NAMES[rtype], path))
+            held[3].append(
+                sigdelta.SigRun(rec[1], len(rec[2]) // records.WEAK_LEN,
+                                rec[2], rec[3])
+                if rtype == records.SIGBLOCKS else
+                sigdelta.SigRun(rec[1], rec[2], None, None))
+            continue
+        if held is not None:
+            yield tuple(held)
+            held = None
+        if rtype == records.MANIFEST:
             path_ = rec[1].path
-        elif rec[0] == records.TOMBSTONE:
+        elif rtype == records.TOMBSTONE:
             path_ = rec[1]
-        elif rec[0] in (records.BEGIN, records.END):
+        elif rtype in (records.BEGIN, records.END):
             continue
         else:
             raise errors.CorruptRecordError(
-                "%s record in a manifest" % records.NAMES[rec[0]])
+                "%s record in a manifest" % records.NAMES[rtype])
         key = sort_key(path_)
         if last is not None and key <= last:
             raise errors.CorruptRecordError(
                 "manifest %s is not sorted at %r" % (path, path_))
         last = key
-        yield rec
+        if rtype == records.MANIFEST:
+            held = [rtype, rec[1], rec[2], []]
+        else:
+            yield rec
 
 
-def _to_entry(rec: tuple, base: ManifestEntry | None) -> ManifestEntry:
-    _t, e, extra = rec
-    if "w" in extra:
-        return ManifestEntry(e, extra.get("dg"), extra.get("B", 0),
-                             extra["w"], extra.get("S", b""))
+def _to_entry(rec: tuple, base: ManifestEntry | None, whole_chain: bool
+              ) -> ManifestEntry:
+    _t, e, extra, runs = rec
+    digest = extra.get("dg")
+    if "w" in extra:        # versions 1 and 2: the whole signature inline
+        block_len, weak, strong = extra.get("B", 0), extra["w"], \
+            extra.get("S", b"")
+        return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
+            rsig.Signature.from_bytes(block_len, e.size, weak, strong)))
+    kind = extra.get("sg")
+    if kind == records.SIG_FULL:
+        block_len = extra["B"]
+        return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
+            sigdelta.apply(None, block_len, e.size, runs, delta=False)))
+    if kind == records.SIG_DELTA:
+        block_len = extra["B"]
+        if base is None or not base.has_signature \
+                or base.block_len != block_len:
+            if not whole_chain:     # the levels below are not at hand
+                return ManifestEntry(e, digest)
+            raise errors.CorruptRecordError(
+                "signature delta of %r has no basis of block length %d in "
+                "the level below" % (e.path, block_len))
+        return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
+            sigdelta.apply(base.signature(), block_len, e.size, runs,
+                           delta=True)))
     if e.kind == fsentry.KIND_FILE and base is not None \
             and base.entry.kind == fsentry.KIND_FILE:
         # Stat-only record: the content (and so its signature) is unchanged.
-        return ManifestEntry(e, extra.get("dg", base.digest), base.block_len,
-                             base.weak, base.strong)
-    return ManifestEntry(e, extra.get("dg"))
+        return base.stat_only(e, digest)
+    return ManifestEntry(e, digest)
 
 
-def overlay(paths: Iterable[str], cipher_factory: Callable = frames.null_cipher_for
-            ) -> Iterator[ManifestEntry]:
-    """The effective manifest of a chain: levels 0..N merged, later wins."""
+def overlay(paths: Iterable[str], cipher_factory: Callable = frames.null_cipher_for,
+            whole_chain: bool = True) -> Iterator[ManifestEntry]:
+    """The effective manifest of a chain: levels 0..N merged, later wins.
+
+    ``whole_chain`` false: ``paths`` are only the top levels of a chain, so
+    a signature delta over a level not given is no error; its file is left
+    without a signature (the next level sends it whole).
+    """
     streams = []
     for level, path in enumerate(paths):
         streams.append(((sort_key(r[1].path if r[0] == records.MANIFEST
@@ -185,6 +280,6 @@ def overlay(paths: Iterable[str], cipher_factory: Callable = frames.null_cipher_
         if rec[0] == records.TOMBSTONE:
             current = None
         else:
-            current = _to_entry(rec, current)
+            current = _to_entry(rec, current, whole_chain)
     if current is not None:
         yield current

@@ -220,9 +220,11 @@ class BackupPass:
         if held is not None:
             yield from held
         self._rewritten.add(e.path)
-        me = mf.ManifestEntry(entry_now, digest, sig.block_len,
-                              sig.weak_bytes(), sig.strong)
-        self.manifest.add(me, late=late)
+        # Over the same path's signature, only the blocks that changed
+        # are stored (a rename's basis is another path: stored whole).
+        same_path = basis is not None and prev_name is None
+        self.manifest.add(mf.ManifestEntry(entry_now, digest, sig), late=late,
+                          basis=basis.signature() if same_path else None)
         self._status(e, "new" if old is None else "changed")
 
     # -- renames ----------------------------------------------------------

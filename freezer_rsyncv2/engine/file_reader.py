@@ -1,7 +1,8 @@
 """Reading one regular file for a backup pass: its records, whole-file digest and signature.
 
-The file is read once, by ranges (holes in a sparse file are hashed as
-zeros, never read).  Each chunk feeds the whole-file digest and the
+The file is read once, by ranges: holes in a sparse file (and, in a big
+file, whole blocks of zeros) are never read nor hashed byte by byte; they
+travel as HOLE records.  Each chunk feeds the whole-file digest and the
 signature the next level will match against and, when the previous level
 has a signature, the rsync matcher; without one the data goes out as
 literals and the holes as hole records.  A file that changes while it is
@@ -19,6 +20,7 @@ from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
+from freezer_rsyncv2.engine import extents
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import matcher as rmatch
@@ -26,7 +28,6 @@ from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import records
 
 READ_SIZE = 1 << 20
-_ZEROS = bytes(READ_SIZE)
 
 
 class FileReader:
@@ -54,6 +55,10 @@ class FileReader:
         self._digest_worker.close()
         self._sig_worker.close()
 
+    def _count_read(self, nbytes: int) -> None:
+        self.summary.bytes_read += nbytes
+        self.progress.advance(nbytes)
+
     def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
              prev_name: bytes | None) -> Iterator:
         """Yield record bytes, then one tuple (entry, digest, signature, complete)."""
@@ -75,6 +80,7 @@ class FileReader:
                 self._warn(e.path, "skipped, no longer a regular file")
                 return
             e = _refresh(e, st)
+            block_len = rsig.block_size_for(st.st_size, self.cfg.block_size)
             ranges = fswalk.data_ranges(fd, st.st_size)
             sparse = sum(length for _o, length in ranges) < st.st_size
             extra = {"data": records.DATA_FULL, "sp": sparse or None}
@@ -85,46 +91,48 @@ class FileReader:
                 matcher = rmatch.Matcher(basis.signature())
             yield records.entry(e, **extra)
             digest = digests.new(digests.DEFAULT)
-            builder = rsig.SignatureBuilder(
-                rsig.block_size_for(st.st_size, self.cfg.block_size))
+            builder = rsig.SignatureBuilder(block_len)
             if st.st_size >= threads.PARALLEL_MIN:
-                def hash_chunk(chunk: bytes) -> None:
+                def hash_data(chunk: bytes) -> None:
                     self._digest_worker.submit(digest.update, chunk)
                     self._sig_worker.submit(builder.update, chunk)
+
+                def hash_zeros(length: int) -> None:
+                    self._digest_worker.submit(digest.zeros, length)
+                    self._sig_worker.submit(builder.zeros, length)
             else:
-                def hash_chunk(chunk: bytes) -> None:
+                def hash_data(chunk: bytes) -> None:
                     digest.update(chunk)
                     builder.update(chunk)
-            done = 0
-            for kind, offset, length in _regions(ranges, st.st_size):
-                if kind == "hole":
-                    for n in _split(length):
-                        zeros = _ZEROS[:n]
-                        hash_chunk(zeros)
-                        if matcher is not None:
-                            yield from _ops(matcher.feed(zeros))
-                    if matcher is None:
-                        yield records.hole(length)
-                    done += length
-                    continue
-                for chunk in _read_range(fd, offset, length, e.path, self._warn):
-                    hash_chunk(chunk)
+
+                def hash_zeros(length: int) -> None:
+                    digest.zeros(length)
+                    builder.zeros(length)
+            done = literal = 0
+            for piece in _pieces(fd, ranges, st.st_size, block_len,
+                                 e.path, self._warn, self._count_read):
+                if isinstance(piece, int):      # a hole or zero blocks
+                    hash_zeros(piece)
                     if matcher is not None:
-                        yield from _ops(matcher.feed(chunk))
+                        yield from _ops(matcher.zeros(piece))
                     else:
-                        yield records.literal_head(len(chunk))
-                        yield chunk
-                    self.summary.bytes_read += len(chunk)
-                    self.progress.advance(len(chunk))
-                    done += len(chunk)
-                if done < offset + length:
-                    break       # the file shrank while we read it
+                        yield records.hole(piece)
+                    done += piece
+                    continue
+                hash_data(piece)
+                if matcher is not None:
+                    yield from _ops(matcher.feed(piece))
+                else:
+                    yield records.literal_head(len(piece))
+                    yield piece
+                    literal += len(piece)
+                done += len(piece)
             if matcher is not None:
                 yield from _ops(matcher.finish())
                 self.summary.literal_bytes += matcher.literal_bytes
                 self.summary.copied_bytes += matcher.copied_bytes
             else:
-                self.summary.literal_bytes += done
+                self.summary.literal_bytes += literal
             self._digest_worker.wait()
             self._sig_worker.wait()
             value = digest.digest()
@@ -154,32 +162,51 @@ def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
     return e
 
 
-def _regions(ranges: list[tuple[int, int]], size: int
-             ) -> Iterator[tuple[str, int, int]]:
-    pos = 0
-    for offset, length in ranges:
-        if offset > pos:
-            yield ("hole", pos, offset - pos)
-        yield ("data", offset, length)
-        pos = offset + length
-    if pos < size:
-        yield ("hole", pos, size - pos)
+def _pieces(fd: int, ranges: list[tuple[int, int]], size: int,
+            block_len: int, path: bytes, warn: Callable[[bytes, str], None],
+            on_read: Callable[[int], None]) -> Iterator[bytes | int]:
+    """The file in order: data as bytes, holes and zero blocks as lengths.
+
+    Only the data ranges are read, widened to whole blocks; in a file of
+    ``extents.ZERO_SCAN_MIN`` bytes or more, whole blocks of zeros count
+    as holes.  Adjacent zero lengths are merged.  A short read (the file
+    shrank, a read error) ends the pieces early.
+    """
+    scan = size >= extents.ZERO_SCAN_MIN
+    step = max(READ_SIZE // block_len, 1) * block_len
+    pos = zeros = 0
+    for offset, length in extents.aligned_regions(ranges, size, block_len):
+        zeros += offset - pos
+        pos = offset
+        for chunk in _read_range(fd, offset, length, step, path, warn):
+            on_read(len(chunk))
+            runs = (extents.zero_block_runs(chunk, block_len) if scan
+                    else ((False, 0, len(chunk)),))
+            for is_zero, start, run in runs:
+                if is_zero:
+                    zeros += run
+                    continue
+                if zeros:
+                    yield zeros
+                    zeros = 0
+                yield chunk if run == len(chunk) else chunk[start:start + run]
+            pos += len(chunk)
+        if pos < offset + length:
+            return      # the file shrank while we read it
+    zeros += size - pos
+    if zeros:
+        yield zeros
 
 
-def _split(length: int) -> Iterator[int]:
-    while length > 0:
-        n = min(length, READ_SIZE)
-        yield n
-        length -= n
-
-
-def _read_range(fd: int, offset: int, length: int, path: bytes,
+def _read_range(fd: int, offset: int, length: int, step: int, path: bytes,
                 warn: Callable[[bytes, str], None]) -> Iterator[bytes]:
-    """Read a range; a read error ends it early (the caller sees the shortfall)."""
+    """Read a range in pieces of ``step`` bytes (block-aligned when
+    ``offset`` is); a read error ends it early (the caller sees the
+    shortfall)."""
     end = offset + length
     while offset < end:
         try:
-            chunk = os.pread(fd, min(READ_SIZE, end - offset), offset)
+            chunk = os.pread(fd, min(step, end - offset), offset)
         except InterruptedError:
             continue
         except OSError as err:
@@ -195,6 +222,8 @@ def _ops(ops: Iterable[tuple]) -> Iterator[bytes]:
     for op in ops:
         if op[0] == rmatch.COPY:
             yield records.copy(op[1], op[2])
+        elif op[0] == rmatch.HOLE:
+            yield records.hole(op[1])
         else:
             yield records.literal_head(len(op[1]))
             yield op[1]

@@ -50,8 +50,8 @@ class _FileData:
                 yield (rmatch.LITERAL, rec[1]) if self._delta else rec[1]
             elif rtype == records.COPY and self._delta:
                 yield (rmatch.COPY, rec[1], rec[2])
-            elif rtype == records.HOLE and not self._delta:
-                yield rec[1]
+            elif rtype == records.HOLE:
+                yield (rmatch.HOLE, rec[1]) if self._delta else rec[1]
             else:
                 raise errors.CorruptRecordError(
                     "%s record inside the data of %r"
@@ -65,9 +65,12 @@ class _FileData:
         return self.digest
 
 
-def _punch_holes(pieces: Iterable[bytes]) -> Iterator[bytes | int]:
+def _punch_holes(pieces: Iterable[bytes | int]) -> Iterator[bytes | int]:
     """Turn aligned all-zero 4 KiB runs into holes (for sparse sources)."""
     for piece in pieces:
+        if isinstance(piece, int):      # already a hole
+            yield piece
+            continue
         n = len(piece) // HOLE_GRAIN * HOLE_GRAIN
         if n == 0:
             yield piece

@@ -238,13 +238,15 @@ class Rsyncv2Engine(base.BackupEngine):
         Pieces are handed on uncopied (a file's data is read once into them).
         """
         cipher = self._cipher_factory()
+        whole = bool(self.chain_manifests)
 
         def lookup(paths: set[bytes]) -> dict:
-            return {me.entry.path: me for me in mf.overlay(previous, cipher)
+            return {me.entry.path: me
+                    for me in mf.overlay(previous, cipher, whole)
                     if me.entry.path in paths}
 
         bpass = backup_pass.BackupPass(
-            self.cfg, fs_path, mf.overlay(previous, cipher), writer,
+            self.cfg, fs_path, mf.overlay(previous, cipher, whole), writer,
             summary.level, summary, self.progress, rename_lookup=lookup)
         batch: list[bytes] = []
         size = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import os
@@ -57,9 +58,11 @@ def create_temp(parent: int) -> tuple[int, bytes]:
 
 
 class Hasher(Protocol):
-    """The part of a hashlib object that is used here."""
+    """The part of a ``digests`` hasher that is used here."""
 
     def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def zeros(self, length: int, /) -> None: ...
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -68,6 +71,41 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     while view:
         done = os.write(fd, view)
         view = view[done:]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Make ``length`` bytes at ``offset`` read as zeros, freeing their blocks.
+
+    fallocate(PUNCH_HOLE) where the file system has it; else the range is
+    overwritten with zeros (never past the file's end: a hole there is
+    made by the final ftruncate).
+    """
+    if length <= 0:
+        return
+    if _fallocate is not None:
+        if _fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, offset, length) == 0:
+            return
+    end = min(offset + length, os.fstat(fd).st_size)
+    while offset < end:
+        step = min(end - offset, _WRITE_CHUNK)
+        pwrite_all(fd, _ZEROS[:step], offset)
+        offset += step
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_PUNCH_HOLE = 0x02      # FALLOC_FL_PUNCH_HOLE (linux/falloc.h)
+_KEEP_SIZE = 0x01       # FALLOC_FL_KEEP_SIZE
+_fallocate = _libc_fallocate()
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview,
@@ -151,11 +189,7 @@ class _Writer:
                 self._flush()
                 os.lseek(fd, piece, os.SEEK_CUR)
                 total += piece
-                left = piece
-                while left:
-                    step = min(left, _WRITE_CHUNK)
-                    self._hash(update, _ZEROS[:step])
-                    left -= step
+                self._hash(self.hasher.zeros, piece)
                 continue
             if isinstance(piece, BasisRange):
                 _check_limit(total + piece.length, limit, path)

@@ -26,10 +26,12 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression
 
 MAGIC = b"FRZRSV2\x00"
-VERSION = 2
+VERSION = 3
 #: 1: file digests SHA-256, frame checksum CRC-32; 2: the digest is named
-#: in BEGIN (BLAKE3), frame checksum XXH3-64
-READ_VERSIONS = (1, 2)
+#: in BEGIN (BLAKE3), frame checksum XXH3-64; 3: signatures in SIGBLOCKS
+#: records (any size, zero blocks left out, deltas over the level below),
+#: HOLE records in deltas, the blake3-tree file digest
+READ_VERSIONS = (1, 2, 3)
 KIND_DATA = 1
 KIND_MANIFEST = 2
 KIND_NAMES = {KIND_DATA: "data stream", KIND_MANIFEST: "manifest"}
@@ -82,7 +84,7 @@ class _Xxh3:
         return _XXH.pack(self._h.intdigest())
 
 
-_CHECKSUMS = {1: _Crc32, 2: _Xxh3}
+_CHECKSUMS = {1: _Crc32, 2: _Xxh3, 3: _Xxh3}
 
 
 class NullCipher:

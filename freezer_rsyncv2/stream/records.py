@@ -25,10 +25,13 @@ DELETE = 7       # [7, path]                   remove a path (data stream)
 END = 8          # [8, {totals}]               last record of a stream
 MANIFEST = 9     # [9, {entry + signature}]    manifest entry
 TOMBSTONE = 10   # [10, path]                  manifest: path deleted
+SIGBLOCKS = 11   # [11, first, weak, strong]   manifest: signature of data blocks
+SIGZERO = 12     # [12, first, count]          manifest: zero blocks of a signature
 
 NAMES = {BEGIN: "BEGIN", ENTRY: "ENTRY", LITERAL: "LITERAL", COPY: "COPY",
          HOLE: "HOLE", END_FILE: "END_FILE", DELETE: "DELETE", END: "END",
-         MANIFEST: "MANIFEST", TOMBSTONE: "TOMBSTONE"}
+         MANIFEST: "MANIFEST", TOMBSTONE: "TOMBSTONE",
+         SIGBLOCKS: "SIGBLOCKS", SIGZERO: "SIGZERO"}
 
 # How a file entry's content travels in a data stream.
 DATA_NONE = "none"      # no content (not a file, or hardlink)
@@ -37,6 +40,12 @@ DATA_DELTA = "delta"    # COPY/LITERAL records against a basis file
 DATA_META = "meta"      # content unchanged: metadata only
 DATA_KINDS = (DATA_NONE, DATA_FULL, DATA_DELTA, DATA_META)
 
+# How a MANIFEST record's signature travels (version 3, key ``sg``).
+SIG_FULL = "f"          # SIGBLOCKS records follow: the data blocks
+SIG_DELTA = "d"         # SIGBLOCKS/SIGZERO records follow: the blocks that
+                        # changed since the path's entry in an earlier level
+SIG_KINDS = (SIG_FULL, SIG_DELTA)
+
 MAX_PATH = 4096
 MAX_LITERAL = 1 << 20
 MAX_NAME = 255
@@ -44,6 +53,10 @@ MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16
 MAX_INT = (1 << 63) - 1
 DIGEST_LEN = 32
+#: blocks in one SIGBLOCKS record (20 bytes each: a record stays < 1 MiB)
+MAX_SIG_RUN = 32768
+WEAK_LEN = 4
+STRONG_LEN = 16
 _MAX_RECORD = MAX_LITERAL + (1 << 16)
 
 # Entry fields: key -> (Entry attribute, type, required).
@@ -69,7 +82,7 @@ _ENTRY_FIELDS = {
 # Keys that ride along an entry map but are not Entry attributes.
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
-    "dg": bytes, "B": int, "w": bytes, "S": bytes, "x": dict,
+    "dg": bytes, "B": int, "w": bytes, "S": bytes, "x": dict, "sg": str,
 }
 
 
@@ -119,6 +132,14 @@ def hole(length: int) -> bytes:
 
 def end_file(size: int, digest: bytes) -> bytes:
     return pack([END_FILE, size, digest])
+
+
+def sig_blocks(first_block: int, weak: bytes, strong: bytes) -> bytes:
+    return pack([SIGBLOCKS, first_block, weak, strong])
+
+
+def sig_zero(first_block: int, count: int) -> bytes:
+    return pack([SIGZERO, first_block, count])
 
 
 def delete(path: bytes) -> bytes:
@@ -213,6 +234,13 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
             "entry %r has unknown data kind %r" % (path, data))
     if "pn" in extra:
         check_path(extra["pn"], "basis path")
+    if "sg" in extra and (extra["sg"] not in SIG_KINDS
+                          or kwargs["kind"] != fsentry.KIND_FILE
+                          or not isinstance(extra.get("B"), int)
+                          or "w" in extra):
+        raise errors.CorruptRecordError(
+            "entry %r has a malformed signature kind %r"
+            % (path, extra["sg"]))
     return fsentry.Entry(**kwargs), extra
 
 
@@ -244,7 +272,8 @@ def _check(rec: Any) -> tuple:
         raise errors.CorruptRecordError("record is not a non-empty array")
     rtype = rec[0]
     arity = {BEGIN: 2, ENTRY: 2, LITERAL: 2, COPY: 3, HOLE: 2, END_FILE: 3,
-             DELETE: 2, END: 2, MANIFEST: 2, TOMBSTONE: 2}
+             DELETE: 2, END: 2, MANIFEST: 2, TOMBSTONE: 2, SIGBLOCKS: 4,
+             SIGZERO: 3}
     if not isinstance(rtype, int) or rtype not in arity:
         raise errors.CorruptRecordError("unknown record type %r" % (rtype,))
     if len(rec) != arity[rtype]:
@@ -270,6 +299,20 @@ def _check(rec: Any) -> tuple:
             raise errors.CorruptRecordError("END_FILE digest is malformed")
     elif rtype in (DELETE, TOMBSTONE):
         check_path(rec[1])
+    elif rtype == SIGBLOCKS:
+        _int(rec, 1)
+        weak, strong = rec[2], rec[3]
+        if not isinstance(weak, bytes) or not isinstance(strong, bytes):
+            raise errors.CorruptRecordError("SIGBLOCKS hashes are not bytes")
+        count = len(weak) // WEAK_LEN
+        if not 1 <= count <= MAX_SIG_RUN or len(weak) != count * WEAK_LEN \
+                or len(strong) != count * STRONG_LEN:
+            raise errors.CorruptRecordError(
+                "SIGBLOCKS record has %d weak and %d strong hash bytes"
+                % (len(weak), len(strong)))
+    elif rtype == SIGZERO:
+        _int(rec, 1)
+        _int(rec, 2, lo=1)
     return tuple(rec)
 
 

@@ -123,8 +123,8 @@ def test_bad_option_value_exits_2(env, capsys):
 def test_warnings_exit_3(env, capsys, monkeypatch):
     original = file_reader._read_range
 
-    def shrinking(fd, offset, length, path, warn):
-        for chunk in original(fd, offset, length, path, warn):
+    def shrinking(fd, offset, length, step, path, warn):
+        for chunk in original(fd, offset, length, step, path, warn):
             os.truncate(os.path.join(env["src"], "d/b.bin"), 10)
             yield chunk
     monkeypatch.setattr(file_reader, "_read_range", shrinking)

@@ -198,8 +198,9 @@ def test_file_changing_while_read(make_engine, src, restore_dir, monkeypatch,
     original = file_reader._read_range
     done = []
 
-    def racing(fd, offset, length, path, warn):
-        for i, chunk in enumerate(original(fd, offset, length, path, warn)):
+    def racing(fd, offset, length, step, path, warn):
+        for i, chunk in enumerate(original(fd, offset, length, step, path,
+                                           warn)):
             yield chunk
             if i == 0 and not done and path == b"moving.bin":
                 done.append(True)

@@ -147,13 +147,35 @@ def _base_file(arena, data=b"A" * 1000):
     [[records.COPY, (1 << 63) - 1, (1 << 63) - 1]],
     [[records.COPY, -1, 1]],
     [[records.COPY, 0, 0]],
-    [[records.HOLE, 10]],                   # a hole inside a delta
+    [[records.HOLE, 0]],
 ])
 def test_bad_copy_ranges(arena, ops):
     data = _base_file(arena)
     recs = [sk.entry(b"f", "f", s=700, data="delta", bl=700, bs=1000)] + ops
     recs.append([records.END_FILE, 700, hashlib.sha256(data[:700]).digest()])
     with pytest.raises(errors.FormatError):
+        restore(arena, recs, level=1)
+    assert open(os.path.join(arena.root, "f"), "rb").read() == data
+
+
+def test_hole_inside_a_delta_is_zeros(arena):
+    """Version 3 deltas carry holes; they are checked like everything else."""
+    data = _base_file(arena)
+    new = data[:700] + bytes(300)
+    recs = [sk.entry(b"f", "f", s=1000, data="delta", bl=700, bs=1000),
+            [records.COPY, 0, 1], [records.HOLE, 300],
+            [records.END_FILE, 1000, hashlib.sha256(new).digest()]]
+    restore(arena, recs, level=1)
+    assert open(os.path.join(arena.root, "f"), "rb").read() == new
+
+
+@pytest.mark.parametrize("hole", [301, 1 << 62])
+def test_hole_past_the_declared_size_of_a_delta(arena, hole):
+    data = _base_file(arena)
+    recs = [sk.entry(b"f", "f", s=1000, data="delta", bl=700, bs=1000),
+            [records.COPY, 0, 1], [records.HOLE, hole],
+            [records.END_FILE, 1000, hashlib.sha256(data).digest()]]
+    with pytest.raises(errors.IntegrityError):
         restore(arena, recs, level=1)
     assert open(os.path.join(arena.root, "f"), "rb").read() == data
 

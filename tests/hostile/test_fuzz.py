@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2.stream import compression, encoder, frames, records
 from tests.hostile import streamkit as sk
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -135,3 +136,44 @@ def test_honest_stream_digest_sanity():
     # guards the kit itself: an honest file restores to its content
     recs = sk.file_records(b"x", b"abc")
     assert recs[-1][2] == hashlib.sha256(b"abc").digest()
+
+
+sig_record = st.one_of(
+    st.tuples(ints, st.integers(1, 40)).map(
+        lambda t: records.sig_blocks(t[0], b"w" * 4 * t[1], b"s" * 16 * t[1])),
+    st.tuples(ints, ints).map(lambda t: records.pack([records.SIGZERO, *t])),
+)
+manifest_head = st.tuples(
+    st.sampled_from([b"a", b"b", b"c"]), ints, ints,
+    st.sampled_from(["f", "d", "x", None])).map(
+    lambda t: records.pack([records.MANIFEST, {
+        "p": t[0], "k": "f", "m": 0o644, "u": 0, "g": 0, "s": t[1],
+        "mt": 0, "at": 0, "B": t[2], "dg": b"d" * 32,
+        **({"sg": t[3]} if t[3] else {})}]))
+
+
+@FUZZ
+@given(st.lists(st.lists(st.one_of(manifest_head, sig_record), max_size=6),
+                min_size=1, max_size=3))
+def test_random_manifest_chains(tmp_path_factory, levels):
+    """Crafted manifests: only typed errors, from reading or from building
+    the signatures a next level would match against."""
+    top = tmp_path_factory.mktemp("fuzzmanifest")
+    paths = []
+    for level, recs in enumerate(levels):
+        enc = encoder.StreamEncoder(frames.KIND_MANIFEST,
+                                    compression.by_name("none"))
+        body = [records.begin({"level": level}), *recs, records.end({})]
+        path = str(top / ("m%d" % level))
+        with open(path, "wb") as f:
+            for rec in body:
+                f.write(b"".join(enc.write(rec)))
+            f.write(b"".join(enc.close()))
+        paths.append(path)
+    try:
+        for me in mf.overlay(paths):
+            if me.has_signature:
+                me.signature()
+    except errors.Rsyncv2Error:
+        pass
+    shutil.rmtree(top)

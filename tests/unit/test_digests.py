@@ -5,14 +5,29 @@ import hashlib
 import blake3
 import pytest
 
-from freezer_rsyncv2 import digests, errors
+from freezer_rsyncv2 import digests, errors, treehash
 
 
-def test_new_levels_use_blake3():
-    assert digests.DEFAULT == digests.BLAKE3
+def test_new_levels_use_the_blake3_tree():
+    assert digests.DEFAULT == digests.BLAKE3_TREE == "blake3-tree"
     h = digests.new(digests.DEFAULT)
     h.update(b"abc")
+    assert h.digest() == treehash.digest_of(b"abc")
+
+
+def test_version_2_levels_name_blake3():
+    h = digests.new(digests.of_level({"dg": "blake3"}))
+    h.update(b"abc")
     assert h.digest() == blake3.blake3(b"abc").digest()
+
+
+@pytest.mark.parametrize("name", ["sha256", "blake3", "blake3-tree"])
+def test_zeros_is_the_same_as_zero_bytes(name):
+    a, b = digests.new(name), digests.new(name)
+    a.update(b"x")
+    a.zeros(3 << 20)
+    b.update(b"x" + bytes(3 << 20))
+    assert a.digest() == b.digest()
 
 
 def test_a_level_without_a_name_uses_sha256():

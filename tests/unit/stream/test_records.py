@@ -32,11 +32,16 @@ def test_round_trip_every_record():
         records.literal(b"abc"), records.copy(0, 2), records.hole(4096),
         records.end_file(10, b"d" * 32), records.delete(b"gone"),
         records.manifest(e, dg=b"d" * 32, B=700, w=b"wwww", S=b"s" * 16),
-        records.tombstone(b"gone2")))
+        records.tombstone(b"gone2"),
+        records.manifest(e, dg=b"d" * 32, B=700, sg=records.SIG_DELTA),
+        records.sig_blocks(3, b"w" * 8, b"s" * 32), records.sig_zero(9, 2)))
     assert [r[0] for r in out] == [
         records.BEGIN, records.ENTRY, records.LITERAL, records.COPY,
         records.HOLE, records.END_FILE, records.DELETE, records.MANIFEST,
-        records.TOMBSTONE, records.END]
+        records.TOMBSTONE, records.MANIFEST, records.SIGBLOCKS,
+        records.SIGZERO, records.END]
+    assert out[10] == (records.SIGBLOCKS, 3, b"w" * 8, b"s" * 32)
+    assert out[11] == (records.SIGZERO, 9, 2)
     _t, got, extra = out[1]
     assert got == e
     assert extra == {"data": "delta", "pn": b"old/name", "bl": 700,
@@ -75,6 +80,16 @@ def test_unsafe_paths_are_rejected(path):
     [records.ENTRY, {**records.entry_map(make_entry()), "data": "evil"}],
     [records.ENTRY, {**records.entry_map(make_entry()), "s": -1}],
     [records.ENTRY, {**records.entry_map(make_entry()), "x": {b"": b"v"}}],
+    [records.SIGBLOCKS, 0, b"", b""],
+    [records.SIGBLOCKS, 0, b"www", b"s" * 16],
+    [records.SIGBLOCKS, 0, b"wwww", b"s" * 15],
+    [records.SIGBLOCKS, -1, b"wwww", b"s" * 16],
+    [records.SIGBLOCKS, 0, b"w" * 4 * (records.MAX_SIG_RUN + 1),
+     b"s" * 16 * (records.MAX_SIG_RUN + 1)],
+    [records.SIGBLOCKS, 0, "wwww", b"s" * 16],
+    [records.SIGBLOCKS, 0, b"wwww"],
+    [records.SIGZERO, 0, 0], [records.SIGZERO, -1, 1],
+    [records.SIGZERO, 0, 1 << 63],
 ])
 def test_malformed_records_are_rejected(rec):
     with pytest.raises(errors.FormatError):
