@@ -44,29 +44,30 @@ class _Flat:
             length -= step
 
 
-def _sha256(parallel: bool) -> Any:
+def _sha256(parallel: bool, keep_leaves: bool) -> Any:
     return _Flat(hashlib.sha256())
 
 
-def _blake3(parallel: bool) -> Any:
+def _blake3(parallel: bool, keep_leaves: bool) -> Any:
     return _Flat(blake3.blake3(max_threads=blake3.blake3.AUTO) if parallel
                  else blake3.blake3())
 
 
-def _tree(parallel: bool) -> Any:
-    return treehash.TreeHash(parallel=parallel)
+def _tree(parallel: bool, keep_leaves: bool) -> Any:
+    return treehash.TreeHash(parallel=parallel, keep_leaves=keep_leaves)
 
 
 _MAKERS = {SHA256: _sha256, BLAKE3: _blake3, BLAKE3_TREE: _tree}
 
 
-def new(name: str, parallel: bool = False) -> Any:
+def new(name: str, parallel: bool = False, keep_leaves: bool = False) -> Any:
     """A fresh hasher (``update``/``zeros``/``digest``) of the named digest.
 
     ``parallel``: BLAKE3 hashes big inputs on all cores (the same digest);
-    SHA-256 cannot.
+    SHA-256 cannot.  ``keep_leaves``: a ``blake3-tree`` hasher keeps its
+    leaf hashes in ``leaves`` (the others have no such attribute).
     """
-    return _MAKERS[_known(name)](parallel)
+    return _MAKERS[_known(name)](parallel, keep_leaves)
 
 
 def of_level(begin: dict) -> str:

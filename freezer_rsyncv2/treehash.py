@@ -16,6 +16,7 @@ k zero leaves costs O(log k) hashes: 15 TiB of holes take microseconds.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from typing import Any
 
@@ -67,8 +68,15 @@ class TreeHash:
     name = "blake3-tree"
     digest_size = 32
 
-    def __init__(self, parallel: bool = False) -> None:
-        """``parallel``: hash each leaf on all cores (blake3 threads); same digest."""
+    def __init__(self, parallel: bool = False, keep_leaves: bool = False) -> None:
+        """``parallel``: hash each leaf on all cores (blake3 threads); same digest.
+
+        ``keep_leaves``: remember the hash of every leaf that came as bytes
+        (``leaves``, index -> hash; leaves taken by ``zeros`` are left out, as
+        ``digest_from_leaves`` takes them for zero), so that a later change of
+        a few ranges can be checked by rehashing just their leaves.
+        """
+        self.leaves: dict[int, bytes] | None = {} if keep_leaves else None
         self._threads = blake3.blake3.AUTO if parallel else 1
         self._leaf = self._new_leaf()
         self._fill = 0                          # bytes in the open leaf, < LEAF
@@ -119,7 +127,7 @@ class TreeHash:
             raise OverflowError("file of %d bytes is too large for blake3-tree" % self._size)
         self._done = True
         if self._fill or not self._leaves:
-            self._push(0, self._leaf.digest())
+            self._push_leaf(self._leaf.digest())
         root = self._stack[-1][1]
         for _, left in reversed(self._stack[:-1]):
             root = _node(left, root)
@@ -145,9 +153,14 @@ class TreeHash:
             self._fill += take
             pos += take
             if self._fill == LEAF:
-                self._push(0, self._leaf.digest())
+                self._push_leaf(self._leaf.digest())
                 self._leaf = self._new_leaf()
                 self._fill = 0
+
+    def _push_leaf(self, digest: bytes) -> None:
+        if self.leaves is not None:
+            self.leaves[self._leaves] = digest
+        self._push(0, digest)
 
     def _push(self, height: int, digest: bytes) -> None:
         """Append a perfect subtree of ``2**height`` leaves; merge equal neighbours."""
@@ -165,3 +178,41 @@ def digest_of(data: Any) -> bytes:
     hasher = TreeHash()
     hasher.update(data)
     return hasher.digest()
+
+
+def leaf_of(chunk: Any) -> bytes:
+    """The hash of one leaf: ``chunk`` is its content (at most LEAF bytes)."""
+    return blake3.blake3(_LEAF_TAG).update(chunk).digest()
+
+
+def digest_from_leaves(size: int, leaves: dict[int, bytes]) -> bytes:
+    """The digest of a file of ``size`` bytes from the hashes of its leaves.
+
+    A leaf not in ``leaves`` is all zeros.  Perfect subtrees without a given
+    leaf are the constants Z_h, so the cost is O(len(leaves) * log n) hashes,
+    whatever the size.
+    """
+    if size < 0 or size >= 1 << 64:
+        raise OverflowError("file of %d bytes is out of blake3-tree's range" % size)
+    count = max(1, -(-size // LEAF))
+    last_len = size - (count - 1) * LEAF
+    keys = sorted(k for k in leaves if 0 <= k < count)
+
+    def leaf(index: int) -> bytes:
+        if index in leaves:
+            return leaves[index]
+        return zero_subtree(0) if last_len == LEAF or index < count - 1 \
+            else leaf_of(_ZERO_LEAF[:last_len])
+
+    def subtree(lo: int, hi: int, kl: int, kr: int) -> bytes:
+        width = hi - lo
+        if width == 1:
+            return leaf(lo)
+        if kl == kr and width & (width - 1) == 0 and (hi < count or last_len == LEAF):
+            return zero_subtree(width.bit_length() - 1)
+        mid = lo + (1 << ((width - 1).bit_length() - 1))
+        km = bisect.bisect_left(keys, mid, kl, kr)
+        return _node(subtree(lo, mid, kl, km), subtree(mid, hi, km, kr))
+
+    root = subtree(0, count, 0, len(keys))
+    return blake3.blake3(_ROOT_TAG + size.to_bytes(8, "big") + root).digest()

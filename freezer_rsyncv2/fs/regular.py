@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import hmac
 import itertools
-import mmap
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -25,14 +24,14 @@ from typing import Any, BinaryIO, cast
 
 from oslo_log import log
 
-from freezer_rsyncv2 import digests
+from freezer_rsyncv2 import digests, treehash
 from freezer_rsyncv2.errors import (
     IntegrityError, RestoreError, Rsyncv2Error)
 from freezer_rsyncv2.fs.entry import Entry
 from freezer_rsyncv2.fs.filedata import (
     BasisRange, create_temp, punch_hole, pwrite_all, write_pieces)
 from freezer_rsyncv2.fs.safepath import lstat_at, show
-from freezer_rsyncv2.fs.walk import data_ranges
+from freezer_rsyncv2.fs.filehash import hash_fd, rehash_leaves
 from freezer_rsyncv2.threads import PARALLEL_MIN
 
 LOG = log.getLogger(__name__)
@@ -41,11 +40,6 @@ LOG = log.getLogger(__name__)
 STAGE_MIN = 16 << 20
 #: At most this much LITERAL data is held while deciding on an in-place patch.
 IN_PLACE_BUFFER = 16 << 20
-_HASH_CHUNK = 4 << 20
-#: files at least this big are hashed through a memory map, on all cores,
-#: MAP_WINDOW bytes at a time (a multiple of mmap.ALLOCATIONGRANULARITY)
-MAP_MIN = 64 << 20
-MAP_WINDOW = 32 << 20
 
 PlanItem = Any      # bytes (LITERAL data) or (basis offset, length)
 
@@ -79,6 +73,9 @@ class Staged:
     hash_name: str          # ... with this digest (``digests``)
     levels: list = dataclasses.field(default_factory=list)
     # ^ levels that patched it in place since it was last hashed
+    leaves: dict[int, bytes] | None = None
+    # ^ blake3-tree leaf hashes of its content (``treehash``): a patch in
+    #   place is then checked by rehashing the leaves it touched, at once
 
 
 def identity_prefix(items: Iterable[PlanItem], limit: int
@@ -107,50 +104,6 @@ def identity_prefix(items: Iterable[PlanItem], limit: int
             if literal > limit:
                 return head, it
     return head, None
-
-
-def hash_fd(fd: int, hash_name: str) -> tuple[bytes, int]:
-    """(digest, length) of a whole open file.
-
-    Only its data ranges are read (SEEK_DATA/SEEK_HOLE); holes go to the
-    hasher as zeros, which a tree digest takes without hashing them, so a
-    sparse image costs what its data costs.  A big data range is mapped,
-    a window at a time (mapped pages count in the resident size), and
-    hashed on all cores (BLAKE3).  The file is our own staged temporary
-    file (mode 0600, a random name); another process of the same user
-    truncating it meanwhile would end this one with SIGBUS, leaving
-    temporary files, never a final name.
-    """
-    size = os.fstat(fd).st_size
-    hasher = digests.new(hash_name, parallel=size >= MAP_MIN)
-    buf = None
-    pos = 0
-    for offset, length in data_ranges(fd, size):
-        hasher.zeros(offset - pos)
-        end = offset + length
-        # mmap offsets must be multiples of the allocation granularity
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        if length >= MAP_MIN:
-            for window in range(start, end, MAP_WINDOW):
-                size_w = min(MAP_WINDOW, end - window)
-                with mmap.mmap(fd, size_w, access=mmap.ACCESS_READ,
-                               offset=window) as mapped:
-                    skip = max(offset - window, 0)
-                    hasher.update(memoryview(mapped)[skip:])
-            pos = end
-            continue
-        if buf is None:
-            buf = bytearray(_HASH_CHUNK)
-        view = memoryview(buf)
-        pos = offset
-        while pos < end:
-            n = os.preadv(fd, [view[:min(len(buf), end - pos)]], pos)
-            if n <= 0:
-                return hasher.digest(), pos
-            hasher.update(view[:n])
-            pos += n
-    hasher.zeros(size - pos)
-    return hasher.digest(), size
 
 
 class RegularFiles:
@@ -227,38 +180,67 @@ class RegularFiles:
                 if parent is None:
                     raise RestoreError(f"{show(entry.path)}: its directory "
                                        f"is gone")
-                fd = os.open(staged.tmp, os.O_WRONLY | os.O_NOFOLLOW
+                fd = os.open(staged.tmp, os.O_RDWR | os.O_NOFOLLOW
                              | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise RestoreError(f"{show(entry.path)}: staged file "
                                            f"is not a regular file")
+                    changed: list[tuple[int, int, bool]] = []
                     for item in plan:
                         if isinstance(item, int):
                             punch_hole(fd, pos, item)
+                            changed.append((pos, item, True))
                             pos += item
                             continue
                         if isinstance(item, tuple):
                             pos += item[1]
                             continue
                         pwrite_all(fd, item, pos)
+                        changed.append((pos, len(item), False))
                         pos += len(item)
                         written += len(item)
                     if pos != entry.size:
                         raise IntegrityError(
                             f"{show(entry.path)}: restored {pos} bytes, "
                             f"expected {entry.size}")
+                    old_size = os.fstat(fd).st_size
                     os.ftruncate(fd, pos)
+                    expected = digest()
+                    if staged.leaves is not None \
+                            and hash_name == digests.BLAKE3_TREE:
+                        self._check_leaves(fd, entry, staged.leaves,
+                                           changed, old_size, expected)
+                    else:       # checked by finalize(), reading it whole
+                        staged.leaves = None
+                        staged.levels.append(self.level)
                 finally:
                     os.close(fd)
-            staged.digest = digest()
+            staged.digest = expected
             staged.hash_name = hash_name
         except BaseException:
             self._drop_staged(entry.path)     # half-patched: never renamed
             raise
         staged.entry = entry
-        staged.levels.append(self.level)
         return written
+
+    def _check_leaves(self, fd: int, entry: Entry, leaves: dict[int, bytes],
+                      changed: list[tuple[int, int, bool]],
+                      old_size: int, expected: bytes) -> None:
+        """Rehash the leaves an in-place patch touched; check the digest.
+
+        The cost follows what the level changed (at most the file's data:
+        a leaf that lies in a hole is known to be zeros without a read),
+        not the file's size.
+        """
+        size = entry.size
+        touched = rehash_leaves(fd, size, leaves, changed, old_size)
+        if not hmac.compare_digest(
+                treehash.digest_from_leaves(size, leaves), expected):
+            raise IntegrityError(
+                f"{show(entry.path)}: {digests.BLAKE3_TREE} digest mismatch "
+                f"after level {self.level} patched it in place "
+                f"({touched} leaves rehashed)")
 
     def write_file(self, entry: Entry,
                    pieces: Iterable[bytes | int | BasisRange],
@@ -278,7 +260,7 @@ class RegularFiles:
         carries a file's digest after its data).  A file of ``STAGE_MIN``
         bytes or more is staged: renamed by finish().
         """
-        hasher = digests.new(hash_name)
+        hasher = digests.new(hash_name, keep_leaves=entry.size >= STAGE_MIN)
         foreign: list[BaseException] = []
         with os_errors(entry.path, "write", foreign), \
                 self._parent(entry.path) as (parent, name):
@@ -308,8 +290,9 @@ class RegularFiles:
                     os.close(fd)
                 if staging:
                     self._unstage(parent, entry.path)
-                    self._staged[entry.path] = Staged(tmp, entry, digest,
-                                                      hash_name)
+                    self._staged[entry.path] = Staged(
+                        tmp, entry, digest, hash_name,
+                        leaves=getattr(hasher, "leaves", None))
                 else:
                     self._rename_into_place(parent, tmp, name, entry.path)
             except BaseException:

@@ -11,7 +11,7 @@ import numpy as np
 
 from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import verify as verify_mod
-from freezer_rsyncv2.fs import regular
+from freezer_rsyncv2.fs import filehash
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -41,7 +41,7 @@ def content_digest(path):
     """The file's blake3-tree digest and size, reading only its data."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return regular.hash_fd(fd, digests.BLAKE3_TREE)
+        return filehash.hash_fd(fd, digests.BLAKE3_TREE)
     finally:
         os.close(fd)
 

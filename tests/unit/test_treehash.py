@@ -215,3 +215,30 @@ def test_negative_zeros_are_refused() -> None:
 
 def test_the_name() -> None:
     assert TreeHash.name == "blake3-tree"
+
+
+@pytest.mark.parametrize("size", [0, 1, LEAF - 1, LEAF, LEAF + 1, 3 * LEAF + 5,
+                                  8 * LEAF, 9 * LEAF + 9])
+def test_digest_from_kept_leaves(size):
+    data = bytearray(size)
+    for at in range(0, size, 3 * LEAF):       # data in every third leaf
+        data[at:at + 10] = b"0123456789"[:size - at]
+    hasher = TreeHash(keep_leaves=True)
+    for at in range(0, size, LEAF):
+        chunk = bytes(data[at:at + LEAF])
+        if any(chunk):
+            hasher.update(chunk)
+        else:
+            hasher.zeros(len(chunk))
+    digest = hasher.digest()
+    assert digest == digest_of(bytes(data))
+    assert treehash.digest_from_leaves(size, hasher.leaves) == digest
+    assert treehash.digest_from_leaves(size, {}) == digest_of(bytes(size))
+
+
+def test_digest_from_leaves_of_a_huge_hole():
+    hasher = TreeHash()
+    hasher.zeros(15 << 40)
+    assert treehash.digest_from_leaves(15 << 40, {}) == hasher.digest()
+    with pytest.raises(OverflowError):
+        treehash.digest_from_leaves(1 << 64, {})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import stat
 
-import blake3
 import pytest
 
 from freezer_rsyncv2.errors import IntegrityError, UnsafePathError
@@ -80,28 +78,6 @@ def test_identity_prefix_stops_past_the_literal_limit():
     assert head == plan[:2]
     assert list(rest) == [(8, 2)]
 
-
-@pytest.mark.parametrize("mapped", [False, True])
-@pytest.mark.parametrize("name", ["sha256", "blake3"])
-def test_hash_fd(tmp_path, monkeypatch, mapped, name):
-    monkeypatch.setattr(regular, "MAP_MIN", 1 if mapped else 1 << 62)
-    monkeypatch.setattr(regular, "MAP_WINDOW", mmap.ALLOCATIONGRANULARITY * 3)
-    data = os.urandom(3 * regular._HASH_CHUNK // 2)
-    (tmp_path / "f").write_bytes(data)
-    (tmp_path / "empty").write_bytes(b"")
-    expected = hashlib.sha256(data) if name == "sha256" else \
-        blake3.blake3(data)
-    fd = os.open(tmp_path / "f", os.O_RDONLY)
-    empty = os.open(tmp_path / "empty", os.O_RDONLY)
-    try:
-        assert regular.hash_fd(fd, name) == (expected.digest(), len(data))
-        assert regular.hash_fd(empty, name)[1] == 0
-    finally:
-        os.close(fd)
-        os.close(empty)
-
-
-# -- staging --------------------------------------------------------------
 
 def test_small_files_are_renamed_at_once_big_ones_at_finish(tmp_path):
     root = tmp_path / "out"
