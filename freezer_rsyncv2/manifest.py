@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import msgpack
 
@@ -20,7 +20,7 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.rsync import sigdelta
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import compression, encoder, frames, records
+from freezer_rsyncv2.stream import compression, encoder, frames, place, records
 
 READ_CHUNK = 1 << 20
 
@@ -78,11 +78,12 @@ class ManifestWriter:
     """
 
     def __init__(self, path: str, codec: compression.Codec, cipher=None,
-                 level: int = 0) -> None:
+                 level: int = 0, where: place.Place | None = None) -> None:
         self._path = path
         self._codec = codec
         self._cipher = cipher
-        self._level = level
+        self._begin = where.fields() if where is not None \
+            else {place.LEVEL: level}
         self._spill = tempfile.TemporaryFile(
             dir=os.path.dirname(os.path.abspath(path)))
         self._late: list[tuple[list[bytes], list[bytes]]] = []
@@ -153,7 +154,7 @@ class ManifestWriter:
                                     self._cipher)
         tmp = self._path + ".tmp"
         with open(tmp, "wb") as out:
-            for piece in enc.write(records.begin({"level": self._level})):
+            for piece in enc.write(records.begin(self._begin)):
                 out.write(piece)
             for packed in self._merged():
                 for piece in enc.write(packed):
@@ -176,20 +177,26 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def read(path: str, cipher_factory: Callable = frames.null_cipher_for
-         ) -> Iterator[tuple]:
+def read(path: str, cipher_factory: Callable = frames.null_cipher_for,
+         where: place.Place | None = None) -> Iterator[tuple]:
     """Yield one manifest's entries, sorted by path.
 
     ``(MANIFEST, Entry, extra, runs)``, where ``runs`` are the entry's
     signature records as ``sigdelta.SigRun`` (version 3), or
-    ``(TOMBSTONE, path)``.
+    ``(TOMBSTONE, path)``.  ``where``: the level the storage holds it as;
+    a manifest that names another place is refused (``stream.place``).
     """
+    info: dict = {}
     plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST,
-                                 cipher_factory)
+                                 cipher_factory, info)
     last = None
     held: list | None = None        # the MANIFEST whose signature is read
     for rec in records.decode(plain):
         rtype = rec[0]
+        if rtype == records.BEGIN:
+            place.check(rec[1], where, "manifest of level %s" % (
+                where.level if where else "?"), info["version"] >= 3)
+            continue
         if rtype in (records.SIGBLOCKS, records.SIGZERO):
             if held is None or "sg" not in held[2]:
                 raise errors.CorruptRecordError(
@@ -257,19 +264,23 @@ def _to_entry(rec: tuple, base: ManifestEntry | None, whole_chain: bool
     return ManifestEntry(e, digest)
 
 
-def overlay(paths: Iterable[str], cipher_factory: Callable = frames.null_cipher_for,
-            whole_chain: bool = True) -> Iterator[ManifestEntry]:
+def overlay(paths: Sequence[str], cipher_factory: Callable = frames.null_cipher_for,
+            whole_chain: bool = True,
+            places: Sequence[place.Place | None] | None = None
+            ) -> Iterator[ManifestEntry]:
     """The effective manifest of a chain: levels 0..N merged, later wins.
 
     ``whole_chain`` false: ``paths`` are only the top levels of a chain, so
     a signature delta over a level not given is no error; its file is left
-    without a signature (the next level sends it whole).
+    without a signature (the next level sends it whole).  ``places``: where
+    the storage holds each manifest (checked, see ``read``).
     """
     streams = []
     for level, path in enumerate(paths):
+        where = places[level] if places else None
         streams.append(((sort_key(r[1].path if r[0] == records.MANIFEST
                                   else r[1]), level, r)
-                        for r in read(path, cipher_factory)))
+                        for r in read(path, cipher_factory, where)))
     current_key = None
     current: ManifestEntry | None = None
     for key, _level, rec in heapq.merge(*streams, key=lambda i: (i[0], i[1])):

@@ -15,6 +15,7 @@ import tempfile
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2.stream import place
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ def verify(engine, hostname_backup_name: str,
     report = VerifyReport(hostname_backup_name, list(range(top + 1)))
     scratch = tempfile.mkdtemp(prefix="rsyncv2-verify-", dir=scratch_parent)
     manifests: list[str] = []
+    places: list[place.Place | None] = []
     try:
         tree = os.path.join(scratch, "tree")
         os.mkdir(tree)
@@ -51,11 +53,12 @@ def verify(engine, hostname_backup_name: str,
                 backup = backups[level]
                 _check_metadata(backup, level, hostname_backup_name)
                 manifests.append(os.path.join(scratch, "manifest-%d" % level))
+                places.append(place.Place.of(backup))
                 report.manifest_entries += _check_manifest(
                     engine, backup, manifests[-1], level,
                     hostname_backup_name)
                 engine._restore_one(tree, backup)
-        _check_signatures(engine, manifests, hostname_backup_name)
+        _check_signatures(engine, manifests, places, hostname_backup_name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
@@ -76,7 +79,8 @@ def _check_manifest(engine, backup, path: str, level: int, name: str) -> int:
     backup.storage.get_file(backup.engine_metadata_path, path)
     count = 0
     try:
-        for _rec in mf.read(path, engine._cipher_factory()):
+        for _rec in mf.read(path, engine._cipher_factory(),
+                            place.Place.of(backup)):
             count += 1
     except errors.Rsyncv2Error as err:
         raise type(err)("level %d of %s: manifest: %s"
@@ -84,14 +88,16 @@ def _check_manifest(engine, backup, path: str, level: int, name: str) -> int:
     return count
 
 
-def _check_signatures(engine, manifests: list[str], name: str) -> None:
+def _check_signatures(engine, manifests: list[str],
+                      places: list[place.Place | None], name: str) -> None:
     """Build every signature the chain's next level would match against.
 
     A level stores only the signature blocks that changed, so each is
     checked over the chain below it (``docs/format.rst``).
     """
     try:
-        for me in mf.overlay(manifests, engine._cipher_factory()):
+        for me in mf.overlay(manifests, engine._cipher_factory(),
+                             places=places):
             if me.has_signature:
                 me.signature()
     except errors.Rsyncv2Error as err:

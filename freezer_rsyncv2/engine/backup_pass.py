@@ -26,7 +26,7 @@ from freezer_rsyncv2 import threads
 from freezer_rsyncv2.engine import file_reader
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import walk as fswalk
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import place, records
 
 LOG = log.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class BackupPass:
                  manifest: mf.ManifestWriter, level: int,
                  summary: prog.Summary,
                  progress: prog.Progress = prog.NULL,
-                 rename_lookup: Callable[[set[bytes]], dict] | None = None
-                 ) -> None:
+                 rename_lookup: Callable[[set[bytes]], dict] | None = None,
+                 where: place.Place | None = None) -> None:
         self.cfg = cfg
         self.root = os.fsencode(root)
         self.previous = previous
@@ -59,6 +59,7 @@ class BackupPass:
         self.summary = summary
         self.progress = progress
         self.rename_lookup = rename_lookup
+        self.where = where      # named in BEGIN (``stream.place``)
         self._rewritten: set[bytes] = set()
         self._absent: set[bytes] = set()    # files skipped with no old state
         self._deleted_inodes: dict[tuple[int, int], bytes] = {}
@@ -77,7 +78,9 @@ class BackupPass:
             self._reader.close()
 
     def _records(self) -> Iterator[bytes]:
-        yield records.begin({"level": self.level, "dg": digests.DEFAULT})
+        begin = self.where.fields() if self.where is not None \
+            else {place.LEVEL: self.level}
+        yield records.begin({**begin, "dg": digests.DEFAULT})
         prev = iter(self.previous)
         walk = fswalk.walk(self.root, exclude=self.cfg.exclude,
                            dereference=self.cfg.dereference,

@@ -35,6 +35,7 @@ from oslo_log import log
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.engine import queue as rqueue
 from freezer_rsyncv2.storage import layout as slayout
+from freezer_rsyncv2.stream import place
 
 LOG = log.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class BackupEngine(metaclass=abc.ABCMeta):
         # Manifests of the chain below the level being written (0..N-1),
         # fetched by backup(); backup_data() reads them.
         self.chain_manifests: list[str] = []
+        #: where the storage holds each of chain_manifests, and where the
+        #: level being written goes (named in its streams: stream/place.py)
+        self.chain_places: list[place.Place | None] = []
+        self.place: place.Place | None = None
         # A dry run reads and deltas everything but stores nothing.
         self.dry_run = False
         # Bytes handed to the storage for the level being written.
@@ -144,6 +149,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
                 engine=self, hostname_backup_name=hostname_backup_name,
                 level_zero_timestamp=level_zero, timestamp=timestamp,
                 level=prev.level + 1 if prev is not None else 0)
+            self.place = place.Place.of(backup)
             if self.dry_run:
                 for _segment in self.backup_data(backup_resource, engine_meta):
                     pass
@@ -155,9 +161,12 @@ class BackupEngine(metaclass=abc.ABCMeta):
             self.storage.put_metadata(engine_meta, freezer_meta, backup)
             return backup.level
         finally:
+            self.place = None
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _fetch_chain(self, prev: Any, name: str, tmpdir: str) -> list[str]:
+        """The chain's manifests, fetched; their places in chain_places."""
+        self.chain_places = []
         if prev is None:
             return []
         levels = self.storage.get_latest_level_zero_increments(
@@ -172,6 +181,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
             path = os.path.join(tmpdir, "manifest_%d" % level)
             b.storage.get_file(b.engine_metadata_path, path)
             paths.append(path)
+            self.chain_places.append(place.Place.of(b))
             if level == 0:
                 self.prepare_chain(path)
         return paths

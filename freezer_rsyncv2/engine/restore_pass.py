@@ -20,7 +20,7 @@ from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.rsync import matcher as rmatch
 from freezer_rsyncv2.rsync import patcher as rpatch
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import frames, place, records
 
 LOG = log.getLogger(__name__)
 
@@ -109,14 +109,30 @@ class RestorePass:
         self._seen: set[int] = set()
         self.digest = digests.SHA256     # named by the level's BEGIN record
 
-    def run(self, recs: Iterable[tuple], level: int | None = None) -> dict:
-        """Apply the records; ``level`` is the level the storage says this is."""
+    def run(self, recs: Iterable[tuple], level: int | None = None,
+            where: place.Place | None = None, info: dict | None = None
+            ) -> dict:
+        """Apply the records of one level's data stream.
+
+        ``level``, ``where``: the level and place (``stream.place``) the
+        storage holds the stream as; ``info``: what ``frames.decode_frames``
+        learnt of its header (the format version).
+        """
         it = iter(recs)
         begin = next(it, None)
         if begin is None or begin[0] != records.BEGIN:
             raise errors.CorruptRecordError("stream does not open with BEGIN")
         written = begin[1].get("level")
-        if level is not None and written != level:
+        if where is not None:
+            version = (info or {}).get("version", frames.VERSION)
+            place.check(begin[1], where, "data of level %d" % where.level,
+                        version >= 3)
+            if version >= 3 and begin[1].get("dg") != digests.BLAKE3_TREE:
+                # what version 3 writes; a hole costs nothing to hash in it
+                raise errors.CorruptRecordError(
+                    "a version-%d stream names file digest %r"
+                    % (version, begin[1].get("dg")))
+        elif level is not None and written != level:
             # A stream moved or copied from another level (or backup).
             raise errors.IntegrityError(
                 "the stream says it is level %r, the storage says level %d"

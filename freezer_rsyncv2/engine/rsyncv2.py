@@ -32,7 +32,8 @@ from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
 from freezer_rsyncv2.fs import restore as fsrestore
-from freezer_rsyncv2.stream import compression, crypto, encoder, frames, records
+from freezer_rsyncv2.stream import (
+    compression, crypto, encoder, frames, place, records)
 
 LOG = log.getLogger(__name__)
 
@@ -190,7 +191,8 @@ class Rsyncv2Engine(base.BackupEngine):
         summary = prog.Summary(level=len(previous))
         self.last_summary = None
         writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
-                                   self._cipher(), level=summary.level)
+                                   self._cipher(), level=summary.level,
+                                   where=self.place)
         return previous, summary, writer
 
     def _finish_level(self, manifest_path: str, writer: mf.ManifestWriter,
@@ -239,15 +241,18 @@ class Rsyncv2Engine(base.BackupEngine):
         """
         cipher = self._cipher_factory()
         whole = bool(self.chain_manifests)
+        places = self.chain_places if whole else None
+
+        def chain() -> Iterator[mf.ManifestEntry]:
+            return mf.overlay(previous, cipher, whole, places)
 
         def lookup(paths: set[bytes]) -> dict:
-            return {me.entry.path: me
-                    for me in mf.overlay(previous, cipher, whole)
+            return {me.entry.path: me for me in chain()
                     if me.entry.path in paths}
 
         bpass = backup_pass.BackupPass(
-            self.cfg, fs_path, mf.overlay(previous, cipher, whole), writer,
-            summary.level, summary, self.progress, rename_lookup=lookup)
+            self.cfg, fs_path, chain(), writer, summary.level, summary,
+            self.progress, rename_lookup=lookup, where=self.place)
         batch: list[bytes] = []
         size = 0
         for rec in bpass.records():
@@ -293,9 +298,10 @@ class Rsyncv2Engine(base.BackupEngine):
         try:
             # Frames are checked (and decrypted) on a helper thread, a few
             # ahead of the records being applied.
+            info: dict = {}
             plain = threads.read_ahead(
                 frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
-                                     self._cipher_factory()),
+                                     self._cipher_factory(), info),
                 _FRAMES_AHEAD, "rsyncv2-frames")
             session = self._session
             tree_cm: Any = (contextlib.nullcontext(session[1])
@@ -306,7 +312,8 @@ class Rsyncv2Engine(base.BackupEngine):
             with tree_cm as tree:
                 restore_pass.RestorePass(tree, self.progress).run(
                     records.decode(plain),
-                    level if isinstance(level, int) else None)
+                    level if isinstance(level, int) else None,
+                    place.Place.of(backup), info)
         except errors.Rsyncv2Error as err:
             named = type(err)("level %s of %s: %s" % (
                 level, getattr(backup, "hostname_backup_name", "?"), err))

@@ -281,17 +281,21 @@ def read_header(buf: _Buffer, kind: int
 
 
 def decode_frames(chunks: Iterable[bytes], kind: int,
-                  cipher_factory=null_cipher_for) -> Iterator[bytes]:
+                  cipher_factory=null_cipher_for,
+                  info: dict | None = None) -> Iterator[bytes]:
     """Yield the plaintext of each frame; strict about every length and flag.
 
     Plaintexts are bytes-like (views of the input when nothing had to be
     inflated or decrypted), valid as long as the input chunks are.
 
     ``cipher_factory(cipher_id, params)`` returns the cipher to open frames
-    with; the default only knows the null cipher.
+    with; the default only knows the null cipher.  ``info``, if given, gets
+    the header's ``version`` before the first plaintext is yielded.
     """
     buf = _Buffer(chunks)
     header, version, codec_id, cipher_id, params = read_header(buf, kind)
+    if info is not None:
+        info["version"] = version
     codec = compression.by_id(codec_id)
     cipher = cipher_factory(cipher_id, params)
     if type(cipher) is NullCipher:
