@@ -349,12 +349,15 @@ def _newest_per_level(engine: Any, backups: dict, recent_to_date: int | None
         return backups
     newest: dict[int, int] = {}
     for name in listdir(path):
-        level, _sep, stamp = str(name).partition("_")
-        if not (level.isdigit() and stamp.isdigit()):
-            continue
-        lvl, ts = int(level), int(stamp)
+        parsed = slayout.parse_level_dir(str(name))
+        if parsed is None:
+            continue        # not a level (the storage's listing warned)
+        lvl, ts = parsed
         if recent_to_date and ts > recent_to_date:
             continue
+        if not slayout.level_published(sample.storage, slayout.path_join(
+                path, name, slayout.METADATA_NAME)):
+            continue        # no metadata: not a level (docs/storage.rst)
         newest[lvl] = max(ts, newest.get(lvl, ts))
     out = dict(backups)
     for lvl, ts in newest.items():

@@ -7,16 +7,19 @@ names are re-exported here, so ``storage.base`` still offers them all.
 from __future__ import annotations
 
 import abc
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, StorageError
+from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, FormatError, StorageError
 from freezer_rsyncv2.storage.layout import (  # noqa: F401 (re-exported)
-    DATA_NAME, ENGINE_METADATA_NAME, METADATA_NAME, _CHAIN_RE, Backup, EngineLike, _NamedEngine,
-    parse_level_dir, path_join, validate_name)
+    DATA_NAME, ENGINE_METADATA_NAME, MAX_LEVEL, MAX_METADATA_SIZE, MAX_TIMESTAMP, METADATA_NAME,
+    _CHAIN_RE, Backup, EngineLike, _NamedEngine, level_published, parse_chain_dir, parse_level_dir,
+    path_join, validate_name, warn_ignored)
 
 LOG = log.getLogger(__name__)
 
@@ -41,6 +44,13 @@ def now() -> int:
 #: Largest block our storages exchange with the engine (``io_block_size``).
 IO_BLOCK = 8 << 20
 
+#: Largest object ``get_file`` copies out of our storages (the engine fetches
+#: manifests with it).  A manifest holds an entry per file and the changed
+#: signature blocks, so tens of GiB are possible for huge trees; the bound is
+#: there so that a hostile sparse or growing object cannot fill the local
+#: disk without end.  An attribute of each storage (``max_file_size``).
+MAX_FILE_SIZE = 64 << 30
+
 
 class Storage(abc.ABC):
     """Freezer's storage interface (base.Storage + physical.PhysicalStorage) plus CLI extras.
@@ -51,6 +61,8 @@ class Storage(abc.ABC):
     """
 
     _type: str | None = None
+    #: Bytes ``get_file`` copies at most; past it the copy is refused.
+    max_file_size: int = MAX_FILE_SIZE
     #: ``write_backup`` takes the engine's segments as they are: bytes-like
     #: or ``encoder.Segment`` (its ``pieces``, not joined); Freezer's
     #: storages are given bytes (its S3 storage skips anything else).
@@ -133,6 +145,55 @@ class Storage(abc.ABC):
         The engine checks a level's data with it before publishing the level.
         """
 
+    def read_object(self, path: str, limit: int) -> bytes:
+        """Extra: the whole object at ``path``; StorageError if it holds more than ``limit`` bytes.
+
+        For small objects (a level's metadata).  This default copies with
+        ``get_file`` (bounded by ``max_file_size``) and checks afterwards;
+        ours check the size before reading anything, so a hostile object
+        costs no more than ``limit``.
+        """
+        with tempfile.TemporaryDirectory(prefix="rsyncv2-object-") as tmp:
+            local = os.path.join(tmp, "object")
+            self.get_file(path, local)
+            with open(local, "rb") as handle:
+                raw = handle.read(limit + 1)
+        if len(raw) > limit:
+            raise StorageError(f"{path} holds more than {limit} bytes, the most expected there")
+        return raw
+
+    def is_published(self, metadata_path: str) -> bool:
+        """Extra: whether ``metadata_path`` (a level's ``metadata``) exists as a stored object.
+
+        The default asks the listing of its directory; our storages refine
+        it so that a directory, a symlink or a FIFO under that name does not
+        publish a level.
+        """
+        head, _, name = metadata_path.rpartition("/")
+        return name in self.listdir(head)
+
+    def declared_data_size(self, backup: Backup) -> int | None:
+        """Extra: bytes the level's metadata says its data holds (``summary.stored_bytes``).
+
+        ``backup_blocks`` refuses data larger than this, so a hostile data
+        object is read no further than the level's own metadata allows.
+        None when the metadata does not exist or declares no size (levels of
+        other engines); a declared value that is not a non-negative int is a
+        FormatError.
+        """
+        try:
+            meta = backup.copy(self).metadata()
+        except StorageFileNotFoundError:
+            return None
+        summary = meta.get("summary")
+        if not isinstance(summary, dict) or "stored_bytes" not in summary:
+            return None
+        value = summary["stored_bytes"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FormatError(f"{backup.copy(self).metadata_path} declares stored_bytes {value!r}: "
+                              f"not a size")
+        return value
+
     # -- Freezer's concrete logic ---------------------------------------------
 
     def metadata_path(self, engine: EngineLike, hostname_backup_name: str) -> str:
@@ -150,17 +211,26 @@ class Storage(abc.ABC):
         root = self.metadata_path(engine, hostname_backup_name)
         zeros = []
         for name in self.listdir(root):
-            if not _CHAIN_RE.match(name):
+            ts = self._chain_timestamp(root, name)
+            if ts is None or (recent_to_date and ts > recent_to_date):
                 continue
-            ts = int(name)
-            if recent_to_date and ts > recent_to_date:
-                continue
-            level_dir = path_join(root, name, f"0_{ts}")
-            if METADATA_NAME not in self.listdir(level_dir):
-                continue
-            zeros.append(Backup(engine=engine, hostname_backup_name=hostname_backup_name,
-                                level_zero_timestamp=ts, timestamp=ts, level=0, storage=self))
+            zero = Backup(engine=engine, hostname_backup_name=hostname_backup_name,
+                          level_zero_timestamp=ts, timestamp=ts, level=0, storage=self)
+            if self.is_published(zero.metadata_path):
+                zeros.append(zero)
         return sorted(zeros, key=lambda b: b.timestamp)
+
+    def _chain_timestamp(self, parent: str, name: str) -> int | None:
+        """The timestamp of chain directory ``name`` under ``parent``; None (warned) if it is none.
+
+        Hidden names (temporary files) are skipped silently, anything else
+        that does not parse once per storage handle with a warning.
+        """
+        ts = parse_chain_dir(name)
+        if ts is None and not name.startswith("."):
+            warn_ignored(self, path_join(parent, name),
+                         f"not a chain directory (a timestamp 0..{MAX_TIMESTAMP} in ASCII digits)")
+        return ts
 
     def get_latest_level_zero_increments(self, engine: EngineLike, hostname_backup_name: str,
                                          recent_to_date: int | None = None) -> dict[int, Backup]:
@@ -197,6 +267,12 @@ class Storage(abc.ABC):
             return None
         highest_level = max(increments)
         highest = increments[highest_level]
+        if highest_level >= MAX_LEVEL:
+            # A level past MAX_LEVEL would be written, then never listed.
+            LOG.warning("Chain %s of %s holds level %d, the highest a chain may hold; "
+                        "starting a new level 0", highest.level_zero_timestamp,
+                        hostname_backup_name, highest_level)
+            return None
         if max_level and max_level <= highest_level:
             return None
         if always_level and highest_level > always_level:
@@ -238,9 +314,11 @@ class Storage(abc.ABC):
         ename = validate_name(engine.name, "engine name")
         chains: set[int] = set()
         for kind in ("metadata", "data"):
-            for entry in self.listdir(path_join(self.storage_path, kind, ename, name)):
-                if _CHAIN_RE.match(entry) and int(entry) <= cutoff:
-                    chains.add(int(entry))
+            parent = path_join(self.storage_path, kind, ename, name)
+            for entry in self.listdir(parent):
+                ts = self._chain_timestamp(parent, entry)
+                if ts is not None and ts <= cutoff:
+                    chains.add(ts)
         for ts in sorted(chains):
             LOG.info("Removing chain %s of %s", ts, name)
             Backup(engine=engine, hostname_backup_name=name, level_zero_timestamp=ts,
@@ -253,10 +331,16 @@ class Storage(abc.ABC):
         ename = validate_name(engine_name, "engine name")
         engine = _NamedEngine(ename)
         names = []
-        for entry in self.listdir(path_join(self.storage_path, "metadata", ename)):
+        parent = path_join(self.storage_path, "metadata", ename)
+        for entry in self.listdir(parent):
             try:
                 validate_name(entry)
             except ConfigError:
+                continue
+            if not entry.isprintable():
+                # A control character (or a byte that is not UTF-8) would
+                # corrupt or break the listing printed from these names.
+                warn_ignored(self, path_join(parent, entry), "not a printable backup name")
                 continue
             if self.get_level_zero(engine, entry):
                 names.append(entry)

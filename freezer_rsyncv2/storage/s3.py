@@ -109,13 +109,17 @@ class S3Storage(Storage):
                             part_size=self.part_size, concurrency=self.upload_concurrency,
                             content_md5=self.content_md5)
 
-    def iter_object(self, key: str, chunk_size: int) -> Iterator[bytes]:
+    def iter_object(self, key: str, chunk_size: int, limit: int | None = None,
+                    limit_reason: str = "expected there") -> Iterator[bytes]:
         """Stream object ``key`` as chunks of at most ``chunk_size`` bytes, resuming on errors.
 
         One GET streams the body; if the connection breaks, the read resumes
         with a ranged GET from the last byte received, pinned to the same
         object version by its ETag. Retries are counted from the last
         progress, so a long download survives many independent hiccups.
+        An object of more than ``limit`` bytes is refused (StorageError,
+        ``limit_reason`` saying whose limit) before its body is read: its
+        size is the first response's Content-Length.
         """
         offset = 0
         size = -1
@@ -130,10 +134,13 @@ class S3Storage(Storage):
                 if etag:
                     args["IfMatch"] = etag
             response = self.client.get_object(**args)
+            body = response["Body"]
             if size < 0:
                 size = int(response["ContentLength"])
                 etag = response.get("ETag")
-            body = response["Body"]
+                if limit is not None and size > limit:
+                    raise StorageError(f"{self.bucket}/{key} holds {size} bytes, more than the "
+                                       f"{limit} {limit_reason} ({self.where})")
 
         def read_chunk() -> bytes:
             if body is None:
@@ -206,7 +213,8 @@ class S3Storage(Storage):
         tmp = os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
         try:
             with open(tmp, "xb") as out:
-                for chunk in self.iter_object(key, self.max_segment_size):
+                for chunk in self.iter_object(key, self.max_segment_size, self.max_file_size,
+                                              "a stored file may hold"):
                     out.write(chunk)
             os.replace(tmp, to_path)
         except OSError as exc:
@@ -215,6 +223,10 @@ class S3Storage(Storage):
         except BaseException:
             _unlink(tmp)
             raise
+
+    def read_object(self, path: str, limit: int) -> bytes:
+        """Object ``path`` in memory; StorageError, before its body is read, past ``limit`` bytes."""
+        return b"".join(self.iter_object(self.key(path), max(limit, 1), limit))
 
     def put_file(self, from_path: str, to_path: str) -> None:
         """Upload a local file (in parts if large); the object appears only once complete."""
@@ -256,8 +268,16 @@ class S3Storage(Storage):
             raise
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
-        key = self.key(backup.copy(self).data_path)
-        return self.iter_object(key, self.io_block_size)
+        """The level's data, refused before it is read if larger than its metadata declares.
+
+        Shorter data is streamed as it is: the decoder reports the
+        truncation, naming the level.
+        """
+        backup = backup.copy(self)
+        key = self.key(backup.data_path)
+        declared = self.declared_data_size(backup)
+        yield from self.iter_object(key, self.io_block_size, declared,
+                                    "its level's metadata declares")
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names directly under ``path`` (objects and common prefixes)."""
@@ -286,6 +306,14 @@ class S3Storage(Storage):
             self.call("DeleteObject", name, lambda: self.client.delete_object(
                 Bucket=self.bucket, Key=name))
         self._abort_uploads(f"{key}/" if key else "")
+
+    def is_published(self, metadata_path: str) -> bool:
+        """A level is published by an object under exactly its ``metadata`` key.
+
+        A HEAD request: keys that merely start with ``.../metadata/`` (a
+        "directory" in a listing) do not publish it.
+        """
+        return self.stored_size(metadata_path) is not None
 
     def stored_size(self, path: str) -> int | None:
         key = self.key(path)

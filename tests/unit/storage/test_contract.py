@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
-from freezer_rsyncv2.errors import BackupNotFoundError, StorageError
+from freezer_rsyncv2.errors import BackupNotFoundError, FormatError, StorageError
 from freezer_rsyncv2.storage import base
 from freezer_rsyncv2.storage.base import Backup, Storage
 from freezer_rsyncv2.storage.local import LocalStorage
@@ -68,8 +69,16 @@ class StorageContract:
     same root must give two handles on the same container.
     """
 
+    #: Whether the container can hold names with a newline (moto's S3 cannot).
+    newline_in_names = True
+
     def make_storage(self, root: Path, max_segment_size: int) -> Storage:
         raise NotImplementedError
+
+    def odd_name(self, name: str) -> str:
+        """``name``, or, where the container cannot hold a newline, the
+        same name with a carriage return: still a control character."""
+        return name if self.newline_in_names else name.replace("\n", "\r")
 
     @pytest.fixture
     def storage(self, tmp_path: Path) -> Storage:
@@ -575,6 +584,169 @@ class StorageContract:
                 assert read_all(storage, backup) == b"".join(segments[level::2])
                 assert backup.metadata() == {"name": name, "level": level}
         assert storage.backup_names(ENGINE.name) == ["alpha", "beta"]
+
+
+    # -- a hostile container: names, publication, sizes --------------------------------------
+
+    def put_bytes(self, storage: Storage, tmp: Path, path: str, data: bytes) -> None:
+        src = tmp / f"put-{abs(hash(path))}"
+        src.write_bytes(data)
+        storage.put_file(str(src), path)
+
+    @pytest.mark.parametrize("chain_name", [
+        "١٢", "+5", " 5", "5 ", "5\n", "05", "99999999999999999999", str(base.MAX_TIMESTAMP + 1),
+        "x" * 200])
+    def test_odd_chain_names_are_ignored_with_one_warning(self, storage: Storage, tmp: Path,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          chain_name: str) -> None:
+        chain_name = self.odd_name(chain_name)
+        write_level(storage, tmp, 100, 100, 0)
+        root = storage.metadata_path(ENGINE, NAME)
+        self.put_bytes(storage, tmp, base.path_join(root, chain_name, "0_5", "metadata"), b"{}")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert [b.timestamp for b in storage.get_level_zero(ENGINE, NAME)] == [100]
+                assert [levels(c) for c in storage.list_chains(ENGINE, NAME)] == [{0: 100}]
+            storage.remove_older_than(ENGINE, 50, NAME)
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warned == [f"Ignoring {base.path_join(root, chain_name)!r} in the storage: "
+                          f"not a chain directory (a timestamp 0..{base.MAX_TIMESTAMP} in ASCII digits)"]
+
+    @pytest.mark.parametrize("level_name", [
+        "100000000000_5", f"{base.MAX_LEVEL + 1}_150", f"1_{base.MAX_TIMESTAMP + 1}",
+        "1_99999999999999999999", "١٢_150", "²_150", "1_١٥٠", "+1_150", " 1_150", "1_150 ",
+        "1_150\n", "01_150", "1_0150", "1_150_1", "0_99"])
+    def test_odd_level_names_are_ignored_with_one_warning(self, storage: Storage, tmp: Path,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          level_name: str) -> None:
+        level_name = self.odd_name(level_name)
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 100, 150, 1)
+        chain = base.path_join(storage.metadata_path(ENGINE, NAME), 100)
+        self.put_bytes(storage, tmp, base.path_join(chain, level_name, "metadata"),
+                       b'{"engine_name": "rsyncv2"}')
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100,
+                                                                                          1: 150}
+            assert self.previous(storage).timestamp == 150
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and repr(base.path_join(chain, level_name)) in warned[0]
+
+    def test_hidden_names_are_ignored_silently(self, storage: Storage, tmp: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        root = storage.metadata_path(ENGINE, NAME)
+        self.put_bytes(storage, tmp, base.path_join(root, ".100.tmp-x", "f"), b"")
+        self.put_bytes(storage, tmp, base.path_join(root, "100", ".0_100.tmp-y", "f"), b"")
+        with caplog.at_level(logging.WARNING):
+            assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100}
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    def test_a_metadata_directory_does_not_publish_a_level(self, storage: Storage,
+                                                           tmp: Path) -> None:
+        """Only a file (an object) named ``metadata`` publishes; ``metadata/x`` does not."""
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 100, 150, 1)
+        level2 = write_level(storage, tmp, 100, 200, 2, complete=False)
+        self.put_bytes(storage, tmp, base.path_join(level2.metadata_path, "x"), b"{}")
+        zero = write_level(storage, tmp, 300, 300, 0, complete=False)
+        self.put_bytes(storage, tmp, base.path_join(zero.metadata_path, "x"), b"{}")
+        assert not storage.is_published(level2.metadata_path)
+        assert storage.is_published(Backup(ENGINE, NAME, 100, 150, 1, storage=storage).metadata_path)
+        assert levels(storage.get_latest_level_zero_increments(ENGINE, NAME)) == {0: 100, 1: 150}
+        assert [levels(c) for c in storage.list_chains(ENGINE, NAME)] == [{0: 100, 1: 150}]
+        assert self.previous(storage).level == 1
+
+    def test_unpublished_newer_duplicate_of_a_level_is_absent(self, storage: Storage,
+                                                              tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 100, 150, 1, segments=[b"published"])
+        write_level(storage, tmp, 100, 900, 1, segments=[b"unpublished"], complete=False)
+        chain = storage.get_latest_level_zero_increments(ENGINE, NAME)
+        assert levels(chain) == {0: 100, 1: 150}
+        assert read_all(storage, chain[1]) == b"published"
+
+    def test_chain_at_max_level_restarts(self, storage: Storage, tmp: Path) -> None:
+        write_level(storage, tmp, 100, 100, 0)
+        write_level(storage, tmp, 100, 150, base.MAX_LEVEL - 1)
+        assert self.previous(storage).level == base.MAX_LEVEL - 1
+        write_level(storage, tmp, 100, 200, base.MAX_LEVEL)
+        assert self.previous(storage) is None
+
+    def test_metadata_past_its_bound_is_refused(self, storage: Storage, tmp: Path) -> None:
+        backup = write_level(storage, tmp, 100, 100, 0, complete=False)
+        self.put_bytes(storage, tmp, backup.metadata_path,
+                       b"{" + b" " * base.MAX_METADATA_SIZE + b"}")
+        with pytest.raises(StorageError, match=f"more than the {base.MAX_METADATA_SIZE}") as info:
+            backup.metadata()
+        assert type(info.value) is StorageError and "\n" not in str(info.value)
+        assert backup.metadata_path in str(info.value)
+
+    def test_read_object_is_bounded(self, storage: Storage, tmp: Path) -> None:
+        path = base.path_join(storage.storage_path, "misc", "obj")
+        self.put_bytes(storage, tmp, path, b"x" * 100)
+        assert storage.read_object(path, 100) == b"x" * 100
+        with pytest.raises(StorageError, match="holds 100 bytes, more than the 99"):
+            storage.read_object(path, 99)
+        with pytest.raises(StorageError, match="nothing-here"):
+            storage.read_object(base.path_join(storage.storage_path, "nothing-here"), 10)
+
+    def test_get_file_past_the_cap_is_refused(self, storage: Storage, tmp: Path) -> None:
+        path = base.path_join(storage.storage_path, "misc", "big")
+        self.put_bytes(storage, tmp, path, b"y" * 1000)
+        storage.max_file_size = 999
+        out = tmp / "out"
+        out.write_bytes(b"before")
+        with pytest.raises(StorageError, match="1000 bytes, more than the 999") as info:
+            storage.get_file(path, str(out))
+        assert type(info.value) is StorageError
+        assert out.read_bytes() == b"before"
+        assert sorted(p.name for p in tmp.iterdir() if not p.name.startswith("put-")) == ["out"]
+        storage.max_file_size = 1000
+        storage.get_file(path, str(out))
+        assert out.read_bytes() == b"y" * 1000
+
+    @pytest.mark.parametrize("stored, declared, outcome", [
+        (b"0123456789", 10, "read"),
+        (b"0123456789", 20, "read"),        # shorter than declared: the decoder reports it
+        (b"0123456789", 9, "refused"),
+        (b"0123456789", None, "read"),      # no summary: only the object's own size bounds it
+    ])
+    def test_data_is_bounded_by_its_declared_size(self, storage: Storage, tmp: Path,
+                                                  stored: bytes, declared: int | None,
+                                                  outcome: str) -> None:
+        meta: dict[str, Any] = {"engine_name": "rsyncv2"}
+        if declared is not None:
+            meta["summary"] = {"stored_bytes": declared, "manifest_bytes": 11}
+        backup = write_level(storage, tmp, 100, 100, 0, segments=[stored], meta=meta)
+        assert storage.declared_data_size(backup) == declared
+        if outcome == "read":
+            assert read_all(storage, backup) == stored
+            return
+        with pytest.raises(StorageError, match=f"holds 10 bytes, more than the {declared} its level's "
+                                               f"metadata declares") as info:
+            read_all(storage, backup)
+        assert type(info.value) is StorageError
+
+    @pytest.mark.parametrize("value", [-1, "10", 1.5, True, None])
+    def test_a_declared_size_that_is_no_size_is_a_format_error(self, storage: Storage, tmp: Path,
+                                                               value: object) -> None:
+        backup = write_level(storage, tmp, 100, 100, 0,
+                             meta={"summary": {"stored_bytes": value}})
+        with pytest.raises(FormatError, match="stored_bytes") as info:
+            read_all(storage, backup)
+        assert type(info.value) is FormatError
+
+    def test_non_printable_backup_names_are_not_listed(self, storage: Storage, tmp: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+        odd = ["evil\x1b[2Jname", "tab\tname"] + (["two\nlines"] if self.newline_in_names else [])
+        for name in ["good", *odd]:
+            write_level(storage, tmp, 100, 100, 0, name=name)
+        with caplog.at_level(logging.WARNING):
+            assert storage.backup_names(ENGINE.name) == ["good"]
+            assert storage.backup_names(ENGINE.name) == ["good"]
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == len(odd)
 
 
 class TestLocalStorageContract(StorageContract):

@@ -32,6 +32,8 @@ MIB = 1 << 20
 class TestS3StorageContract(StorageContract):
     """The shared contract on one bucket, each test under its own prefix."""
 
+    newline_in_names = False    # moto mangles keys holding a newline
+
     @pytest.fixture(autouse=True)
     def _server(self, s3_server: S3Server) -> None:
         self.server = s3_server
@@ -232,7 +234,7 @@ def test_transient_errors_are_retried(s3_server: S3Server, fault_proxy: FaultPro
                     Fault("CompleteMultipartUpload", 404, code="NoSuchUpload"),
                     Fault("PutObject", 500),
                     Fault("ListObjectsV2", "drop"), Fault("HeadObject", 503),
-                    Fault("GetObject", "cut", times=2))
+                    Fault("GetObject", "cut", times=2, path="/data"))
     segments = [bytes([i]) * MIB for i in range(12)]
     backup = write_level(storage, tmp_path, 100, 100, 0, segments=segments)
     assert read_all(storage, backup) == b"".join(segments)
@@ -241,7 +243,8 @@ def test_transient_errors_are_retried(s3_server: S3Server, fault_proxy: FaultPro
     assert fault_proxy.outcomes("UploadPart").count("503") == 2
     # the first answer was lost; the retry found the upload already complete
     assert fault_proxy.outcomes("CompleteMultipartUpload") == ["lose", "404"]
-    assert fault_proxy.outcomes("GetObject")[:3] == ["cut", "cut", "206"]
+    # the level's metadata is read first (the data's declared size), then the data
+    assert fault_proxy.outcomes("GetObject")[:4] == ["200", "cut", "cut", "206"]
     assert pending_uploads(s3_server.client(), bucket) == []
 
 
