@@ -12,223 +12,26 @@ chose that path.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import os
 import shutil
 import stat
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from oslo_log import log
 
 from freezer_rsyncv2.errors import StorageError
+from freezer_rsyncv2.storage.localfs import (
+    CREATE_FLAGS, READ_FLAGS, EarlyWriteback, SymlinkInside, copy_to_fd, discard, fsync_dir, fsync_fd,
+    kind_of, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError, warn_ignored
 from freezer_rsyncv2.storage.layout import DATA_NAME, Backup
 
 LOG = log.getLogger(__name__)
 
 DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
-_COPY_CHUNK = 1024 * 1024
-
-# A directory below the container: never through a symlink.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# A stored object: O_NONBLOCK so that opening a FIFO cannot wait for a
-# writer (it is refused after fstat), O_NOCTTY so that a tty cannot become
-# our controlling terminal, O_NOFOLLOW so that a symlink is not followed.
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
-          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _kind(mode: int) -> str:
-    """What a file that is not a regular file is, for messages."""
-    for test, name in _KINDS:
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-class _SymlinkInside(Exception):
-    """A directory component below the container is a symlink (``path`` names it)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.path = path
-
-    def message(self) -> str:
-        return f"{self.path} is a symbolic link inside the container: it is never followed"
-
-
-def _fsync_fd(fd: int) -> None:
-    """Make the entries of the directory open as ``fd`` durable, where the platform can."""
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-
-
-def _fsync_dir(path: str) -> None:
-    """Make directory entries (renames, new children) under ``path`` durable.
-
-    Some platforms/filesystems cannot open or fsync a directory; there the
-    rename is as durable as the OS makes it and we carry on.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        _fsync_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_name(final_name: str) -> str:
-    """A hidden sibling of ``final_name``: same directory so rename is atomic."""
-    head, tail = os.path.split(final_name)
-    return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
-
-
-def _discard(path: str, dir_fd: int | None = None) -> None:
-    try:
-        os.unlink(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        LOG.warning("Could not remove temporary file %s: %s", path, exc)
-
-
-def _split(path: str) -> tuple[str, str]:
-    """``path`` as (its directory, its last component), on '/' as storage paths are joined."""
-    head, _, name = path.rpartition("/")
-    return head or ("/" if path.startswith("/") else "."), name
-
-
-def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
-    """lstat of ``name`` in ``dir_fd``; None when it does not exist."""
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _open_dir_at(dir_fd: int, name: str, path: str) -> int:
-    """Open directory ``name`` of ``dir_fd`` without following a symlink (``path`` for messages)."""
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EMLINK):
-            st = _lstat_at(dir_fd, name)
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                raise _SymlinkInside(path) from None
-        raise
-
-
-def _remove_at(parent_fd: int, name: str) -> None:
-    """Remove ``name`` of ``parent_fd`` and everything below it, following no symlink.
-
-    Iterative (a hostile tree may be deep): directories are opened by
-    descriptor, so a symlink anywhere is removed, never entered.
-    """
-    st = _lstat_at(parent_fd, name)
-    if st is None:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    top = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    stack: list[tuple[int, str, int, list[str]]] = []
-    try:
-        stack.append((parent_fd, name, top, os.listdir(top)))
-    except BaseException:
-        os.close(top)
-        raise
-    try:
-        while stack:
-            pfd, pname, dfd, names = stack[-1]
-            if not names:
-                stack.pop()
-                os.close(dfd)
-                os.rmdir(pname, dir_fd=pfd)
-                continue
-            child = names.pop()
-            cst = _lstat_at(dfd, child)
-            if cst is None:
-                continue
-            if not stat.S_ISDIR(cst.st_mode):
-                os.unlink(child, dir_fd=dfd)
-                continue
-            cfd = os.open(child, _DIR_FLAGS, dir_fd=dfd)
-            try:
-                stack.append((dfd, child, cfd, os.listdir(cfd)))
-            except BaseException:
-                os.close(cfd)
-                raise
-    finally:
-        for _pfd, _pname, dfd, _names in stack:
-            os.close(dfd)
-
-
-_IOV_MAX = 1024
-_WRITEBACK_STEP = 8 << 20
-_SYNC_FILE_RANGE_WRITE = 2      # <linux/fs.h>: start writeback, do not wait
-
-
-def _sync_file_range() -> Any:
-    """libc's sync_file_range (Linux), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-class _EarlyWriteback:
-    """Starts the disk writes of a growing file while it grows.
-
-    The final fsync then waits for the tail only, not for the whole level:
-    the disk works while the engine reads and hashes.  Best effort: without
-    sync_file_range, or when it fails, the fsync does it all.
-    """
-
-    call = _sync_file_range()
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.size = self.started = 0
-
-    def written(self, n: int) -> None:
-        self.size += n
-        if self.call is None or self.size - self.started < _WRITEBACK_STEP:
-            return
-        if self.call(self.fd, self.started, self.size - self.started,
-                     _SYNC_FILE_RANGE_WRITE) == 0:
-            self.started = self.size
-
-
-def _writev_all(fd: int, pieces: Any) -> None:
-    """Write the pieces in order with writev (no join); writes may be partial."""
-    views = [memoryview(p).cast("B") for p in pieces if len(p)]
-    first = 0
-    while first < len(views):
-        done = os.writev(fd, views[first:first + _IOV_MAX])
-        while first < len(views) and done >= len(views[first]):
-            done -= len(views[first])
-            first += 1
-        if done:
-            views[first] = views[first][done:]
+COPY_CHUNK = 1024 * 1024
 
 
 class LocalStorage(Storage):
@@ -291,7 +94,7 @@ class LocalStorage(Storage):
 
         The container is opened as the operator named it; each component
         below it from its parent's descriptor with O_NOFOLLOW, so a symlink
-        raises _SymlinkInside.  A missing or non-directory component raises
+        raises SymlinkInside.  A missing or non-directory component raises
         FileNotFoundError or NotADirectoryError.  Directories created are
         made durable by an fsync of their parents once all exist.
         """
@@ -309,7 +112,7 @@ class LocalStorage(Storage):
             for part in parts:
                 current = f"{current}/{part}"
                 try:
-                    child = _open_dir_at(fd, part, current)
+                    child = open_dir_at(fd, part, current)
                 except FileNotFoundError:
                     if not create:
                         raise
@@ -318,11 +121,11 @@ class LocalStorage(Storage):
                         grown.append(os.dup(fd))
                     except FileExistsError:
                         pass    # made meanwhile by another writer: opened below like any other
-                    child = _open_dir_at(fd, part, current)
+                    child = open_dir_at(fd, part, current)
                 os.close(fd)
                 fd = child
             for parent in grown:
-                _fsync_fd(parent)
+                fsync_fd(parent)
         except BaseException:
             os.close(fd)
             raise
@@ -333,7 +136,7 @@ class LocalStorage(Storage):
 
     def _open_parent(self, path: str) -> tuple[int, str]:
         """A descriptor on the directory holding ``path``, and ``path``'s last component."""
-        head, name = _split(path)
+        head, name = split_path(path)
         return self._open_dir(head), name
 
     def _open_object(self, path: str) -> tuple[int, os.stat_result]:
@@ -350,19 +153,19 @@ class LocalStorage(Storage):
             dir_fd, name = self._open_parent(path)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise StorageFileNotFoundError(path) from exc
-        except _SymlinkInside as link:
+        except SymlinkInside as link:
             raise StorageError(f"cannot read {path}: {link.message()}") from None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc}") from exc
         try:
             try:
-                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+                fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
             except FileNotFoundError as exc:
                 raise StorageFileNotFoundError(path) from exc
             except OSError as exc:
-                st = _lstat_at(dir_fd, name)
+                st = lstat_at(dir_fd, name)
                 if st is not None and not stat.S_ISREG(st.st_mode):
-                    raise StorageError(f"{path} is {_kind(st.st_mode)}, not a regular file: "
+                    raise StorageError(f"{path} is {kind_of(st.st_mode)}, not a regular file: "
                                        f"refusing to read it") from exc
                 raise StorageError(f"cannot read {path}: {exc}") from exc
         finally:
@@ -370,7 +173,7 @@ class LocalStorage(Storage):
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise StorageError(f"{path} is {_kind(st.st_mode)}, not a regular file: refusing to read it")
+                raise StorageError(f"{path} is {kind_of(st.st_mode)}, not a regular file: refusing to read it")
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         except OSError as exc:
@@ -387,13 +190,13 @@ class LocalStorage(Storage):
             dir_fd, name = self._open_parent(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except _SymlinkInside as link:
+        except SymlinkInside as link:
             warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
             return None
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc}") from exc
         try:
-            return _lstat_at(dir_fd, name)
+            return lstat_at(dir_fd, name)
         except OSError as exc:
             raise StorageError(f"cannot stat {path}: {exc}") from exc
         finally:
@@ -403,7 +206,7 @@ class LocalStorage(Storage):
         """A descriptor on directory ``path`` (created as needed) or a StorageError saying why not."""
         try:
             return self._open_dir(path, create=True)
-        except _SymlinkInside as link:
+        except SymlinkInside as link:
             raise StorageError(f"cannot write under {path}: {link.message()}") from None
         except OSError as exc:
             raise StorageError(f"cannot create directory {path}: {exc}") from exc
@@ -416,8 +219,8 @@ class LocalStorage(Storage):
         ``dir_fd`` and removed on any failure, so nothing partial ever has
         the final name and nothing is written through a symlink.
         """
-        tmp = _temp_name(name)
-        fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=dir_fd)
+        tmp = temp_name(name)
+        fd = os.open(tmp, CREATE_FLAGS, 0o666, dir_fd=dir_fd)
         try:
             try:
                 write(fd)
@@ -426,9 +229,9 @@ class LocalStorage(Storage):
                 os.close(fd)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
-            _discard(tmp, dir_fd)
+            discard(tmp, dir_fd)
             raise
-        _fsync_fd(dir_fd)
+        fsync_fd(dir_fd)
 
     # -- files -------------------------------------------------------------------
 
@@ -443,13 +246,13 @@ class LocalStorage(Storage):
             if st.st_size > self.max_file_size:
                 raise StorageError(f"{from_path} holds {st.st_size} bytes, more than the "
                                    f"{self.max_file_size} a stored file may hold")
-            tmp = _temp_name(to_path)
+            tmp = temp_name(to_path)
             try:
                 with open(tmp, "xb") as dst:
                     copied = 0
                     while True:
                         try:
-                            chunk = src.read(_COPY_CHUNK)
+                            chunk = src.read(COPY_CHUNK)
                         except OSError as exc:
                             raise StorageError(f"cannot read {from_path}: {exc}") from exc
                         if not chunk:
@@ -461,10 +264,10 @@ class LocalStorage(Storage):
                         dst.write(chunk)
                 os.replace(tmp, to_path)
             except OSError as exc:
-                _discard(tmp)
+                discard(tmp)
                 raise StorageError(f"cannot write {to_path}: {exc}") from exc
             except BaseException:
-                _discard(tmp)
+                discard(tmp)
                 raise
 
     def read_object(self, path: str, limit: int) -> bytes:
@@ -493,7 +296,7 @@ class LocalStorage(Storage):
         with src:
             dir_fd, name = self._open_parent_for_write(to_path)
             try:
-                self._publish_at(dir_fd, name, lambda fd: _copy_to_fd(src, fd))
+                self._publish_at(dir_fd, name, lambda fd: copy_to_fd(src, fd))
             except OSError as exc:
                 raise StorageError(f"cannot copy {from_path} to {to_path}: {exc}") from exc
             finally:
@@ -501,7 +304,7 @@ class LocalStorage(Storage):
 
     def _open_parent_for_write(self, path: str) -> tuple[int, str]:
         """As ``_open_parent``, the directories created as needed (StorageError if they cannot be)."""
-        head, name = _split(path)
+        head, name = split_path(path)
         return self._dir_for_write(head), name
 
     def write_backup(self, rich_queue: Any, backup: Backup) -> None:
@@ -515,9 +318,9 @@ class LocalStorage(Storage):
         backup = backup.copy(self)
 
         def write(fd: int) -> None:
-            flusher = _EarlyWriteback(fd)
+            flusher = EarlyWriteback(fd)
             for message in rich_queue.get_messages():
-                _writev_all(fd, getattr(message, "pieces", (message,)))
+                writev_all(fd, getattr(message, "pieces", (message,)))
                 flusher.written(len(message))
 
         try:
@@ -577,7 +380,7 @@ class LocalStorage(Storage):
             fd = self._open_dir(path)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        except _SymlinkInside as link:
+        except SymlinkInside as link:
             warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
             return []
         except OSError as exc:
@@ -613,7 +416,7 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"cannot create directory {path}: {exc}") from exc
         for created in reversed(missing):
-            _fsync_dir(os.path.dirname(created))
+            fsync_dir(os.path.dirname(created))
 
     def rmtree(self, path: str) -> None:
         """Remove ``path`` and everything below it; a missing path is a no-op.
@@ -635,23 +438,14 @@ class LocalStorage(Storage):
             dir_fd, name = self._open_parent(path)
         except (FileNotFoundError, NotADirectoryError):
             return
-        except _SymlinkInside as link:
+        except SymlinkInside as link:
             warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
             return
         except OSError as exc:
             raise StorageError(f"cannot remove {path}: {exc}") from exc
         try:
-            _remove_at(dir_fd, name)
+            remove_at(dir_fd, name)
         except OSError as exc:
             raise StorageError(f"cannot remove {path}: {exc}") from exc
         finally:
             os.close(dir_fd)
-
-
-def _copy_to_fd(src: Any, fd: int) -> None:
-    """Copy the open file ``src`` to descriptor ``fd`` (writes may be partial)."""
-    while True:
-        chunk = src.read(_COPY_CHUNK)
-        if not chunk:
-            return
-        _writev_all(fd, (chunk,))

@@ -13,7 +13,7 @@ import pytest
 
 from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
 from freezer_rsyncv2.errors import ConfigError, StorageError
-from freezer_rsyncv2.storage import local
+from freezer_rsyncv2.storage import local, localfs
 from freezer_rsyncv2.storage.base import Backup, StorageFileNotFoundError
 from freezer_rsyncv2.storage.local import LocalStorage
 from tests.unit.storage.test_contract import ENGINE, NAME, levels, queue_of, read_all, write_level
@@ -185,9 +185,9 @@ def test_writev_all_writes_every_piece_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(local.os, "writev", short_writev)
     path = tmp_path / "out"
     with open(path, "wb", buffering=0) as f:
-        local._writev_all(f.fileno(), pieces)
+        localfs.writev_all(f.fileno(), pieces)
     assert path.read_bytes() == b"".join(bytes(p) for p in pieces)
-    assert max(calls) <= local._IOV_MAX
+    assert max(calls) <= localfs._IOV_MAX
 
 
 def test_early_writeback_starts_the_disk_writes_as_the_file_grows(
@@ -197,9 +197,9 @@ def test_early_writeback_starts_the_disk_writes_as_the_file_grows(
     def fake(fd, offset, nbytes, flags):
         calls.append((offset, nbytes, flags))
         return -1 if len(calls) == 2 else 0     # one failure: retried later
-    monkeypatch.setattr(local._EarlyWriteback, "call", staticmethod(fake))
-    flusher = local._EarlyWriteback(99)
-    step = local._WRITEBACK_STEP
+    monkeypatch.setattr(localfs.EarlyWriteback, "call", staticmethod(fake))
+    flusher = localfs.EarlyWriteback(99)
+    step = localfs._WRITEBACK_STEP
     for _ in range(5):
         flusher.written(step // 2)
     # the failed range (the second call) is asked for again, with more
@@ -209,9 +209,9 @@ def test_early_writeback_starts_the_disk_writes_as_the_file_grows(
 
 
 def test_early_writeback_without_sync_file_range(monkeypatch):
-    monkeypatch.setattr(local._EarlyWriteback, "call", None)
-    local._EarlyWriteback(99).written(1 << 30)      # nothing to call
-    assert local._sync_file_range() is not None or not \
+    monkeypatch.setattr(localfs.EarlyWriteback, "call", None)
+    localfs.EarlyWriteback(99).written(1 << 30)      # nothing to call
+    assert localfs._sync_file_range() is not None or not \
         os.uname().sysname == "Linux"
 
 
