@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import socket
 import sys
@@ -23,6 +24,7 @@ from freezer_rsyncv2 import opts
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import verify
 from freezer_rsyncv2.engine import rsyncv2
+from freezer_rsyncv2.fs.safepath import escape
 from freezer_rsyncv2.storage import factory
 from freezer_rsyncv2.stream import compression
 
@@ -42,6 +44,56 @@ class UsageError(Exception):
     """A command line that cannot work (exit code 2)."""
 
 
+def _printable(text: object) -> str:
+    """``text`` made safe for one line of a terminal (``safepath.escape``).
+
+    Messages and names printed here may carry stored paths or names a
+    storage lists: attacker data.  Backslashes are kept as they are:
+    names inside messages were escaped (with their backslashes doubled)
+    where the message was made.
+    """
+    return escape(str(text), backslash=False)
+
+
+class OneLineLogFilter(logging.Filter):
+    """Escapes control characters in every log message (``_printable``).
+
+    Installed on the command line's log handlers, so that no module's
+    message, whatever name it quotes and however, can put a second line
+    into the log or an escape sequence onto the terminal, and an
+    undecodable name (a surrogate from ``os.fsdecode``) cannot make the
+    handler fail to encode it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:       # the handler reports its own format error
+            return True
+        clean = _printable(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+class PrintableFormatter(logging.Formatter):
+    """Wraps a handler's formatter: every line it writes is ``_printable``.
+
+    ``OneLineLogFilter`` sees the message only; the formatter appends an
+    exception's text and traceback (``--debug``), whose lines are kept
+    as lines here, each escaped, so that no exception message either can
+    drive the terminal.
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        return "\n".join(_printable(line) for line in text.split("\n"))
+
+
 class TtyProgress(prog.Progress):
     """One status line on a terminal, redrawn at most 5 times a second."""
 
@@ -55,7 +107,9 @@ class TtyProgress(prog.Progress):
 
     def phase(self, name: str, total_bytes: int | None = None) -> None:
         self._line(force=True)
-        self.name, self.done, self.entries = name, 0, 0
+        # The status line is redrawn with "\r": nothing in it may move
+        # the cursor or drive the terminal (see ``_printable``).
+        self.name, self.done, self.entries = _printable(name), 0, 0
         self.start = time.monotonic()
 
     def advance(self, nbytes: int) -> None:
@@ -188,7 +242,15 @@ def _setup_logging(debug: bool) -> None:
     log.register_options(conf)
     conf(args=[], project="freezer-rsyncv2")
     conf.set_override("debug", debug)
+    theirs = set(logging.getLogger().handlers)     # e.g. a test runner's
     log.setup(conf, "freezer-rsyncv2")
+    for handler in logging.getLogger().handlers:
+        if handler in theirs:
+            continue
+        if not any(isinstance(f, OneLineLogFilter) for f in handler.filters):
+            handler.addFilter(OneLineLogFilter())
+        if not isinstance(handler.formatter, PrintableFormatter):
+            handler.setFormatter(PrintableFormatter(handler.formatter))
 
 
 def _engine(args: argparse.Namespace, storage, progress) -> rsyncv2.Rsyncv2Engine:
@@ -279,8 +341,8 @@ def cmd_restore(args: argparse.Namespace, progress) -> int:
     if progress is not None:
         progress.close()
     print("restored %s up to level %d into %s in %.2f s"
-          % (_name(args), level, args.restore_abs_path,
-             time.monotonic() - start))
+          % (_printable(_name(args)), level,
+             _printable(args.restore_abs_path), time.monotonic() - start))
     return EXIT_OK
 
 
@@ -293,7 +355,7 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
         raise errors.BackupNotFoundError("no backup named %s in %s"
                                          % (names[0], args.container))
     for name in names:
-        print(name)
+        print(_printable(name))      # names a storage lists: attacker data
         for chain in storage.list_chains(engine, name):
             first = chain[min(chain)]
             print("  chain %s" % _iso(first.level_zero_timestamp))
@@ -335,12 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, progress)
     except (errors.ConfigError, cfg.Error, UsageError) as err:
-        print("freezer-rsyncv2: error: %s" % err, file=sys.stderr)
+        print("freezer-rsyncv2: error: %s" % _printable(err), file=sys.stderr)
         return EXIT_USAGE
     except (errors.Rsyncv2Error, OSError) as err:
         if args.debug:
             LOG.exception("failed")
-        print("freezer-rsyncv2: error: %s" % err, file=sys.stderr)
+        print("freezer-rsyncv2: error: %s" % _printable(err), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("freezer-rsyncv2: interrupted", file=sys.stderr)

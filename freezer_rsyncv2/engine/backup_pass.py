@@ -108,7 +108,7 @@ class BackupPass:
                            "deleted": self.summary.entries_deleted})
 
     def _warn(self, path: bytes, message: str) -> None:
-        text = "%s: %s" % (os.fsdecode(path), message)
+        text = "%s: %s" % (fswalk.show_path(path), message)
         LOG.warning(text)
         self.summary.warnings.append(text)
         self.progress.warning(path, message)

@@ -32,6 +32,7 @@ from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
 from freezer_rsyncv2.fs import restore as fsrestore
+from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.stream import (
     compression, crypto, encoder, frames, place, records)
 
@@ -324,7 +325,7 @@ class Rsyncv2Engine(base.BackupEngine):
             raise
 
     def _restore_warning(self, path: bytes, message: str) -> None:
-        LOG.warning("%s: %s", os.fsdecode(path), message)
+        LOG.warning("%s: %s", fswalk.show_path(path), message)
         self.progress.warning(path, message)
 
 

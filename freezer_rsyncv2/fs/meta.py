@@ -35,6 +35,30 @@ def _proc_available() -> bool:
     return os.path.isdir(_PROC_FD)
 
 
+SharedCheck = Callable[[os.stat_result], bool]
+
+
+def _refuse_shared(entry: Entry, st: os.stat_result,
+                   shared: SharedCheck | None) -> None:
+    """Refuse to change an inode that names we did not make also reach.
+
+    A non-directory with more than one link may be a hardlink to a file
+    outside the restore root (an existing directory restored over with
+    ``--overwrite``): changing its owner, mode, xattrs or times changes
+    that file too.  ``shared`` says which such inodes the caller itself
+    linked (and may therefore change); the restore replaces any other by
+    a copy before it gets here (``RestoreTree._copy_over``).
+    """
+    if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
+        return
+    if shared is not None and shared(st):
+        return
+    raise RestoreError(
+        f"{show(entry.path)} has {st.st_nlink} hard links that this restore "
+        f"did not make: refusing to change the owner, mode, times or xattrs "
+        f"of an inode other names share")
+
+
 class MetaApplier:
     """Sets owner, xattrs, mode and times, in that order.
 
@@ -42,7 +66,9 @@ class MetaApplier:
     it) and every change bumps ctime but only utime sets mtime/atime (so
     times come last).  setuid/setgid survive only when ownership was
     actually restored: a setuid binary handed to the restoring user
-    instead of its real owner would be a privilege gift.
+    instead of its real owner would be a privilege gift.  An inode that
+    other names share is only changed when the caller vouches for them
+    (``shared``): see ``_refuse_shared``.
     """
 
     def __init__(self, restore_owner: bool, warn: WarningCallback) -> None:
@@ -88,20 +114,23 @@ class MetaApplier:
         os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
 
     def apply_at(self, dir_fd: int, name: bytes, entry: Entry, *,
-                 sync_xattrs: bool = True) -> None:
+                 sync_xattrs: bool = True,
+                 shared: SharedCheck | None = None) -> None:
         """Apply to ``name`` in ``dir_fd``, which must be of entry's kind.
 
-        Owner and times go through the *at() calls with
-        AT_SYMLINK_NOFOLLOW, which never follow.  Mode and xattrs have no
-        such variant on Linux, so the object is pinned with an O_PATH
-        descriptor (opened O_NOFOLLOW, type checked) and changed through
-        its /proc/self/fd link, which designates that very inode; a
-        symlink swapped in afterwards changes nothing.  Devices are never
-        opened for real (that could rewind a tape).
+        The object is pinned with an O_PATH descriptor (opened
+        O_NOFOLLOW), its type and link count are checked on that
+        descriptor (``_refuse_shared``, with ``shared``), and owner,
+        xattrs, mode and times are all changed through its /proc/self/fd
+        link, which designates that very inode: a name swapped meanwhile
+        (a symlink, another file) changes nothing.  Without /proc, by
+        name with the *at() calls (AT_SYMLINK_NOFOLLOW where Linux has
+        it).  Devices are never opened for real (that could rewind a
+        tape).
         """
         expected = KIND_FORMAT[entry.kind]
         if expected == stat.S_IFLNK:
-            self._apply_symlink(dir_fd, name, entry)
+            self._apply_symlink(dir_fd, name, entry, shared)
             return
         fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=dir_fd)
@@ -110,24 +139,28 @@ class MetaApplier:
             if stat.S_IFMT(st.st_mode) != expected:
                 raise RestoreError(f"{show(entry.path)} is not a "
                                    f"{entry.kind!r} entry on disk")
-            owned = self._chown(entry, lambda u, g: os.chown(
-                name, u, g, dir_fd=dir_fd, follow_symlinks=False))
-            handle = f'{_PROC_FD}/{fd}' if self.use_proc else None
-            if handle is not None:
+            _refuse_shared(entry, st, shared)
+            times = (entry.atime_ns, entry.mtime_ns)
+            if self.use_proc:
+                handle = f'{_PROC_FD}/{fd}'
+                owned = self._chown(entry,
+                                    lambda u, g: os.chown(handle, u, g))
                 if entry.xattrs or sync_xattrs:
                     write_xattrs(handle.encode(), entry.xattrs,
                                  sync=sync_xattrs,
                                  on_error=self._xattr_warner(entry))
                 os.chmod(handle, self._mode(entry, owned))
-            else:
-                # No /proc: fall back to a lookup by name; the type was
-                # just checked, the window is a concurrent local attacker.
-                if entry.xattrs:
-                    self.warn(entry.path,
-                              "xattrs not restored: /proc not available")
-                os.chmod(name, self._mode(entry, owned), dir_fd=dir_fd)
-            os.utime(name, ns=(entry.atime_ns, entry.mtime_ns),
-                     dir_fd=dir_fd, follow_symlinks=False)
+                os.utime(handle, ns=times)
+                return
+            # No /proc: by name; the type was just checked, the window is
+            # a concurrent local attacker.
+            owned = self._chown(entry, lambda u, g: os.chown(
+                name, u, g, dir_fd=dir_fd, follow_symlinks=False))
+            if entry.xattrs:
+                self.warn(entry.path,
+                          "xattrs not restored: /proc not available")
+            os.chmod(name, self._mode(entry, owned), dir_fd=dir_fd)
+            os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
         finally:
             os.close(fd)
 
@@ -136,7 +169,11 @@ class MetaApplier:
         fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=dir_fd)
         try:
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            # Only for directories (an existing one getting children):
+            # never a symlink, nor an inode other names share.
+            shared = not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1
+            if stat.S_ISLNK(st.st_mode) or shared:
                 return
             if self.use_proc:
                 os.chmod(f'{_PROC_FD}/{fd}', mode)
@@ -145,12 +182,15 @@ class MetaApplier:
         finally:
             os.close(fd)
 
-    def _apply_symlink(self, dir_fd: int, name: bytes, entry: Entry) -> None:
+    def _apply_symlink(self, dir_fd: int, name: bytes, entry: Entry,
+                       shared: SharedCheck | None = None) -> None:
         """Symlinks: owner and times only (Linux has no symlink modes and
-        refuses user.* xattrs on them)."""
+        refuses user.* xattrs on them).  A symlink can be hardlinked too:
+        one with other names is refused like any other inode."""
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             raise RestoreError(f"{show(entry.path)} is not a symlink on disk")
+        _refuse_shared(entry, st, shared)
         self._chown(entry, lambda u, g: os.chown(
             name, u, g, dir_fd=dir_fd, follow_symlinks=False))
         if entry.xattrs:

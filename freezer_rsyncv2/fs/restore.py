@@ -16,10 +16,12 @@ from freezer_rsyncv2.errors import (
 from freezer_rsyncv2.fs import safepath
 from freezer_rsyncv2.fs.entry import (
     DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
-from freezer_rsyncv2.fs.filedata import TMP_PREFIX
+from freezer_rsyncv2.fs.filedata import (
+    TMP_PREFIX, BasisRange, copy_range, create_temp)
 from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
 from freezer_rsyncv2.fs.regular import RegularFiles, Staged, os_errors
-from freezer_rsyncv2.fs.safepath import lstat_at, remove_at, show
+from freezer_rsyncv2.fs.safepath import DirCache, lstat_at, remove_at, show
+from freezer_rsyncv2.fs.walk import data_ranges
 from freezer_rsyncv2.threads import OrderedWorker
 
 LOG = log.getLogger(__name__)
@@ -31,6 +33,11 @@ _NODE_MODE = 0o600  # fifos and devices until their metadata is applied
 
 def _log_warning(path: bytes, message: str) -> None:
     LOG.warning("%s: %s", show(path), message)
+
+
+def _inode(st: os.stat_result) -> int:
+    """One int naming an inode (device and number): a compact set key."""
+    return st.st_dev << 64 | st.st_ino
 
 
 class RestoreTree(RegularFiles):
@@ -46,6 +53,19 @@ class RestoreTree(RegularFiles):
     (deepest first) so that creating children neither disturbs restored
     mtimes nor hits a read-only directory.  One tree may serve all the
     levels of a restore: ``finish()`` once, after the last.
+
+    Metadata is only ever applied to an inode that no name outside this
+    restore can reach: one this restore created, or one with a single
+    link (this name).  A regular file that a metadata-only or hardlink
+    record names but that shares its inode with other names the restore
+    did not make (a pre-existing hardlink, perhaps to a file outside the
+    root) is first replaced by a copy of itself (``_copy_over``): the
+    other names keep their owner, mode, times and xattrs.
+
+    Parent directories are found through a ``DirCache``: entries come in
+    tree order, so each costs the components it does not share with the
+    previous one, with a bounded number of descriptors open, however
+    deep the tree.
 
     Used as a context manager, ``finish()`` runs on a clean exit; on an
     exception staged files are removed and the descriptors released.
@@ -71,15 +91,36 @@ class RestoreTree(RegularFiles):
         self._dirs: dict[bytes, Entry] = {}
         self._parent_times: dict[bytes, tuple[int, int]] = {}
         self._staged: dict[bytes, Staged] = {}
-        #: the level being applied (named in errors about staged files)
-        self.level: Any = None
+        # Inodes (``_inode``) this restore gave a second name (hardlink
+        # records): the only inodes with several links whose metadata it
+        # changes in place.
+        self._linked: set[int] = set()
         self._fd: int | None = None
+        self._cache: DirCache | None = None
+        self._level: Any = None
         # Hashes big files on another core while this thread writes them.
         self._hash_worker = OrderedWorker("rsyncv2-restore-digest")
         with os_errors(root_b, "open restore directory"):
             os.makedirs(root_b, exist_ok=True)
             fd = os.open(root_b, safepath.DIR_WALK_FLAGS & ~os.O_NOFOLLOW)
         self._fd = fd
+        self._cache = DirCache(fd)
+
+    @property
+    def level(self) -> Any:
+        """The level being applied (named in errors about staged files).
+
+        Setting it (a new level starts) also drops the cached directory
+        descriptors: what happened to the tree between two levels is seen
+        afresh, as if every path were walked from the root again.
+        """
+        return self._level
+
+    @level.setter
+    def level(self, value: Any) -> None:
+        self._level = value
+        if self._cache is not None:
+            self._cache.reset()
 
     # -- plumbing -----------------------------------------------------
 
@@ -98,6 +139,9 @@ class RestoreTree(RegularFiles):
     def close(self) -> None:
         """Release the root descriptor (idempotent)."""
         self._hash_worker.close()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -122,18 +166,27 @@ class RestoreTree(RegularFiles):
         changes only as a side effect (a temp file renamed into it).
         """
         parts = safepath.check_path(path)
-        fd = safepath.open_dir(self._root_fd, parts[:-1], path, create=create)
-        if fd is not None and len(parts) > 1 and \
-                (create if mutate is None else mutate):
-            parent = b'/'.join(parts[:-1])
-            if parent not in self._parent_times:
-                st = os.fstat(fd)
-                self._parent_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
+        if self._fd is None or self._cache is None:
+            raise RestoreError("restore tree is closed")
+        cached = self._cache.lookup(parts[:-1], path, create=create)
+        # A descriptor of the caller's own: the cache may move on (a
+        # hardlink looks up two parents) while the caller still uses it.
+        fd = None if cached is None else os.dup(cached)
         try:
+            if fd is not None and (create if mutate is None else mutate):
+                self._note_times(parts, fd)
             yield fd, parts[-1]
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _note_times(self, parts: list[bytes], parent_fd: int) -> None:
+        """Remember the parent's times before this level first changes it."""
+        if len(parts) > 1:
+            parent = b'/'.join(parts[:-1])
+            if parent not in self._parent_times:
+                st = os.fstat(parent_fd)
+                self._parent_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _clear(self, dir_fd: int, name: bytes, path: bytes,
                keep_dir: bool = False) -> os.stat_result | None:
@@ -147,6 +200,9 @@ class RestoreTree(RegularFiles):
             return None
         if keep_dir and stat.S_ISDIR(st.st_mode):
             return st
+        assert self._cache is not None
+        # Never keep a descriptor of what goes (nor of anything below it).
+        self._cache.invalidate(path.split(b'/'))
         if stat.S_ISDIR(st.st_mode):
             self._dirs.pop(path, None)
             self._forget_staged_below(path)
@@ -182,21 +238,37 @@ class RestoreTree(RegularFiles):
         A staged file that fails its check is removed, the others are
         renamed and the directories finished; then the failure is raised.
         """
+        if self._cache is not None:
+            self._cache.reset()     # walk afresh: the tree may have changed
         try:
             self.finalize_all()
         finally:
             self._finish_dirs()
 
     def _finish_dirs(self) -> None:
-        pending = sorted(self._dirs.values(),
-                         key=lambda e: e.path.count(b'/'), reverse=True)
-        touched = {p: t for p, t in self._parent_times.items()
-                   if p not in self._dirs}
+        """Directory metadata and times, in reverse tree order.
+
+        Reverse tree order (``walk.sort_key``, descending) puts every
+        directory after everything below it, as deepest-first does, and
+        keeps consecutive paths close, so the directory cache serves them
+        at a bounded cost each whatever the depth.  The key is the path
+        with its separators as NUL, which sorts below every byte a name
+        may hold: the same order as tuples of components, at the memory
+        cost of one copy of each path.
+        """
+        work: list[tuple[bytes, Entry | None, tuple[int, int] | None]] = [
+            (path, None, times) for path, times in self._parent_times.items()
+            if path not in self._dirs]
+        work += [(path, entry, None) for path, entry in self._dirs.items()]
+        work.sort(key=lambda item: item[0].replace(b'/', b'\0'),
+                  reverse=True)
         self._dirs = {}
         self._parent_times = {}
-        for path, times in touched.items():
-            self._put_back_times(path, times)
-        for entry in pending:
+        for path, entry, times in work:
+            if entry is None:
+                assert times is not None
+                self._put_back_times(path, times)
+                continue
             try:
                 self._finish_dir(entry)
             except UnsafePathError as exc:
@@ -298,12 +370,18 @@ class RestoreTree(RegularFiles):
                     f"hardlink {show(entry.path)}: target "
                     f"{show(b'/'.join(src_parts))} is not a restored file")
             assert src_dir is not None
+            if not self._ours(st):
+                # Linking it would hand the record's metadata to names
+                # this restore did not make: link a copy instead.
+                self._note_times(src_parts, src_dir)
+                st = self._copy_over(src_dir, src_name, source, st, entry)
+            self._linked.add(_inode(st))
             with self._parent(entry.path) as (parent, name):
                 assert parent is not None
                 self._clear(parent, name, entry.path)
                 os.link(src_name, name, src_dir_fd=src_dir,
                         dst_dir_fd=parent, follow_symlinks=False)
-                self.meta.apply_at(parent, name, entry)
+                self.meta.apply_at(parent, name, entry, shared=self._made)
 
     # -- removal and metadata-only changes ----------------------------
 
@@ -338,7 +416,90 @@ class RestoreTree(RegularFiles):
             if entry.kind in DEVICE_KINDS and not self.is_root:
                 return
             assert parent is not None
-            self.meta.apply_at(parent, name, entry)
+            if stat.S_ISREG(st.st_mode) and not self._ours(st):
+                self._note_times(entry.path.split(b"/"), parent)
+                self._copy_over(parent, name, entry.path, st, entry)
+                return
+            # Anything else with other names (a hardlinked symlink, fifo
+            # or device) is refused by apply_at: records never ask for it.
+            self.meta.apply_at(parent, name, entry, shared=self._made)
+
+    # -- inodes shared with names this restore did not make -------------
+
+    def _made(self, st: os.stat_result) -> bool:
+        """Whether this restore gave ``st``'s inode all its extra names."""
+        return _inode(st) in self._linked
+
+    def _ours(self, st: os.stat_result) -> bool:
+        """Whether changing ``st``'s inode can only affect restored names.
+
+        True for an inode with one link (the name being restored) or one
+        whose other links this restore made (``make_hardlink``); a
+        pre-existing hardlink, maybe to a file outside the root, is not.
+        """
+        return st.st_nlink <= 1 or self._made(st)
+
+    def _copy_over(self, parent: int, name: bytes, path: bytes,
+                   st: os.stat_result, entry: Entry) -> os.stat_result:
+        """Replace ``name`` (a regular file, ``st``) by a private copy.
+
+        For a file whose inode other names share that this restore did
+        not make: its metadata cannot change without changing theirs, and
+        they may be outside the restore root.  The content is copied
+        (kernel-side where possible, holes kept) into a temporary file,
+        which gets ``entry``'s metadata and is renamed over ``name``; the
+        other names and their inode are left exactly as they were (read
+        with O_NOATIME where allowed, so not even the access time moves).
+        Returns the stat of the copy.
+        """
+        src = _open_noatime(parent, name)
+        try:
+            src_st = os.fstat(src)
+            if (src_st.st_dev, src_st.st_ino) != (st.st_dev, st.st_ino) \
+                    or not stat.S_ISREG(src_st.st_mode):
+                raise RestoreError(f"{show(path)} changed during restore")
+            fd, tmp = create_temp(parent)
+            try:
+                try:
+                    for offset, length in data_ranges(src, src_st.st_size):
+                        os.lseek(fd, offset, os.SEEK_SET)
+                        copy_range(BasisRange(src, offset, length), fd, path)
+                    os.ftruncate(fd, src_st.st_size)
+                    self.meta.apply_fd(fd, entry)
+                    copy_st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=parent)
+                raise
+        finally:
+            os.close(src)
+        others = src_st.st_nlink - 1
+        self.warn(path, f"shared its inode with {others} other "
+                        f"name{'s' if others > 1 else ''} this restore did "
+                        f"not make (a pre-existing hardlink): restored as a "
+                        f"copy, so that they keep their owner, mode and "
+                        f"times")
+        return copy_st
+
+
+def _open_noatime(parent: int, name: bytes) -> int:
+    """Open a regular file to read it, leaving its access time alone.
+
+    O_NOATIME is allowed to the file's owner and to root only; anyone
+    else reads it without (EPERM).  O_NONBLOCK: a fifo swapped in must
+    not hang the restore (the caller checks the type on the descriptor).
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    noatime = getattr(os, 'O_NOATIME', 0)
+    if noatime:
+        try:
+            return os.open(name, flags | noatime, dir_fd=parent)
+        except PermissionError:
+            pass
+    return os.open(name, flags, dir_fd=parent)
 
 
 __all__ = ['RestoreTree', 'TMP_PREFIX']

@@ -17,6 +17,7 @@ from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import xattrs as xattr_mod
 from freezer_rsyncv2.fs.entry import (
     KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, Entry, kind_of_mode)
+from freezer_rsyncv2.fs.safepath import escape
 
 LOG = log.getLogger(__name__)
 
@@ -25,8 +26,14 @@ StrOrBytesPath = str | bytes | os.PathLike
 
 
 def show_path(path: bytes) -> str:
-    """Printable form of a raw path (undecodable bytes escaped, not lost)."""
-    return path.decode('utf-8', 'backslashreplace')
+    """Printable, one-line form of a raw path (``safepath.escape``).
+
+    Control characters (a newline, ESC, CSI...) are escaped so that a
+    file name can neither forge a log line nor drive the terminal;
+    undecodable bytes are escaped, not lost.  Unquoted; ``safepath.show``
+    is the quoted form.
+    """
+    return escape(path)
 
 
 def _log_warning(path: bytes, message: str) -> None:
