@@ -328,11 +328,19 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
         except errors.IntegrityError as err:
             raise type(err)("frame %d at byte %d: %s"
                             % (index, where, err)) from err
-        yield codec.decompress(packed, plain_len)
+        plain = codec.decompress(packed, plain_len)
         sealed = packed = None      # no view of this chunk kept meanwhile
-        index += 1
         if flags & FLAG_FINAL:
-            break
-    if not buf.at_end():
-        raise errors.CorruptRecordError(
-            "unexpected bytes after the final frame (byte %d)" % buf.consumed)
+            # Checked before the last plaintext is handed on: a consumer
+            # stops at the END record and never resumes this generator, so
+            # a check after the yield would never run.  The next storage
+            # chunk is asked for here; it may hold the stray bytes.
+            if not buf.at_end():
+                raise errors.CorruptRecordError(
+                    "unexpected bytes after the final frame (frame %d, "
+                    "byte %d)" % (index, buf.consumed))
+            yield plain
+            return
+        yield plain
+        plain = None
+        index += 1

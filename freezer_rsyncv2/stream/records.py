@@ -14,6 +14,7 @@ import msgpack
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.rsync import signature as rsig
 
 BEGIN = 1        # [1, {meta}]                 first record of a stream
 ENTRY = 2        # [2, {entry}]                one tree entry (data stream)
@@ -52,6 +53,9 @@ MAX_NAME = 255
 MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16
 MAX_INT = (1 << 63) - 1
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+I64_MIN = -(1 << 63)
 DIGEST_LEN = 32
 #: blocks in one SIGBLOCKS record (20 bytes each: a record stays < 1 MiB)
 MAX_SIG_RUN = 32768
@@ -83,6 +87,44 @@ _ENTRY_FIELDS = {
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
     "dg": bytes, "B": int, "w": bytes, "S": bytes, "x": dict, "sg": str,
+}
+#: Inclusive bounds of every integer key of an entry map.  A value a
+#: restore's system call cannot take would surface as a bare OverflowError
+#: (or do something else than the backup meant) far from the record, so
+#: each is refused when decoded.  The bounds are what the backup side can
+#: produce (``os.lstat`` on Linux) and what restore hands the value to.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    # Permission bits only: the walk stores stat.S_IMODE (os.chmod takes a
+    # C int and a file type has no meaning here; "k" carries the type).
+    "m": (0, 0o7777),
+    # uid_t/gid_t are 32 bits; (uid_t)-1 is no id but chown's "leave it
+    # unchanged": the file would silently keep the restoring user's id.
+    "u": (0, U32_MAX - 1),
+    "g": (0, U32_MAX - 1),
+    "s": (0, MAX_INT),                  # off_t
+    # Nanoseconds: anything msgpack carries (int64 up to uint64), since
+    # os.utime takes every such value (the seconds fit a 64-bit time_t;
+    # the file system clamps).  Honest files may be dated before 1970 or
+    # after 2262 (2**63 ns), and a backup writes -1 to force a re-read.
+    "mt": (I64_MIN, U64_MAX),
+    "at": (I64_MIN, U64_MAX),
+    "ct": (I64_MIN, U64_MAX),
+    # ino_t, dev_t, nlink_t as stat gives them (64 bits on Linux; an
+    # overlayfs inode number may use the top bit); a restore only keeps
+    # them.
+    "i": (0, U64_MAX),
+    "d": (0, U64_MAX),
+    "n": (0, U64_MAX),
+    # A device number as Linux's stat gives it and mknod takes it (major
+    # below 2**12, minor below 2**20: 32 bits in glibc's encoding); a
+    # larger value is refused here rather than by the kernel, so a
+    # restore that skips devices (not root) and verify refuse it too.
+    "rd": (0, U32_MAX),
+    # Block lengths as rsync.signature accepts them (a fixed block size of
+    # at most 16 MiB); the basis size is an off_t.
+    "bl": (1, rsig.MAX_FIXED_BLOCK),
+    "bs": (0, MAX_INT),
+    "B": (1, rsig.MAX_FIXED_BLOCK),
 }
 
 
@@ -201,9 +243,8 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
             raise errors.CorruptRecordError(
                 "entry %r field %r has type %s"
                 % (path, key, type(value).__name__))
-        if typ is int and not -MAX_INT <= value <= MAX_INT:
-            raise errors.CorruptRecordError(
-                "entry %r field %r out of range: %d" % (path, key, value))
+        if typ is int:
+            _check_bounds(path, key, value)
         if typ is bytes and len(value) > MAX_PATH:
             raise errors.CorruptRecordError(
                 "entry %r field %r too long" % (path, key))
@@ -212,8 +253,6 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
     if kwargs["kind"] not in fsentry.KINDS:
         raise errors.CorruptRecordError(
             "entry %r has unknown kind %r" % (path, kwargs["kind"]))
-    if kwargs["size"] < 0:
-        raise errors.CorruptRecordError("entry %r has negative size" % path)
     extra: dict[str, Any] = {}
     for key, value in m.items():
         if key in _ENTRY_FIELDS:
@@ -226,6 +265,8 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
             raise errors.CorruptRecordError(
                 "entry %r field %r has type %s"
                 % (path, key, type(value).__name__))
+        if typ is int:
+            _check_bounds(path, key, value)
         extra[key] = value
     kwargs["xattrs"] = _check_xattrs(path, extra.pop("x", {}))
     data = extra.get("data", DATA_NONE)
@@ -242,6 +283,16 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
             "entry %r has a malformed signature kind %r"
             % (path, extra["sg"]))
     return fsentry.Entry(**kwargs), extra
+
+
+def _check_bounds(path: Any, key: str, value: int) -> None:
+    """Refuse an integer field outside ``INT_BOUNDS``, naming it."""
+    lo, hi = INT_BOUNDS[key]
+    if not lo <= value <= hi:
+        form = "%#o" if key == "m" else "%d"    # modes read best in octal
+        raise errors.CorruptRecordError(
+            ("entry %%r field %%r out of range: %s (allowed %s..%s)"
+             % (form, form, form)) % (path, key, value, lo, hi))
 
 
 def _check_xattrs(path: Any, x: dict) -> dict[bytes, bytes]:
@@ -426,10 +477,15 @@ def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
         if not first and rec[0] == BEGIN:
             raise errors.CorruptRecordError("second BEGIN record")
         first = False
-        yield rec
         if rec[0] == END:
+            # Checked before END is handed on: a consumer (a restore) stops
+            # at END and never resumes this generator.  at_end() reads the
+            # frames to their end, so the frame layer's own checks (a final
+            # frame, nothing after it) run here too.
             if not reader.at_end():
                 raise errors.CorruptRecordError(
                     "trailing bytes after END record")
+            yield rec
             return
+        yield rec
     raise errors.TruncatedError("stream ends before its END record")

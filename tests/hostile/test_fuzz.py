@@ -76,12 +76,22 @@ def test_every_byte_flip(arena):
 paths = st.sampled_from([b"a", b"d", b"d/a.txt", b"b.bin", b"ln/x", b"..",
                          b"/abs", b"ln", b"d/../x", b"fifo", b"a/b/c"])
 kinds = st.sampled_from(["f", "d", "l", "p", "c", "b", "h", "z"])
-ints = st.one_of(st.integers(-2, 5000), st.just(1 << 62),
-                 st.just((1 << 63) - 1))
+#: Integers at the edges of every C type a restore hands them to (int,
+#: uid_t, mode_t, dev_t, off_t, time_t in ns) and of our own bounds, from
+#: both sides, and anything msgpack can carry (int64 .. uint64).
+EDGES = sorted({v for base in (0, 0o7777, 1 << 20, 1 << 24, 1 << 31, 1 << 32,
+                               1 << 62, 1 << 63, 1 << 64)
+                for v in (base - 2, base - 1, base, base + 1, -base)
+                if -(1 << 63) <= v < 1 << 64})
+ints = st.one_of(st.integers(-2, 5000), st.sampled_from(EDGES),
+                 st.integers(-(1 << 63), (1 << 64) - 1))
+#: every integer key of an entry map (records.INT_BOUNDS checks the list)
+INT_KEYS = ["m", "u", "g", "s", "mt", "at", "ct", "i", "d", "n", "rd",
+            "bl", "bs"]
 entry_fields = st.fixed_dictionaries(
     {"p": paths, "k": kinds},
-    optional={"s": ints, "m": st.integers(0, 0o7777), "mt": ints,
-              "l": paths, "h": paths, "pn": paths, "bl": ints, "bs": ints,
+    optional={**{key: ints for key in INT_KEYS},
+              "l": paths, "h": paths, "pn": paths,
               "data": st.sampled_from(["none", "full", "delta", "meta", "x"]),
               "x": st.dictionaries(st.sampled_from([b"user.a", b"trusted.b",
                                                     b"security.c"]),
@@ -97,6 +107,13 @@ record = st.one_of(
         lambda t: [records.END_FILE, *t]),
     paths.map(lambda p: [records.DELETE, p]),
 )
+
+
+def test_the_fuzz_covers_every_integer_field():
+    assert set(INT_KEYS) | {"B"} == set(records.INT_BOUNDS)
+    for edge in (1 << 31, 1 << 32, (1 << 32) - 1, 1 << 63, (1 << 63) - 1,
+                 (1 << 64) - 1, -(1 << 63), -1, 0o10000, (1 << 24) + 1):
+        assert edge in EDGES
 
 
 @FUZZ
@@ -138,6 +155,66 @@ def test_honest_stream_digest_sanity():
     assert recs[-1][2] == hashlib.sha256(b"abc").digest()
 
 
+#: One object as a backup writes it (so that it reaches the system calls
+#: that apply it), with a few integer fields of its entry replaced: the
+#: class of bug where a value decodes but a restore cannot take it.
+OBJECTS = {
+    "file": lambda f: [sk.entry(b"new", "f", **{"s": 3, "data": "full",
+                                                **f}),
+                       [records.LITERAL, b"new"],
+                       [records.END_FILE, 3, hashlib.sha256(b"new").digest()]],
+    "meta": lambda f: [sk.entry(b"b.bin", "f", **{"s": 3000, "data": "meta",
+                                                  **f})],
+    "delta": lambda f: [sk.entry(b"d/a.txt", "f", **{
+        "s": 250, "data": "delta", "bl": 700, "bs": 250, **f}),
+        [records.COPY, 0, 1],
+        [records.END_FILE, 250, hashlib.sha256(b"alpha" * 50).digest()]],
+    "dir": lambda f: [sk.entry(b"newdir", "d", **f)],
+    "symlink": lambda f: [sk.entry(b"newln", "l", l=b"b.bin", **f)],
+    "fifo": lambda f: [sk.entry(b"newfifo", "p", **f)],
+    "device": lambda f: [sk.entry(b"newdev", "c", **{"rd": 0x0103, **f})],
+    "hardlink": lambda f: [sk.entry(b"newlink", "h", h=b"b.bin", **f)],
+}
+
+
+#: one field at a time gets an edge or a wide value (several at once would
+#: mostly be refused for the first one met), the others a value in range
+hostile_fields = st.lists(st.tuples(
+    st.sampled_from(INT_KEYS),
+    st.one_of(st.sampled_from(EDGES), st.integers(-(1 << 63), (1 << 64) - 1))),
+    min_size=1, max_size=3, unique_by=lambda t: t[0])
+fair_fields = st.lists(st.sampled_from(INT_KEYS).flatmap(
+    lambda key: st.tuples(st.just(key),
+                          st.integers(*records.INT_BOUNDS[key]))),
+    max_size=2).map(dict)
+
+
+@FUZZ
+@given(hostile_fields, fair_fields)
+def test_random_integers_in_honest_entries(tmp_path_factory, hostile, fair):
+    """Each hostile field is tried on every kind of object, each in a level
+    of its own: a field only some kinds use (rd) is tried on those too."""
+    top = tmp_path_factory.mktemp("fuzzints")
+    sentinel = top / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "s.txt").write_bytes(b"s")
+    root = top / "restore"
+    sk.restore_stream(str(root), honest_level())
+    before = sk.tree_state(str(sentinel))
+    for key, value in hostile:
+        for obj in sorted(OBJECTS):
+            recs = OBJECTS[obj]({**fair, key: value})
+            try:
+                sk.restore_stream(str(root), sk.encode(recs, level=1),
+                                  level=1)
+            except errors.Rsyncv2Error:
+                pass
+            assert sk.tree_state(str(sentinel)) == before
+            assert sorted(os.listdir(top)) == ["restore", "sentinel"]
+            assert_consistent(str(root))
+    shutil.rmtree(top)
+
+
 sig_record = st.one_of(
     st.tuples(ints, st.integers(1, 40)).map(
         lambda t: records.sig_blocks(t[0], b"w" * 4 * t[1], b"s" * 16 * t[1])),
@@ -145,10 +222,11 @@ sig_record = st.one_of(
 )
 manifest_head = st.tuples(
     st.sampled_from([b"a", b"b", b"c"]), ints, ints,
-    st.sampled_from(["f", "d", "x", None])).map(
+    st.sampled_from(["f", "d", "x", None]),
+    st.dictionaries(st.sampled_from(INT_KEYS), ints, max_size=2)).map(
     lambda t: records.pack([records.MANIFEST, {
-        "p": t[0], "k": "f", "m": 0o644, "u": 0, "g": 0, "s": t[1],
-        "mt": 0, "at": 0, "B": t[2], "dg": b"d" * 32,
+        "p": t[0], "k": "f", "m": 0o644, "u": 0, "g": 0, "mt": 0, "at": 0,
+        **t[4], "s": t[1], "B": t[2], "dg": b"d" * 32,
         **({"sg": t[3]} if t[3] else {})}]))
 
 

@@ -158,3 +158,58 @@ def test_null_cipher_checksum_by_version():
         with pytest.raises(errors.IntegrityError):
             cipher.open(0, aad + b"x", sealed)
     assert frames.NullCipher().overhead == 8    # new streams: version 2
+
+
+# -- the end of a stream (hostile storage, round 2, finding 4) ---------------
+
+def _chunked(data, size, split_at=None):
+    """``data`` in chunks of ``size``; with ``split_at``, a chunk (and an
+    empty one) always ends there, so what follows arrives later."""
+    if split_at is not None:
+        return _chunked(data[:split_at], size) + [b""] + \
+            _chunked(data[split_at:], size)
+    if size is None:
+        return [data]
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def _two_frames(final: bool = True) -> bytes:
+    writer = frames.FrameWriter(frames.KIND_DATA, compression.by_name("none"))
+    return writer.header() + writer.frame(b"first") + \
+        writer.frame(b"last", final=final)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, None])
+@pytest.mark.parametrize("tail", [b"\x00", b"x" * 5000, "frame"])
+def test_bytes_after_the_final_frame_in_any_chunk(size, tail):
+    data = _two_frames()
+    if tail == "frame":     # a whole valid-looking frame after the final
+        tail = data[15:]
+    for split in (None, len(data)):
+        chunks = _chunked(data + tail, size, split)
+        got = []
+        with pytest.raises(errors.CorruptRecordError,
+                           match="after the final frame") as exc:
+            for plain in frames.decode_frames(chunks, frames.KIND_DATA):
+                got.append(bytes(plain))
+        assert type(exc.value) is errors.CorruptRecordError
+        # refused before the final frame's plaintext is handed on: a
+        # consumer that stops at its END record still gets the error
+        assert got == [b"first"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 64, None])
+def test_stream_without_a_final_frame_is_truncated(size):
+    data = _two_frames(final=False)
+    with pytest.raises(errors.TruncatedError, match="without its final") \
+            as exc:
+        list(frames.decode_frames(_chunked(data, size), frames.KIND_DATA))
+    assert type(exc.value) is errors.TruncatedError
+
+
+@pytest.mark.parametrize("size", [1, 9, None])
+def test_empty_chunks_after_the_final_frame_are_fine(size):
+    data = _two_frames()
+    chunks = _chunked(data, size) + [b"", b""]
+    assert [bytes(p) for p in frames.decode_frames(
+        chunks, frames.KIND_DATA)] == [b"first", b"last"]

@@ -175,3 +175,112 @@ def test_over_long_record_is_refused_without_reading_it_all():
     huge = b"\x92\x02\xdf\xff\xff\xff\xff" + b"\xa1a\x01" * 600000
     with pytest.raises(errors.FormatError):
         list(records.decode([records.begin({"level": 0}), huge]))
+
+
+# -- integer ranges (hostile storage, round 2, finding 3) ---------------------
+
+def test_every_integer_field_has_bounds():
+    ints = {k for k, (_a, typ, _r) in records._ENTRY_FIELDS.items()
+            if typ is int}
+    ints |= {k for k, typ in records._EXTRA_FIELDS.items() if typ is int}
+    assert ints == set(records.INT_BOUNDS)
+
+
+OUT_OF_RANGE = [
+    ("m", -1), ("m", 0o10000), ("m", 0o100644), ("m", 1 << 32),
+    ("u", -1), ("u", (1 << 32) - 1), ("u", 1 << 32), ("u", (1 << 63) - 1),
+    ("g", -1), ("g", (1 << 32) - 1), ("g", 1 << 32),
+    ("s", -1), ("s", 1 << 63),
+    ("mt", -(1 << 63) - 1), ("mt", 1 << 64), ("at", 1 << 64),
+    ("ct", -(1 << 64)),
+    ("i", -1), ("i", 1 << 64), ("d", -1), ("n", -1), ("n", 1 << 64),
+    ("rd", -1), ("rd", 1 << 32), ("rd", (1 << 63) - 1),
+    ("bl", 0), ("bl", -1), ("bl", (1 << 24) + 1), ("bl", 1 << 62),
+    ("bs", -1), ("bs", 1 << 63),
+    ("B", 0), ("B", -700), ("B", (1 << 24) + 1),
+]
+
+
+@pytest.mark.parametrize("key,value", OUT_OF_RANGE)
+def test_out_of_range_integers_are_refused_by_name(key, value):
+    m = {**records.entry_map(make_entry()), key: value}
+    with pytest.raises(errors.CorruptRecordError) as exc:
+        records.entry_from_map(m)
+    assert type(exc.value) is errors.CorruptRecordError
+    shown = ("%#o" % value) if key == "m" else str(value)
+    assert repr(key) in str(exc.value) and shown in str(exc.value)
+
+
+@pytest.mark.parametrize("key,value", [
+    (k, v) for k, v in OUT_OF_RANGE
+    if -(1 << 63) <= v < 1 << 64])          # what msgpack can carry
+def test_out_of_range_integers_are_refused_in_a_stream(key, value):
+    for rtype in (records.ENTRY, records.MANIFEST):
+        raw = records.pack([rtype, {**records.entry_map(make_entry()),
+                                    key: value}])
+        with pytest.raises(errors.CorruptRecordError, match=repr(key)):
+            decode(*stream(raw))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("m", 0), ("m", 0o7777), ("u", 0), ("u", (1 << 32) - 2),
+    ("g", (1 << 32) - 2), ("g", 1 << 31), ("s", (1 << 63) - 1),
+    ("mt", -(1 << 63)), ("mt", (1 << 64) - 1), ("mt", -1),
+    ("at", (1 << 64) - 1), ("ct", -(1 << 63)),
+    ("i", (1 << 64) - 1), ("d", (1 << 64) - 1), ("n", (1 << 64) - 1),
+    ("rd", 0), ("rd", (1 << 32) - 1),
+    ("bl", 1), ("bl", 1 << 24), ("bs", 0), ("bs", (1 << 63) - 1),
+    ("B", 1), ("B", 1 << 24),
+])
+def test_integers_at_the_bounds_are_taken(key, value):
+    raw = records.pack([records.MANIFEST, {**records.entry_map(make_entry()),
+                                           key: value}])
+    rec = decode(*stream(raw))[1]
+    attr = records._ENTRY_FIELDS.get(key, (None,))[0]
+    got = rec[2][key] if attr is None else getattr(rec[1], attr)
+    assert got == value
+
+
+def test_bool_is_no_integer():
+    for key in records.INT_BOUNDS:
+        with pytest.raises(errors.CorruptRecordError):
+            records.entry_from_map({**records.entry_map(make_entry()),
+                                    key: True})
+
+
+# -- nothing after END, checked before END is handed on (finding 4) ----------
+
+@pytest.mark.parametrize("tail", [
+    records.delete(b"x"), records.end({}), b"\x00", b"\xc1",
+    records.literal(b"z" * 70000)])
+@pytest.mark.parametrize("size", [1, 5, 64, None])
+def test_a_consumer_stopping_at_end_still_sees_trailing_data(tail, size):
+    """A restore returns at END and never resumes the decoder: the check
+    must run before END comes out, whatever the frame boundaries."""
+    data = b"".join(stream(records.delete(b"a"))) + tail
+    if size is None:        # the tail in a plaintext of its own
+        plains = [data[:-len(tail)], b"", tail]
+    else:
+        plains = [data[i:i + size] for i in range(0, len(data), size)]
+    seen = []
+    with pytest.raises(errors.CorruptRecordError, match="after END"):
+        for rec in records.decode(plains):
+            seen.append(rec[0])
+            if rec[0] == records.END:
+                break
+    assert seen == [records.BEGIN, records.DELETE]
+
+
+def test_empty_plaintexts_after_end_are_fine():
+    data = b"".join(stream(records.delete(b"a")))
+    assert [r[0] for r in records.decode([data, b"", b""])] == [
+        records.BEGIN, records.DELETE, records.END]
+
+
+def test_errors_of_the_frames_after_end_come_out_before_end():
+    def plains():
+        yield b"".join(stream())
+        raise errors.TruncatedError("no final frame")
+    with pytest.raises(errors.TruncatedError):
+        for rec in records.decode(plains()):
+            assert rec[0] != records.END
