@@ -8,6 +8,7 @@ else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -60,8 +61,25 @@ def verify(engine, hostname_backup_name: str,
                 engine._restore_one(tree, backup)
         _check_signatures(engine, manifests, places, hostname_backup_name)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_scratch(scratch)
     return report
+
+
+def remove_scratch(path: str) -> None:
+    """Remove a scratch tree, read-only directories in it included.
+
+    The restore gives directories their backed-up modes: without write
+    permission on a directory (and without root's override) its entries
+    could not be removed, and the scratch tree would stay behind.  Each
+    directory is made writable (never through a symlink) before the walk
+    descends into it.
+    """
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, name), 0o700,
+                         follow_symlinks=False)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_metadata(backup, level: int, name: str) -> None:

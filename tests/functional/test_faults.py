@@ -11,9 +11,11 @@ import time
 import pytest
 
 from freezer_rsyncv2 import cli, errors
+from freezer_rsyncv2 import verify as verify_mod
 from freezer_rsyncv2.fs import filedata
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
+from tests.unprivileged import run_unprivileged
 
 
 def rnd(n):
@@ -161,3 +163,24 @@ def test_verify_unknown_name(tmp_path, capsys):
     assert cli.main(cli_args("verify", "--container", tmp_path / "store",
                              "--backup-name", "none", "--hostname", "h")) == 1
     assert "h_none" in capsys.readouterr().err
+
+
+def test_verify_removes_its_scratch_tree_with_read_only_directories(
+        tmp_path, make_engine, src):
+    treeutil.write(os.path.join(src, "ro/inner/f.txt"), b"kept")
+    os.chmod(os.path.join(src, "ro/inner"), 0o555)
+    os.chmod(os.path.join(src, "ro"), 0o555)
+    try:
+        backup(make_engine(), src)
+    finally:
+        os.chmod(os.path.join(src, "ro"), 0o755)
+        os.chmod(os.path.join(src, "ro/inner"), 0o755)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    def verify_without_root_override():
+        return verify_mod.verify(make_engine(), "host_test",
+                                 scratch_parent=str(scratch)).levels
+
+    assert run_unprivileged(verify_without_root_override) == [0]
+    assert os.listdir(scratch) == []
