@@ -21,10 +21,10 @@ from oslo_log import log
 import freezer_rsyncv2
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import opts
-from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import verify
+from freezer_rsyncv2.cli_output import (
+    OneLineLogFilter, PrintableFormatter, TtyProgress, human_size, printable)
 from freezer_rsyncv2.engine import rsyncv2
-from freezer_rsyncv2.fs.safepath import escape
 from freezer_rsyncv2.storage import factory
 from freezer_rsyncv2.stream import compression
 
@@ -42,107 +42,6 @@ EPILOG = """exit codes:
 
 class UsageError(Exception):
     """A command line that cannot work (exit code 2)."""
-
-
-def _printable(text: object) -> str:
-    """``text`` made safe for one line of a terminal (``safepath.escape``).
-
-    Messages and names printed here may carry stored paths or names a
-    storage lists: attacker data.  Backslashes are kept as they are:
-    names inside messages were escaped (with their backslashes doubled)
-    where the message was made.
-    """
-    return escape(str(text), backslash=False)
-
-
-class OneLineLogFilter(logging.Filter):
-    """Escapes control characters in every log message (``_printable``).
-
-    Installed on the command line's log handlers, so that no module's
-    message, whatever name it quotes and however, can put a second line
-    into the log or an escape sequence onto the terminal, and an
-    undecodable name (a surrogate from ``os.fsdecode``) cannot make the
-    handler fail to encode it.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:       # the handler reports its own format error
-            return True
-        clean = _printable(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        return True
-
-
-class PrintableFormatter(logging.Formatter):
-    """Wraps a handler's formatter: every line it writes is ``_printable``.
-
-    ``OneLineLogFilter`` sees the message only; the formatter appends an
-    exception's text and traceback (``--debug``), whose lines are kept
-    as lines here, each escaped, so that no exception message either can
-    drive the terminal.
-    """
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = self.inner.format(record)
-        return "\n".join(_printable(line) for line in text.split("\n"))
-
-
-class TtyProgress(prog.Progress):
-    """One status line on a terminal, redrawn at most 5 times a second."""
-
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.name = ""
-        self.done = 0
-        self.entries = 0
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def phase(self, name: str, total_bytes: int | None = None) -> None:
-        self._line(force=True)
-        # The status line is redrawn with "\r": nothing in it may move
-        # the cursor or drive the terminal (see ``_printable``).
-        self.name, self.done, self.entries = _printable(name), 0, 0
-        self.start = time.monotonic()
-
-    def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        self._line()
-
-    def entry(self, path: bytes, status: str) -> None:
-        self.entries += 1
-        self._line()
-
-    def _line(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.name or (not force and now - self._last < 0.2):
-            return
-        self._last = now
-        rate = self.done / max(now - self.start, 1e-6) / 1e6
-        self.stream.write("\r%s: %d entries, %s read, %.1f MB/s   "
-                          % (self.name, self.entries, _size(self.done), rate))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.name:
-            self._line(force=True)
-            self.stream.write("\n")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else (
-                "%.1f %s" % (n, unit))
-        n /= 1024
-    return str(n)
 
 
 def _date(text: str) -> int:
@@ -320,9 +219,11 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
                                       s.files_meta, s.files_unchanged,
                                       s.entries_deleted))
         print("  read %s, literal %s, copied %s, stored %s + manifest %s, "
-              "%.2f s" % (_size(s.bytes_read), _size(s.literal_bytes),
-                          _size(s.copied_bytes), _size(s.stored_bytes),
-                          _size(s.manifest_bytes), s.elapsed))
+              "%.2f s" % (human_size(s.bytes_read),
+                          human_size(s.literal_bytes),
+                          human_size(s.copied_bytes),
+                          human_size(s.stored_bytes),
+                          human_size(s.manifest_bytes), s.elapsed))
         if s.partial:
             print("  PARTIAL: %d warnings (see the log); exit code 3"
                   % len(s.warnings))
@@ -341,8 +242,8 @@ def cmd_restore(args: argparse.Namespace, progress) -> int:
     if progress is not None:
         progress.close()
     print("restored %s up to level %d into %s in %.2f s"
-          % (_printable(_name(args)), level,
-             _printable(args.restore_abs_path), time.monotonic() - start))
+          % (printable(_name(args)), level,
+             printable(args.restore_abs_path), time.monotonic() - start))
     return EXIT_OK
 
 
@@ -355,13 +256,13 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
         raise errors.BackupNotFoundError("no backup named %s in %s"
                                          % (names[0], args.container))
     for name in names:
-        print(_printable(name))      # names a storage lists: attacker data
+        print(printable(name))       # names a storage lists: attacker data
         for chain in storage.list_chains(engine, name):
             first = chain[min(chain)]
             print("  chain %s" % _iso(first.level_zero_timestamp))
             for level in sorted(chain):
                 b = chain[level]
-                size = _size(storage.level_size(b))
+                size = human_size(storage.level_size(b))
                 print("    level %d  %s  %s" % (level, _iso(b.timestamp), size))
     return EXIT_OK
 
@@ -397,12 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, progress)
     except (errors.ConfigError, cfg.Error, UsageError) as err:
-        print("freezer-rsyncv2: error: %s" % _printable(err), file=sys.stderr)
+        print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
         return EXIT_USAGE
     except (errors.Rsyncv2Error, OSError) as err:
         if args.debug:
             LOG.exception("failed")
-        print("freezer-rsyncv2: error: %s" % _printable(err), file=sys.stderr)
+        print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("freezer-rsyncv2: interrupted", file=sys.stderr)

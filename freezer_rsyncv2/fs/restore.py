@@ -14,14 +14,15 @@ from oslo_log import log
 from freezer_rsyncv2.errors import (
     CorruptRecordError, RestoreError, UnsafePathError)
 from freezer_rsyncv2.fs import safepath
+from freezer_rsyncv2.fs.dircache import DirCache
 from freezer_rsyncv2.fs.entry import (
     DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
-from freezer_rsyncv2.fs.filedata import (
-    TMP_PREFIX, BasisRange, copy_range, create_temp)
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
 from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
 from freezer_rsyncv2.fs.regular import RegularFiles, Staged, os_errors
-from freezer_rsyncv2.fs.safepath import DirCache, lstat_at, remove_at, show
-from freezer_rsyncv2.fs.walk import data_ranges
+from freezer_rsyncv2.fs.removal import remove_at
+from freezer_rsyncv2.fs.safepath import lstat_at, show
+from freezer_rsyncv2.fs.shared import SharedInodes
 from freezer_rsyncv2.threads import OrderedWorker
 
 LOG = log.getLogger(__name__)
@@ -35,12 +36,7 @@ def _log_warning(path: bytes, message: str) -> None:
     LOG.warning("%s: %s", show(path), message)
 
 
-def _inode(st: os.stat_result) -> int:
-    """One int naming an inode (device and number): a compact set key."""
-    return st.st_dev << 64 | st.st_ino
-
-
-class RestoreTree(RegularFiles):
+class RestoreTree(RegularFiles, SharedInodes):
     """Writes entries below one root directory, never outside it.
 
     Every path is validated (``check_path``) and reached from the root's
@@ -59,8 +55,9 @@ class RestoreTree(RegularFiles):
     link (this name).  A regular file that a metadata-only or hardlink
     record names but that shares its inode with other names the restore
     did not make (a pre-existing hardlink, perhaps to a file outside the
-    root) is first replaced by a copy of itself (``_copy_over``): the
-    other names keep their owner, mode, times and xattrs.
+    root) is first replaced by a copy of itself (``_copy_over``,
+    ``fs.shared``): the other names keep their owner, mode, times and
+    xattrs.
 
     Parent directories are found through a ``DirCache``: entries come in
     tree order, so each costs the components it does not share with the
@@ -91,9 +88,9 @@ class RestoreTree(RegularFiles):
         self._dirs: dict[bytes, Entry] = {}
         self._parent_times: dict[bytes, tuple[int, int]] = {}
         self._staged: dict[bytes, Staged] = {}
-        # Inodes (``_inode``) this restore gave a second name (hardlink
-        # records): the only inodes with several links whose metadata it
-        # changes in place.
+        # Inodes (``SharedInodes``) this restore gave a second name
+        # (hardlink records): the only inodes with several links whose
+        # metadata it changes in place.
         self._linked: set[int] = set()
         self._fd: int | None = None
         self._cache: DirCache | None = None
@@ -345,44 +342,6 @@ class RestoreTree(RegularFiles):
                 return
             self.meta.apply_at(parent, name, entry)
 
-    def make_hardlink(self, entry: Entry) -> None:
-        """Link ``entry.path`` to the already restored ``hardlink_to``.
-
-        The source is validated like any path and must be a regular file
-        inside this tree, reached without following symlinks: a hostile
-        record cannot link (and later overwrite through) a file outside.
-        """
-        source = entry.hardlink_to
-        if not isinstance(source, bytes):
-            raise CorruptRecordError(
-                f"hardlink {show(entry.path)} has no target")
-        src_parts = safepath.check_path(source)
-        safepath.check_path(entry.path)
-        if source == entry.path:
-            raise CorruptRecordError(
-                f"hardlink {show(entry.path)} points to itself")
-        self.finalize(source)       # a link needs the final name
-        with os_errors(entry.path, "create hardlink"), \
-                self._parent(source, create=False) as (src_dir, src_name):
-            st = None if src_dir is None else lstat_at(src_dir, src_name)
-            if st is None or not stat.S_ISREG(st.st_mode):
-                raise RestoreError(
-                    f"hardlink {show(entry.path)}: target "
-                    f"{show(b'/'.join(src_parts))} is not a restored file")
-            assert src_dir is not None
-            if not self._ours(st):
-                # Linking it would hand the record's metadata to names
-                # this restore did not make: link a copy instead.
-                self._note_times(src_parts, src_dir)
-                st = self._copy_over(src_dir, src_name, source, st, entry)
-            self._linked.add(_inode(st))
-            with self._parent(entry.path) as (parent, name):
-                assert parent is not None
-                self._clear(parent, name, entry.path)
-                os.link(src_name, name, src_dir_fd=src_dir,
-                        dst_dir_fd=parent, follow_symlinks=False)
-                self.meta.apply_at(parent, name, entry, shared=self._made)
-
     # -- removal and metadata-only changes ----------------------------
 
     def remove(self, path: bytes) -> None:
@@ -423,83 +382,6 @@ class RestoreTree(RegularFiles):
             # Anything else with other names (a hardlinked symlink, fifo
             # or device) is refused by apply_at: records never ask for it.
             self.meta.apply_at(parent, name, entry, shared=self._made)
-
-    # -- inodes shared with names this restore did not make -------------
-
-    def _made(self, st: os.stat_result) -> bool:
-        """Whether this restore gave ``st``'s inode all its extra names."""
-        return _inode(st) in self._linked
-
-    def _ours(self, st: os.stat_result) -> bool:
-        """Whether changing ``st``'s inode can only affect restored names.
-
-        True for an inode with one link (the name being restored) or one
-        whose other links this restore made (``make_hardlink``); a
-        pre-existing hardlink, maybe to a file outside the root, is not.
-        """
-        return st.st_nlink <= 1 or self._made(st)
-
-    def _copy_over(self, parent: int, name: bytes, path: bytes,
-                   st: os.stat_result, entry: Entry) -> os.stat_result:
-        """Replace ``name`` (a regular file, ``st``) by a private copy.
-
-        For a file whose inode other names share that this restore did
-        not make: its metadata cannot change without changing theirs, and
-        they may be outside the restore root.  The content is copied
-        (kernel-side where possible, holes kept) into a temporary file,
-        which gets ``entry``'s metadata and is renamed over ``name``; the
-        other names and their inode are left exactly as they were (read
-        with O_NOATIME where allowed, so not even the access time moves).
-        Returns the stat of the copy.
-        """
-        src = _open_noatime(parent, name)
-        try:
-            src_st = os.fstat(src)
-            if (src_st.st_dev, src_st.st_ino) != (st.st_dev, st.st_ino) \
-                    or not stat.S_ISREG(src_st.st_mode):
-                raise RestoreError(f"{show(path)} changed during restore")
-            fd, tmp = create_temp(parent)
-            try:
-                try:
-                    for offset, length in data_ranges(src, src_st.st_size):
-                        os.lseek(fd, offset, os.SEEK_SET)
-                        copy_range(BasisRange(src, offset, length), fd, path)
-                    os.ftruncate(fd, src_st.st_size)
-                    self.meta.apply_fd(fd, entry)
-                    copy_st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=parent)
-                raise
-        finally:
-            os.close(src)
-        others = src_st.st_nlink - 1
-        self.warn(path, f"shared its inode with {others} other "
-                        f"name{'s' if others > 1 else ''} this restore did "
-                        f"not make (a pre-existing hardlink): restored as a "
-                        f"copy, so that they keep their owner, mode and "
-                        f"times")
-        return copy_st
-
-
-def _open_noatime(parent: int, name: bytes) -> int:
-    """Open a regular file to read it, leaving its access time alone.
-
-    O_NOATIME is allowed to the file's owner and to root only; anyone
-    else reads it without (EPERM).  O_NONBLOCK: a fifo swapped in must
-    not hang the restore (the caller checks the type on the descriptor).
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    noatime = getattr(os, 'O_NOATIME', 0)
-    if noatime:
-        try:
-            return os.open(name, flags | noatime, dir_fd=parent)
-        except PermissionError:
-            pass
-    return os.open(name, flags, dir_fd=parent)
 
 
 __all__ = ['RestoreTree', 'TMP_PREFIX']

@@ -1,4 +1,4 @@
-"""Restore-side path defences: validation and symlink-proof fd access."""
+"""Restore-side path defences: validation, quoting and symlink-proof directory opening."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ MAX_PATH = 4096
 # fails with ENOTDIR/ELOOP instead of being followed.
 O_PATH = getattr(os, 'O_PATH', os.O_RDONLY)
 DIR_WALK_FLAGS = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Listing a directory (for recursive removal) needs a real descriptor.
-DIR_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Mode of directories created implicitly for a parent the stream never
 # described; private until a record (if any) says otherwise.
@@ -151,8 +149,8 @@ def _refuse_component(dir_fd: int, name: bytes, path: bytes,
                         f"is not a directory")
 
 
-def _enter(cur: int, parts: list[bytes], index: int, path: bytes,
-           create: bool) -> int | None:
+def open_component(cur: int, parts: list[bytes], index: int,
+                   path: bytes, create: bool) -> int | None:
     """Open component ``parts[index]`` of ``path`` below the open ``cur``.
 
     O_NOFOLLOW|O_DIRECTORY: a symlink is never followed.  With ``create``
@@ -201,13 +199,13 @@ def open_dir(root_fd: int, parts: list[bytes], path: bytes, *,
     non-directory component is an error; without it, a missing or
     non-directory component returns None (nothing exists at ``path``),
     but a symlink component still raises UnsafePathError.  The caller
-    owns (and must close) the returned descriptor.  ``DirCache`` does
-    the same walk but keeps descriptors for the next path.
+    owns (and must close) the returned descriptor.  ``dircache.DirCache``
+    does the same walk but keeps descriptors for the next path.
     """
     cur = os.open('.', DIR_WALK_FLAGS, dir_fd=root_fd)
     try:
         for index in range(len(parts)):
-            nxt = _enter(cur, parts, index, path, create)
+            nxt = open_component(cur, parts, index, path, create)
             os.close(cur)
             if nxt is None:
                 return None
@@ -219,286 +217,3 @@ def open_dir(root_fd: int, parts: list[bytes], path: bytes, *,
         except OSError:
             pass
         raise
-
-
-#: Fan-out of the levels ``FdChain`` keeps open (see ``_kept``).
-CHAIN_FAN = 16
-
-
-def _kept(level: int, top: int) -> bool:
-    """Whether a chain ``top`` levels deep keeps level ``level`` open.
-
-    Every level of the last block of 16, every 16th level of the last
-    block of 256, every 256th of the last block of 4096, and so on: at
-    most 16 descriptors per power of 16, under 40 at the deepest path a
-    record may name (2048 components), under 80 for a million levels.
-    Going back up then costs at most ``CHAIN_FAN - 1`` re-opens per kept
-    level passed: O(1) per level, amortized, and never more than the
-    path's own length for one lookup.
-    """
-    unit = 1
-    while True:
-        block = unit * CHAIN_FAN
-        if level >= top - top % block:
-            return level % unit == 0
-        unit = block
-
-
-class FdChain:
-    """Descriptors of the directories along one path below ``base``.
-
-    Why: walking from the root for every entry costs O(depth) opens per
-    entry, O(depth^2) for a deep tree, and holding a descriptor for every
-    level of a 2,000-deep path runs out of descriptors.  A chain keeps
-    only the levels ``_kept`` chooses and re-opens a dropped one from the
-    nearest kept ancestor, by name, O_NOFOLLOW|O_DIRECTORY, checking that
-    it is the very directory (device and inode) that was entered before;
-    one that is not raises RestoreError.  ``base`` belongs to the caller.
-    """
-
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.names: list[bytes] = []
-        self._fds: list[int | None] = []
-        self._ids: list[tuple[int, int]] = []
-
-    @property
-    def depth(self) -> int:
-        return len(self.names)
-
-    def push(self, name: bytes, fd: int) -> None:
-        """Append directory ``name``, open as ``fd`` (the chain owns it now)."""
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.names.append(name)
-        self._fds.append(fd)
-        self._ids.append((st.st_dev, st.st_ino))
-        top = len(self.names)
-        block = CHAIN_FAN
-        while top % block == 0:     # crossed a boundary: thin the block
-            for level in range(top - block + 1, top):
-                if not _kept(level, top):
-                    self._drop(level)
-            block *= CHAIN_FAN
-
-    def _drop(self, level: int) -> None:
-        fd = self._fds[level - 1]
-        if fd is not None:
-            self._fds[level - 1] = None
-            os.close(fd)
-
-    def truncate(self, depth: int) -> None:
-        """Forget (and close) the levels below ``depth``."""
-        for level in range(len(self.names), depth, -1):
-            self._drop(level)
-        del self.names[depth:], self._fds[depth:], self._ids[depth:]
-
-    def close(self) -> None:
-        self.truncate(0)
-
-    def fd(self) -> int:
-        """The descriptor of the deepest level (``base`` when empty)."""
-        top = len(self.names)
-        if top == 0:
-            return self.base
-        found = self._fds[top - 1]
-        if found is not None:
-            return found
-        start = top - 1
-        while start > 0 and self._fds[start - 1] is None:
-            start -= 1
-        cur = self.base if start == 0 else self._fds[start - 1]
-        assert cur is not None
-        temporary = False       # cur was opened here and is not kept
-        for level in range(start + 1, top + 1):
-            try:
-                nxt = os.open(self.names[level - 1], DIR_WALK_FLAGS,
-                              dir_fd=cur)
-            finally:
-                if temporary:
-                    os.close(cur)
-            try:
-                st = os.fstat(nxt)
-                if (st.st_dev, st.st_ino) != self._ids[level - 1]:
-                    raise RestoreError(
-                        f"directory {show(b'/'.join(self.names[:level]))} "
-                        f"was replaced while in use")
-            except BaseException:
-                os.close(nxt)
-                raise
-            temporary = not _kept(level, top)
-            if not temporary:
-                self._fds[level - 1] = nxt
-            cur = nxt
-        return cur
-
-
-def _common_prefix(one: list[bytes], other: list[bytes]) -> int:
-    """How many leading components two paths share.
-
-    A binary search over C-level slice comparisons: a few Python steps
-    even for two 2,000-component paths.
-    """
-    low, high = 0, min(len(one), len(other))
-    while low < high:
-        mid = (low + high + 1) // 2
-        if one[:mid] == other[:mid]:
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
-class DirCache:
-    """Parent directories of restored entries, reusing the last one's chain.
-
-    Entries come in tree order, so an entry's parent shares most of its
-    path with the previous entry's parent: only the components past the
-    common prefix are opened (``open_dir``'s rules, component by
-    component), and the kept descriptors are bounded (``FdChain``).  The
-    owner must ``invalidate`` a directory it removes or replaces and
-    ``reset`` whenever the tree may have changed behind its back (a new
-    level, ``finish``).
-    """
-
-    def __init__(self, root_fd: int) -> None:
-        self._chain = FdChain(root_fd)
-
-    def lookup(self, parts: list[bytes], path: bytes, *,
-               create: bool) -> int | None:
-        """The directory ``parts`` (a borrowed descriptor), or None.
-
-        Same results and errors as ``open_dir``; the descriptor stays the
-        cache's: valid until the next call, never to be closed.
-        """
-        chain = self._chain
-        common = _common_prefix(parts, chain.names)
-        chain.truncate(common)
-        try:
-            cur = chain.fd()
-        except (OSError, RestoreError):
-            # Changed behind our back: walk afresh from the root.
-            chain.truncate(0)
-            cur = chain.base
-        for index in range(chain.depth, len(parts)):
-            nxt = _enter(cur, parts, index, path, create)
-            if nxt is None:
-                return None
-            chain.push(parts[index], nxt)
-            cur = nxt
-        return cur
-
-    def invalidate(self, parts: list[bytes]) -> None:
-        """Directory ``parts`` is being removed or replaced: drop it."""
-        if self._chain.names[:len(parts)] == parts:
-            self._chain.truncate(len(parts) - 1)
-
-    def reset(self) -> None:
-        self._chain.close()
-
-    close = reset
-
-
-def _make_writable(fd: int, st: os.stat_result) -> None:
-    """Give the owner rwx on a directory we are about to empty.
-
-    Needed when not root: a directory restored read-only cannot have its
-    entries unlinked otherwise.  Best effort (fails if not ours).
-    """
-    if st.st_mode & 0o700 != 0o700:
-        try:
-            os.chmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-        except OSError:
-            pass
-
-
-def _listdir_fd(fd: int) -> list[bytes]:
-    return [os.fsencode(n) for n in os.listdir(fd)]
-
-
-def _open_listing(dir_fd: int, name: bytes, st: os.stat_result
-                  ) -> tuple[int, list[bytes]] | None:
-    """Open directory ``name`` to empty it: (descriptor, its entries).
-
-    None when it is gone; a symlink or file swapped in is unlinked
-    (never followed) and also gives None.
-    """
-    try:
-        fd = os.open(name, DIR_LIST_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # swapped: not a dir
-            _unlink_quiet(dir_fd, name)
-            return None
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    try:
-        _make_writable(fd, st)
-        return fd, _listdir_fd(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def remove_at(dir_fd: int, name: bytes) -> bool:
-    """Remove whatever ``name`` is in ``dir_fd``; directories recursively.
-
-    Never follows a symlink: a symlink is unlinked, never descended, and
-    subdirectories are entered by descriptor with O_NOFOLLOW, so a link
-    swapped in mid-removal is removed rather than followed.  Iterative,
-    with the directories being emptied held in an ``FdChain``: neither
-    Python's recursion limit nor the descriptor limit bounds the depth
-    (a few dozen descriptors at depth 2,000).  Returns True if something
-    was removed, False if nothing was there.
-    """
-    st = lstat_at(dir_fd, name)
-    if st is None:
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        _unlink_quiet(dir_fd, name)
-        return True
-    opened = _open_listing(dir_fd, name, st)
-    if opened is None:     # gone, or swapped for a non-directory (unlinked)
-        return True
-    chain = FdChain(dir_fd)
-    chain.push(name, opened[0])
-    # What is left to remove in each directory of the chain.
-    pending: list[list[bytes]] = [opened[1]]
-    try:
-        while pending:
-            children = pending[-1]
-            if not children:
-                own = chain.names[-1]
-                pending.pop()
-                chain.truncate(chain.depth - 1)
-                try:
-                    os.rmdir(own, dir_fd=chain.fd())
-                except FileNotFoundError:
-                    pass
-                continue
-            child = children.pop()
-            fd = chain.fd()
-            cst = lstat_at(fd, child)
-            if cst is None:
-                continue
-            if not stat.S_ISDIR(cst.st_mode):
-                _unlink_quiet(fd, child)
-                continue
-            opened = _open_listing(fd, child, cst)
-            if opened is None:
-                continue
-            chain.push(child, opened[0])
-            pending.append(opened[1])
-    finally:
-        chain.close()
-    return True
-
-
-def _unlink_quiet(dir_fd: int, name: bytes) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from freezer_rsyncv2 import cli
+from freezer_rsyncv2 import cli, cli_output
 from freezer_rsyncv2.fs import safepath, walk
 from freezer_rsyncv2.stream import frames, records
 from tests.hostile import streamkit as sk
@@ -78,7 +78,7 @@ def test_every_byte_and_code_point_class_is_printable_once_escaped():
 def test_log_filter_escapes_any_message():
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.addFilter(cli.OneLineLogFilter())
+    handler.addFilter(cli_output.OneLineLogFilter())
     logger = logging.getLogger("test-hostile-names")
     logger.addHandler(handler)
     logger.propagate = False
@@ -93,7 +93,7 @@ def test_log_filter_escapes_any_message():
 def test_log_formatter_escapes_exceptions_line_by_line():
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(cli.PrintableFormatter(None))
+    handler.setFormatter(cli_output.PrintableFormatter(None))
     logger = logging.getLogger("test-hostile-names-exc")
     logger.addHandler(handler)
     logger.propagate = False
@@ -112,7 +112,7 @@ def test_log_formatter_escapes_exceptions_line_by_line():
 
 def test_tty_progress_line_escapes_the_phase_name():
     out = io.StringIO()
-    progress = cli.TtyProgress(out)
+    progress = cli_output.TtyProgress(out)
     progress.phase("restore level \x1b[2J\n")
     progress.entry(b"x\x1b[2J\n", "restored")
     progress.close()

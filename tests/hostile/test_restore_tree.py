@@ -21,7 +21,7 @@ import textwrap
 import pytest
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.fs.safepath import remove_at
+from freezer_rsyncv2.fs.removal import remove_at
 from freezer_rsyncv2.stream import records
 from tests.hostile import streamkit as sk
 

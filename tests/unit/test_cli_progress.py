@@ -1,11 +1,11 @@
 import io
 
-from freezer_rsyncv2 import cli
+from freezer_rsyncv2 import cli_output
 
 
 def test_tty_progress_draws_a_status_line():
     out = io.StringIO()
-    p = cli.TtyProgress(out)
+    p = cli_output.TtyProgress(out)
     p.phase("backup level 0")
     p.advance(5 << 20)
     p.entry(b"a", "new")
@@ -18,6 +18,6 @@ def test_tty_progress_draws_a_status_line():
 
 
 def test_sizes_are_human_readable():
-    assert cli._size(512) == "512 B"
-    assert cli._size(1536) == "1.5 KiB"
-    assert cli._size(3 << 30) == "3.0 GiB"
+    assert cli_output.human_size(512) == "512 B"
+    assert cli_output.human_size(1536) == "1.5 KiB"
+    assert cli_output.human_size(3 << 30) == "3.0 GiB"

@@ -18,9 +18,10 @@ import pytest
 from freezer_rsyncv2.errors import RestoreError, UnsafePathError
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs import safepath
+from freezer_rsyncv2.fs.dircache import CHAIN_FAN, DirCache, FdChain, is_kept
+from freezer_rsyncv2.fs.removal import remove_at
 from freezer_rsyncv2.fs.restore import RestoreTree
-from freezer_rsyncv2.fs.safepath import (
-    CHAIN_FAN, DirCache, FdChain, _kept, open_dir, remove_at)
+from freezer_rsyncv2.fs.safepath import open_dir
 from tests.unprivileged import run_unprivileged
 
 
@@ -99,7 +100,7 @@ def held(chain: FdChain) -> int:
 @pytest.mark.parametrize('top', [1, 15, 16, 17, 255, 256, 257, 2047, 2048,
                                  4096, 70000])
 def test_kept_levels_are_few_and_include_the_deepest(top):
-    kept = [level for level in range(1, top + 1) if _kept(level, top)]
+    kept = [level for level in range(1, top + 1) if is_kept(level, top)]
     assert kept[-1] == top
     # at most CHAIN_FAN per power of CHAIN_FAN
     powers = 1
@@ -115,8 +116,8 @@ def test_kept_levels_shrink_with_the_chain():
     never needs a level it closed on the way down, but re-opens)."""
     for top in range(1, 600):
         for level in range(1, top):
-            if _kept(level, top):
-                assert all(_kept(level, t) for t in range(level, top + 1))
+            if is_kept(level, top):
+                assert all(is_kept(level, t) for t in range(level, top + 1))
 
 
 # -- FdChain ---------------------------------------------------------------

@@ -11,7 +11,8 @@ from freezer_rsyncv2.errors import (
     RestoreError, Rsyncv2Error, UnsafePathError)
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs.restore import RestoreTree
-from freezer_rsyncv2.fs.safepath import check_path, remove_at
+from freezer_rsyncv2.fs.removal import remove_at
+from freezer_rsyncv2.fs.safepath import check_path
 
 BAD_PATHS = [
     b'', b'/abs', b'/', b'..', b'../x', b'a/../../x', b'a/..', b'.', b'./a',
