@@ -16,6 +16,15 @@ import numpy as np
 
 #: files smaller than this are not scanned for zero blocks (not worth it)
 ZERO_SCAN_MIN = 1 << 20
+#: shorter runs of zero blocks (or holes) travel as data: each hole ends a
+#: region of the rsync matcher, which would cost more than it saves on
+#: scattered zero blocks (and could not match data that moved across it)
+ZERO_RUN_MIN = 1 << 20
+
+
+def min_zero_blocks(block_len: int) -> int:
+    """Zero blocks in a run of ZERO_RUN_MIN bytes: shorter runs are data."""
+    return max(1, -(-ZERO_RUN_MIN // block_len))
 
 
 def aligned_regions(ranges: list[tuple[int, int]], size: int, block_len: int

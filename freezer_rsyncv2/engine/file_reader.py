@@ -91,7 +91,8 @@ class FileReader:
                 matcher = rmatch.Matcher(basis.signature())
             yield records.entry(e, **extra)
             digest = digests.new(digests.DEFAULT)
-            builder = rsig.SignatureBuilder(block_len)
+            builder = rsig.SignatureBuilder(
+                block_len, extents.min_zero_blocks(block_len))
             if st.st_size >= threads.PARALLEL_MIN:
                 def hash_data(chunk: bytes) -> None:
                     self._digest_worker.submit(digest.update, chunk)
@@ -165,16 +166,25 @@ def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
 def _pieces(fd: int, ranges: list[tuple[int, int]], size: int,
             block_len: int, path: bytes, warn: Callable[[bytes, str], None],
             on_read: Callable[[int], None]) -> Iterator[bytes | int]:
-    """The file in order: data as bytes, holes and zero blocks as lengths.
+    """The file in order: data as bytes, long runs of zeros as lengths.
 
     Only the data ranges are read, widened to whole blocks; in a file of
     ``extents.ZERO_SCAN_MIN`` bytes or more, whole blocks of zeros count
-    as holes.  Adjacent zero lengths are merged.  A short read (the file
-    shrank, a read error) ends the pieces early.
+    as holes.  A run of holes and zero blocks of ``extents.ZERO_RUN_MIN``
+    bytes or more is one length; a shorter one is data (zero bytes).  A
+    short read (the file shrank, a read error) ends the pieces early.
     """
     scan = size >= extents.ZERO_SCAN_MIN
     step = max(READ_SIZE // block_len, 1) * block_len
     pos = zeros = 0
+
+    def flush_zeros() -> Iterator[bytes | int]:
+        if zeros >= extents.ZERO_RUN_MIN:
+            yield zeros
+        else:
+            for at in range(0, zeros, READ_SIZE):
+                yield bytes(min(READ_SIZE, zeros - at))
+
     for offset, length in extents.aligned_regions(ranges, size, block_len):
         zeros += offset - pos
         pos = offset
@@ -187,7 +197,7 @@ def _pieces(fd: int, ranges: list[tuple[int, int]], size: int,
                     zeros += run
                     continue
                 if zeros:
-                    yield zeros
+                    yield from flush_zeros()
                     zeros = 0
                 yield chunk if run == len(chunk) else chunk[start:start + run]
             pos += len(chunk)
@@ -195,7 +205,7 @@ def _pieces(fd: int, ranges: list[tuple[int, int]], size: int,
             return      # the file shrank while we read it
     zeros += size - pos
     if zeros:
-        yield zeros
+        yield from flush_zeros()
 
 
 def _read_range(fd: int, offset: int, length: int, step: int, path: bytes,

@@ -234,10 +234,16 @@ class SignatureBuilder:
     blocks): zero blocks are counted, never listed.
     """
 
-    def __init__(self, block_len: int) -> None:
+    def __init__(self, block_len: int, min_zero_run: int = 1) -> None:
+        """``min_zero_run``: a run of fewer zero blocks than this is listed as
+        data blocks (with the zero block's hashes), so that the matcher can
+        copy it like any block; only longer runs are left out."""
         if not _is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
             raise ValueError(f"block_len must be in [1, {MAX_FIXED_BLOCK}], got {block_len!r}")
+        if not _is_int(min_zero_run) or min_zero_run < 1:
+            raise ValueError(f"min_zero_run must be a positive int, got {min_zero_run!r}")
         self.block_len = block_len
+        self.min_zero_run = min_zero_run
         self._size = 0
         self._count = 0  # complete blocks so far, data and zero
         self._zero = 0  # zero blocks among them
@@ -340,7 +346,32 @@ class SignatureBuilder:
                 for nums, w in zip(self._numbers, self._weak)
             ]
             blocks = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        return Signature(self.block_len, self._size, weak, b"".join(self._strong), blocks)
+        strong = b"".join(self._strong)
+        if blocks is not None and self.min_zero_run > 1:
+            blocks, weak, strong = _list_short_zero_runs(
+                blocks, weak, strong, self._count, self.block_len, self.min_zero_run)
+        return Signature(self.block_len, self._size, weak, strong, blocks)
+
+
+def _list_short_zero_runs(
+    blocks: NDArray[np.int64], weak: NDArray[np.uint32], strong: bytes, count: int, block_len: int, min_run: int
+) -> tuple[NDArray[np.int64], NDArray[np.uint32], bytes]:
+    """List the zero blocks of runs shorter than ``min_run`` as data blocks (zero-block hashes)."""
+    bounds = np.concatenate(([-1], blocks, [count]))
+    gaps = np.diff(bounds) - 1
+    short = (gaps > 0) & (gaps < min_run)
+    if not short.any():
+        return blocks, weak, strong
+    starts, lengths = bounds[:-1][short] + 1, gaps[short]
+    # every block number of the short runs: start of its run + its rank in the run
+    fill = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+    numbers = np.concatenate((blocks, fill))
+    order = np.argsort(numbers, kind="stable")
+    zero = bytes(block_len)
+    zero_weak = np.full(len(fill), block_weak_hashes(zero, block_len)[0], dtype=np.uint32)
+    zero_strong = np.tile(np.frombuffer(strong_hash(zero), dtype=np.uint8), (len(fill), 1))
+    rows = np.concatenate((np.frombuffer(strong, dtype=np.uint8).reshape(-1, STRONG_LEN), zero_strong))
+    return numbers[order], np.concatenate((weak, zero_weak))[order], rows[order].tobytes()
 
 
 def compute_signature(data: BytesLike, block_len: int) -> Signature:

@@ -274,3 +274,31 @@ def test_builder_equals_update_only(block_len: int, segments: list[tuple], cuts:
     assert sig == compute_signature(data, block_len)
     assert sig == reference(data, block_len)
     assert sig.is_dense == (sig.data_count == sig.block_count)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), max_size=40), st.integers(1, 6),
+       st.integers(0, 7), st.randoms(use_true_random=False))
+def test_short_zero_runs_are_listed_as_data_blocks(zero_flags, min_run, tail,
+                                                   rnd):
+    """A run of fewer than min_zero_run zero blocks is listed with the zero
+    block's hashes; longer runs stay implicit."""
+    L = 8
+    blocks = [bytes(L) if z else bytes([rnd.randrange(1, 256)]) * L
+              for z in zero_flags]
+    data = b"".join(blocks) + bytes([7]) * tail
+    builder = SignatureBuilder(L, min_run)
+    builder.update(data)
+    sig = builder.finish()
+    listed = set(sig.block_numbers().tolist())
+    for slot, k in enumerate(sig.block_numbers().tolist()):
+        assert sig.strong[slot * 16:(slot + 1) * 16] == \
+            strong_hash(data[k * L:(k + 1) * L])
+    run_start = None
+    for k, z in enumerate(zero_flags + [False]):
+        if z and run_start is None:
+            run_start = k
+        elif not z and run_start is not None:
+            run = set(range(run_start, k))
+            assert (run <= listed) if len(run) < min_run else not (run & listed)
+            run_start = None
