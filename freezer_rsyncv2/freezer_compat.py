@@ -17,12 +17,29 @@ writes any metadata, that the data object holds every byte the engine
 produced (``engine.base.BackupEngine._check_stored``).  Freezer itself is
 never imported here: a storage is recognised by its class only when
 Freezer's module is already loaded, so without Freezer nothing happens.
+
+``adapt_storage`` also tells the engine how each of Freezer's storages
+takes the level's bytes (``message_form``, see ``engine.base``), so that
+no segment is held in memory: the storages that append every message to
+one file (local, ssh, ftp: ``FsLikeStorage``) get the stream in small
+chunks; Swift, which stores each message as one object and reads it like
+a file, gets segments spooled to temporary files; the S3 storage gets the
+same, through an ``upload_stream`` that uploads each spooled segment as a
+part (Freezer's takes only ``bytes``, so each part would be held in
+memory) and raises on a failed upload.  The S3 storage object also keeps
+one client instead of building a new botocore session and client for
+every request.  See docs/freezer-agent.rst, "Memory".
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import os
 import sys
+import threading
 import types
 from typing import Any
 
@@ -33,7 +50,8 @@ from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.storage import retry as retries
 from freezer_rsyncv2.storage import s3_client
 from freezer_rsyncv2.storage.base import StorageFileNotFoundError
-from freezer_rsyncv2.storage.s3_upload import MIN_PART_SIZE
+from freezer_rsyncv2.storage.s3_upload import MAX_PARTS, MIN_PART_SIZE
+from freezer_rsyncv2.stream import encoder
 
 LOG = log.getLogger(__name__)
 
@@ -41,12 +59,47 @@ LOG = log.getLogger(__name__)
 FREEZER_S3_MODULE = "freezer.storage.s3"
 FREEZER_S3_CLASS = "S3Storage"
 
+#: Freezer's storage classes whose ``write_backup`` we know, and how it
+#: takes the level's bytes when the object's class keeps that method:
+#: ``FsLikeStorage`` (local, ssh, ftp) writes every message to one file;
+#: ``SwiftStorage`` PUTs every message as one object, with ``len()`` and
+#: reading it like a file when it has ``read``.
+FREEZER_FORMS = (
+    ("freezer.storage.fslike", "FsLikeStorage", encoder.STREAM),
+    ("freezer.storage.ftp", "BaseFtpStorage", encoder.STREAM),
+    ("freezer.storage.swift", "SwiftStorage", encoder.FILES),
+)
+FREEZER_MULTIPLE = ("freezer.storage.multiple", "MultipleStorage")
+
+
+def freezer_class(module_name: str, class_name: str) -> type | None:
+    """A Freezer class if its module is loaded, else None (never imports it)."""
+    module = sys.modules.get(module_name)
+    cls = getattr(module, class_name, None)
+    return cls if isinstance(cls, type) else None
+
 
 def freezer_s3_class() -> type | None:
     """Freezer's S3Storage class if its module is loaded, else None (never imports it)."""
-    module = sys.modules.get(FREEZER_S3_MODULE)
-    cls = getattr(module, FREEZER_S3_CLASS, None)
-    return cls if isinstance(cls, type) else None
+    return freezer_class(FREEZER_S3_MODULE, FREEZER_S3_CLASS)
+
+
+def _keeps(storage: Any, cls: type | None, method: str) -> bool:
+    """True if ``storage`` is a ``cls`` that uses ``cls``'s own ``method``."""
+    own = getattr(cls, method, None)
+    return (own is not None and isinstance(storage, cls)
+            and method not in vars(storage)
+            and getattr(type(storage), method, None) is own)
+
+
+def message_form(storage: Any) -> str | None:
+    """How a Freezer storage object takes the level's bytes (None: not known)."""
+    for module, name, form in FREEZER_FORMS:
+        cls = freezer_class(module, name)
+        if cls is not None and isinstance(storage, cls):
+            # A subclass with its own write_backup may want something else.
+            return form if _keeps(storage, cls, "write_backup") else None
+    return None
 
 
 def is_freezer_s3(storage: Any) -> bool:
@@ -68,11 +121,21 @@ def adapt_storage(storage: Any) -> Any:
     bucket.  A subclass overriding ``put_file``, or an object given its own,
     is left alone.
     """
-    for member in base.written_storages(storage):
+    members = base.written_storages(storage)
+    for member in members:
+        form = message_form(member)
+        if form is not None and "message_form" not in vars(member):
+            member.message_form = form
         if not is_freezer_s3(member) or "put_file" in vars(member):
             continue
         member.put_file = types.MethodType(s3_put_file, member)
         member.stored_size = types.MethodType(s3_stored_size, member)
+        if _keeps(member, freezer_s3_class(), "get_s3_connection"):
+            member.get_s3_connection = _cached_client(member)
+        if _keeps(member, freezer_s3_class(), "upload_stream") \
+                and _keeps(member, freezer_s3_class(), "write_backup"):
+            member.upload_stream = types.MethodType(s3_upload_stream, member)
+            member.message_form = encoder.FILES
         LOG.debug("rsyncv2 engine: Freezer's S3 storage on %s: metadata "
                   "uploaded with its size, data checked after upload",
                   getattr(member, "storage_path", "?"))
@@ -84,7 +147,110 @@ def adapt_storage(storage: Any) -> Any:
                 "multipart upload, and S3 refuses parts under 5 MiB but the "
                 "last, so the backup will fail unless this store accepts "
                 "smaller parts; use at least %d", segment, MIN_PART_SIZE)
+    multiple = freezer_class(*FREEZER_MULTIPLE)
+    if storage is not members[0] and "message_form" not in vars(storage) \
+            and _keeps(storage, multiple, "write_backup") \
+            and all(getattr(m, "message_form", None) == encoder.STREAM
+                    for m in members):
+        # Freezer hands every member the same message: chunks suit all the
+        # appending storages; other mixes get whole segments as bytes.
+        storage.message_form = encoder.STREAM
     return storage
+
+
+def _cached_client(storage: Any) -> Any:
+    """``get_s3_connection`` returning one client, made at first use.
+
+    Freezer's builds a new botocore session and client for every request
+    (several MB of service model each, freed only by the cyclic garbage
+    collector); botocore clients are thread-safe, so one serves the
+    engine, the storage thread and Freezer's own calls.
+    """
+    make = storage.get_s3_connection
+    lock = threading.Lock()
+    client: list[Any] = []
+
+    def get_s3_connection() -> Any:
+        with lock:
+            if not client:
+                release_memory()    # the clients Freezer made before us
+                client.append(make())
+            return client[0]
+    return get_s3_connection
+
+
+_libc: Any = None
+
+#: glibc's mallopt parameter for the number of malloc arenas, and the
+#: number the engine's threads share in freezer-agent.
+M_ARENA_MAX = -8
+ARENAS = 2
+
+
+def _glibc() -> Any:
+    """glibc through ctypes, or False elsewhere (musl, macOS)."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        name = ctypes.util.find_library("c")
+        try:
+            lib = ctypes.CDLL(name) if name else None
+            if lib is not None and hasattr(lib, "malloc_trim") \
+                    and hasattr(lib, "mallopt"):
+                _libc = lib
+        except OSError:
+            pass
+    return _libc
+
+
+def release_memory(collect: bool = True) -> None:
+    """Give the heap the agent no longer uses back to the system.
+
+    With ``collect``, unreachable objects are collected first: with S3,
+    freezer-agent reaches our engine holding every botocore client
+    Freezer built for a request (about 0.07 s).  Trimming glibc's heaps
+    (``malloc_trim``) lowers the resident size a backup or restore
+    starts from.  The engine's threads then share ``ARENAS`` malloc
+    arenas: glibc gives each thread its own by default, and each keeps
+    the megabyte buffers freed into it (read pieces, frames, the rsync
+    search's arrays) for reuse, a few MB per thread at the peak.  Only
+    the collection happens without glibc.
+    """
+    if collect:
+        gc.collect()
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+        libc.mallopt(M_ARENA_MAX, ARENAS)
+
+
+#: Bytes Freezer's storages read per block on restore (their
+#: ``backup_blocks`` and ``get_file`` read ``max_segment_size`` at a time).
+RESTORE_READ = 1 << 20
+
+
+@contextlib.contextmanager
+def small_reads(storage: Any, size: int = RESTORE_READ) -> Any:
+    """Inside: Freezer's storages in ``storage`` read blocks of at most ``size``.
+
+    Freezer's ``backup_blocks`` reads ``max_segment_size`` bytes per block
+    (32 MiB by default), and the engine holds the block being restored and
+    the one read next; the attribute sizes nothing else on a restore.
+    Storages that are not Freezer's known ones are left alone.
+    """
+    changed = []
+    for member in base.written_storages(storage):
+        current = getattr(member, "max_segment_size", None)
+        if (message_form(member) is None and not is_freezer_s3(member)) \
+                or not isinstance(current, int) or current <= size:
+            continue
+        member.max_segment_size = size
+        changed.append((member, current))
+    try:
+        yield storage
+    finally:
+        for member, current in changed:
+            member.max_segment_size = current
 
 
 def _bucket_key(path: str) -> tuple[str, str]:
@@ -144,3 +310,54 @@ def s3_stored_size(storage: Any, path: str) -> int | None:
             return None
         raise err from exc
     return int(head["ContentLength"])
+
+
+def s3_upload_stream(storage: Any, key: str, stream: Any) -> None:
+    """Upload the messages of ``stream`` as the parts of object ``key``.
+
+    Bound to a Freezer S3Storage object in place of its ``upload_stream``
+    (Freezer's ``write_backup`` calls it with the object key, without the
+    bucket).  A message is a spooled segment (read like a file, so it is
+    never in memory whole) or bytes.  On any failure the multipart upload
+    is aborted and the error raised: Freezer's logs it and returns.
+    """
+    bucket = storage.get_bucket_name()
+    client = storage.get_s3_connection()
+    try:
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket, Key=key)["UploadId"]
+    except Exception as exc:
+        raise _storage_error(storage, exc, "CreateMultipartUpload", bucket,
+                             key) from exc
+    parts: list[dict[str, Any]] = []
+    operation = "UploadPart"
+    try:
+        for number, message in enumerate(stream, 1):
+            if number > MAX_PARTS:
+                raise errors.StorageError(
+                    "S3 upload %s/%s: more than %d parts; use a larger "
+                    "--max-segment-size" % (bucket, key, MAX_PARTS))
+            reply = client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id,
+                PartNumber=number, Body=message, ContentLength=len(message))
+            parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            close = getattr(message, "close", None)
+            if close is not None:
+                close()         # a spooled segment's file goes now
+            del message
+        if not parts:
+            raise errors.StorageError("S3 upload %s/%s: no data" % (bucket, key))
+        operation = "CompleteMultipartUpload"
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": parts})
+    except BaseException as exc:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key,
+                                          UploadId=upload_id)
+        except Exception as abort_exc:   # the first error is the one to tell
+            LOG.warning("S3 upload %s/%s: abort failed: %s", bucket, key,
+                        retries.describe(abort_exc))
+        if isinstance(exc, Exception) and not isinstance(exc, errors.Rsyncv2Error):
+            raise _storage_error(storage, exc, operation, bucket, key) from exc
+        raise

@@ -49,7 +49,9 @@ class Rsyncv2Engine(_engine.Rsyncv2Engine):
     otherwise); when the user did not set it, the block size is chosen per
     file by rsync's rule instead of being fixed at 4 KiB.  Freezer's S3
     storage gets working metadata uploads and a checked data upload
-    (``freezer_compat``).
+    (``freezer_compat``).  A backup or restore starts by trimming the
+    heap the agent no longer uses, and a restore reads Freezer's storages
+    in small blocks (docs/freezer-agent.rst, "Memory").
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,6 +61,15 @@ class Rsyncv2Engine(_engine.Rsyncv2Engine):
             kwargs["rsync_block_size"] = None
         super().__init__(*args, **kwargs)
         freezer_compat.adapt_storage(self.storage)
+
+    def backup(self, *args: Any, **kwargs: Any) -> int:
+        freezer_compat.release_memory(collect=False)
+        return super().backup(*args, **kwargs)
+
+    def restore(self, *args: Any, **kwargs: Any) -> int:
+        freezer_compat.release_memory(collect=False)
+        with freezer_compat.small_reads(self.storage):
+            return super().restore(*args, **kwargs)
 
 
 LOG.info("rsyncv2 engine: using %s %s from %s (set FREEZER_RSYNCV2_DISABLE=1 "

@@ -9,11 +9,17 @@ Freezer's, it fetches the whole chain's manifests (each level stores a delta
 manifest), never hangs when one side fails, and re-raises the engine's own
 typed error instead of a generic one.
 
-Both hand-offs pass references, one segment or block at a time: on backup
-the queue holds none (``put`` waits for the storage to take each segment),
-so the two sides hold two segments between them; on restore the storage's
+Both hand-offs pass references, one message or block at a time: on backup
+the queue holds none (``put`` waits for the storage to take each message),
+so the two sides hold two messages between them; on restore the storage's
 blocks reach ``restore_level`` through a ``QueuePipe`` of the same kind
 instead of a ``multiprocessing`` pipe (no copies through the kernel).
+
+What a backup message is depends on the storage (``message_form``): a
+storage that appends every message to one object gets the stream in
+chunks of at most 1 MiB, one that stores each message as an object or a
+part gets segments spooled to temporary files, so in both cases no
+segment is held in memory (docs/freezer-agent.rst, "Memory").
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from oslo_log import log
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.engine import queue as rqueue
 from freezer_rsyncv2.storage import layout as slayout
-from freezer_rsyncv2.stream import place
+from freezer_rsyncv2.stream import encoder, place
 
 LOG = log.getLogger(__name__)
 
@@ -94,19 +100,37 @@ class BackupEngine(metaclass=abc.ABCMeta):
         """
 
     # -- backup -----------------------------------------------------------
+    def message_form(self) -> str:
+        """How the storage takes the level's bytes (``encoder.MESSAGE_FORMS``).
+
+        A storage says so with a ``message_form`` attribute (Freezer's
+        storage objects get one from ``freezer_compat``); our storages
+        (``takes_segments``) take segments as pieces; any other storage
+        gets one bytes object per segment, as Freezer's engines give.
+        """
+        form = getattr(self.storage, "message_form", None)
+        if form in encoder.MESSAGE_FORMS:
+            return form
+        if getattr(self.storage, "takes_segments", False):
+            return encoder.PIECES
+        return encoder.BYTES
+
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
         segments = self.backup_data(backup_resource, manifest_path)
-        if not getattr(self.storage, "takes_segments", False):
-            segments = map(bytes, segments)     # Freezer's storages
         rich_queue.put_messages(self._counted(segments))
 
     def _counted(self, segments: Iterator[Any]) -> Iterator[Any]:
-        """The segments as they are, their bytes added up in ``handed_bytes``."""
+        """The segments as they are, their bytes added up in ``handed_bytes``.
+
+        No reference is kept once a segment is handed over: the storage
+        frees it as soon as it has stored it.
+        """
         self.handed_bytes = 0
         for segment in segments:
             self.handed_bytes += len(segment)
             yield segment
+            del segment
 
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,

@@ -39,7 +39,7 @@ from freezer_rsyncv2.stream import (
 LOG = log.getLogger(__name__)
 
 _BATCH = 1 << 20            # record bytes handed over per queue item
-_QUEUE_ITEMS = 4
+_QUEUE_ITEMS = 2            # batches waiting for the encoder
 _DONE = object()
 _RECV_PIECE = 4 << 20       # restore: bytes read from the pipe per piece
 _PIPE_SIZE = 1 << 20
@@ -169,11 +169,15 @@ class Rsyncv2Engine(base.BackupEngine):
         worker.start()
         stream = encoder.StreamEncoder(frames.KIND_DATA, self._codec(),
                                        self._cipher())
+        # A dry run stores nothing: the cheapest form.
+        form = encoder.STREAM if self.dry_run else self.message_form()
         try:
             pieces = self._encode(stream, _drain(write_queue))
-            for segment in encoder.segments(pieces, self._segment_size()):
+            for segment in encoder.messages(pieces, form,
+                                            self._segment_size()):
                 summary.stored_bytes += len(segment)
                 yield segment
+                del segment     # the storage may free it once stored
         finally:
             stop.set()
             worker.join()

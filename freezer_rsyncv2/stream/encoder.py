@@ -2,14 +2,19 @@
 
 ``StreamEncoder`` turns record bytes into the header and frames of
 ``frames.FrameWriter`` (compressing on helper threads, ending frames between
-records' pieces); ``segments`` groups the resulting pieces into the segments
-a storage stores, without copying them.
+records' pieces).  The resulting pieces reach a storage in one of the
+forms of ``MESSAGE_FORMS`` (``messages``): ``segments`` groups them into
+segments held as pieces (our storages), ``chunks`` passes them on as a
+stream of small messages (storages that append every message to one
+object), ``spooled_segments`` gathers each segment in a temporary file
+instead of memory (storages that store one object or part per message).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
@@ -19,7 +24,7 @@ from freezer_rsyncv2.stream import compression, frames
 
 _SMALL = 16 << 10              # record bytes below this are coalesced
 _COMPRESS_THREADS = min(4, os.cpu_count() or 1)
-_AHEAD = 2 * _COMPRESS_THREADS  # frames being compressed ahead of sealing
+_AHEAD = _COMPRESS_THREADS     # frames being compressed ahead of sealing
 _codecs = threading.local()     # codec objects are not all thread-safe
 
 
@@ -144,6 +149,182 @@ class Segment:
 
     def __bytes__(self) -> bytes:
         return b"".join(self.pieces)
+
+
+#: How a storage takes the level's bytes (``Storage.message_form``).
+PIECES = "pieces"        # encoder.Segment objects (our storages: writev)
+STREAM = "stream"        # bytes messages of at most CHUNK bytes, in order
+FILES = "files"          # SpooledSegment objects: one per object or part
+BYTES = "bytes"          # one bytes object per segment (any other storage)
+MESSAGE_FORMS = (PIECES, STREAM, FILES, BYTES)
+
+#: Largest message of the STREAM form.
+CHUNK = 1 << 20
+
+
+def messages(pieces: Iterable, form: str, max_size: int) -> Iterator:
+    """The stream's pieces as a storage of the given form takes them.
+
+    Memory held here: a segment's pieces (PIECES), a segment joined
+    (BYTES), at most CHUNK bytes (STREAM), or one piece (FILES: the
+    segment is in a temporary file).
+    """
+    if form == STREAM:
+        return chunks(pieces, CHUNK)
+    if form == FILES:
+        return spooled_segments(pieces, max_size)
+    if form == PIECES:
+        return segments(pieces, max_size)
+    if form == BYTES:
+        return (bytes(s) for s in segments(pieces, max_size))
+    raise errors.ConfigError("unknown storage message form %r" % (form,))
+
+
+def chunks(pieces: Iterable, size: int = CHUNK) -> Iterator:
+    """The pieces as messages of at most ``size`` bytes, in order.
+
+    Small pieces (frame heads, small frames) are joined; a piece of
+    ``size`` or more goes on uncopied, in ``size`` views.
+    """
+    if size <= 0:
+        raise errors.ConfigError("chunk size must be positive")
+    buf = bytearray()
+    for piece in pieces:
+        n = len(piece)
+        if len(buf) + n <= size:
+            buf += piece
+            if len(buf) == size:
+                yield bytes(buf)
+                buf.clear()
+            continue
+        if buf:
+            yield bytes(buf)
+            buf.clear()
+        view = memoryview(piece)
+        while n >= size:
+            yield view[:size]
+            view, n = view[size:], n - size
+        if n:
+            buf += view
+    if buf:
+        yield bytes(buf)
+
+
+class SpooledSegment:
+    """One segment kept in an unnamed temporary file, read like a file.
+
+    Its bytes never sit in memory: ``read``/``readinto`` copy from the
+    file (page cache), ``seek``/``tell`` let an HTTP client rewind it for
+    a retry, ``len()`` is its size.  The file goes when the segment is
+    closed or garbage collected (it has no name on disk).
+    """
+
+    def __init__(self, file, size: int) -> None:
+        self._file = file
+        self.size = size
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __bytes__(self) -> bytes:
+        return os.pread(self._file.fileno(), self.size, 0)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        if n <= 0:
+            return b""
+        data = os.pread(self._file.fileno(), n, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        n = min(len(view), self.size - self._pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self._file.fileno(), [view[:n]], self._pos)
+        self._pos += got
+        return got
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos,
+                os.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The segment's bytes in pieces of at most ``size``, from the start."""
+        for offset in range(0, self.size, size):
+            yield os.pread(self._file.fileno(), min(size, self.size - offset),
+                           offset)
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "SpooledSegment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def spooled_segments(pieces: Iterable, max_size: int,
+                     directory: str | None = None) -> Iterator[SpooledSegment]:
+    """Regroup byte pieces into segments of exactly max_size (last shorter),
+    each written to its own temporary file as the pieces come.
+
+    A segment is yielded when full; the next one starts in a new file, so
+    the storage may still be reading the previous one.
+    """
+    if max_size <= 0:
+        raise errors.ConfigError("max_segment_size must be positive")
+    spool = None
+    size = 0
+    try:
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            while len(view):
+                if spool is None:
+                    spool = tempfile.TemporaryFile(prefix="rsyncv2-segment-",
+                                                   dir=directory)
+                    size = 0
+                cut = min(len(view), max_size - size)
+                spool.write(view[:cut])
+                size += cut
+                view = view[cut:]
+                if size == max_size:
+                    spool.flush()
+                    full, spool = SpooledSegment(spool, size), None
+                    yield full
+                    del full    # the storage closes it, or GC does
+        if spool is not None and size:
+            spool.flush()
+            last, spool = SpooledSegment(spool, size), None
+            yield last
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 def segments(pieces: Iterable, max_size: int) -> Iterator[Segment]:

@@ -159,6 +159,22 @@ def keystone():
         yield stub
 
 
+#: Runs freezer-agent's entry point (as its console script does) and, at
+#: exit, copies the process's own /proc/self/status to the file named by
+#: AGENT_STATUS_OUT: its VmHWM is the agent's peak resident set size, as
+#: the kernel counted it for that process.
+MEASURED_AGENT = """
+import atexit, os, re, sys
+def _status(path=os.environ["AGENT_STATUS_OUT"]):
+    with open("/proc/self/status") as f, open(path, "w") as out:
+        out.write(f.read())
+atexit.register(_status)
+from freezer.main import main
+sys.argv[0] = "freezer-agent"
+sys.exit(main())
+"""
+
+
 @dataclasses.dataclass
 class AgentRun:
     """One freezer-agent run: exit code, output, its log file and --metadata-out."""
@@ -169,6 +185,15 @@ class AgentRun:
     stderr: str
     log: str
     metadata: dict
+    #: /proc/self/status of the agent process at its exit (measured runs)
+    status: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """The agent process's peak resident set size (VmHWM), in MB (10**6 bytes)."""
+        kib = self.status["VmHWM"].split()
+        assert kib[1] == "kB", self.status["VmHWM"]
+        return int(kib[0]) * 1024 / 1e6
 
     def explain(self) -> str:
         return "freezer-agent %s\nexit %d\n--- stderr\n%s\n--- log\n%s" % (
@@ -199,21 +224,35 @@ class Agent:
                          **self.keystone.env(), **extra)
 
     def __call__(self, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = AGENT_TIMEOUT) -> AgentRun:
+                 timeout: float = AGENT_TIMEOUT, measure: bool = False
+                 ) -> AgentRun:
+        """Run freezer-agent; with ``measure`` the run's ``status`` holds
+        the agent process's own /proc/self/status at its exit."""
         self.runs += 1
         log = self.workdir / ("agent-%03d.log" % self.runs)
         meta = self.workdir / ("agent-%03d.json" % self.runs)
-        argv = [self.venv.bin("freezer-agent"), *args, "--log-file", str(log),
-                "--metadata-out", str(meta)]
-        done = _run(argv, timeout, env=self.env(**(env or {})),
+        status = self.workdir / ("agent-%03d.status" % self.runs)
+        extra = dict(env or {})
+        if measure:
+            argv = [self.venv.python, "-c", MEASURED_AGENT]
+            extra["AGENT_STATUS_OUT"] = str(status)
+        else:
+            argv = [self.venv.bin("freezer-agent")]
+        argv += [*args, "--log-file", str(log), "--metadata-out", str(meta)]
+        done = _run(argv, timeout, env=self.env(**extra),
                     cwd=str(self.workdir))
         text = log.read_text(errors="replace") if log.exists() else ""
         metadata = {}
         if meta.exists() and meta.stat().st_size:
             metadata = json.loads(meta.read_text())
+        fields = {}
+        if measure and status.exists():
+            for line in status.read_text().splitlines():
+                key, _sep, value = line.partition(":")
+                fields[key] = value.strip()
         return AgentRun(args=list(args), returncode=done.returncode,
                         stdout=done.stdout, stderr=done.stderr, log=text,
-                        metadata=metadata)
+                        metadata=metadata, status=fields)
 
     def venv_python(self, code: str, env: dict[str, str] | None = None
                     ) -> subprocess.CompletedProcess:

@@ -100,19 +100,22 @@ def test_encrypted_round_trip(agent, s3, tmp_path):
 
 
 def test_lost_data_upload_fails_the_backup(agent, s3, tmp_path):
-    """Freezer's S3 storage aborts a failed multipart upload without raising.
+    """A failed multipart upload fails the backup (Freezer's would return).
 
     S3 refuses parts under 5 MiB but the last, so 1 MiB segments make
     the upload's completion fail; the agent must not report a backup.
+    Freezer's ``upload_stream`` logs that, aborts and returns; the one our
+    engine gives the storage object raises, so the error is the storage's.
     """
     src = tmp_path / "src"
     write(src / "big.bin", rand(random.Random(41), 3 << 20))
     run = agent(*backup_args(s3, "lost", src, "--max-segment-size", str(1 << 20)),
                 timeout=60)
     assert run.returncode != 0, run.explain()
-    assert "EntityTooSmall" in run.log, run.explain()      # Freezer's own log line
-    assert "Critical Error: backup %s_lost level 0: " % HOST in run.log, run.explain()
-    assert "/data is missing after " in run.log, run.explain()
+    assert "EntityTooSmall" in run.log, run.explain()
+    assert "Critical Error: S3 CompleteMultipartUpload %s/backups/data/rsyncv2/%s_lost/" % (
+        s3.bucket, HOST) in run.log, run.explain()
+    assert "Upload stream to S3 error" not in run.log     # Freezer's, replaced
     assert s3.keys("metadata", "lost") == []
     # No level is listed (no metadata), nor any of its engine metadata.
     assert s3.keys("data", "lost") == []
