@@ -24,9 +24,10 @@ from oslo_log import log
 from freezer_rsyncv2.errors import StorageError
 from freezer_rsyncv2.storage.localfs import (
     CREATE_FLAGS, READ_FLAGS, EarlyWriteback, SymlinkInside, copy_to_fd, discard, fsync_dir, fsync_fd,
-    kind_of, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
+    kind_of, lock_temp, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError, warn_ignored
 from freezer_rsyncv2.storage.layout import DATA_NAME, Backup
+from freezer_rsyncv2.storage.local_sweep import LocalSweep
 
 LOG = log.getLogger(__name__)
 
@@ -34,7 +35,7 @@ DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 
 
-class LocalStorage(Storage):
+class LocalStorage(LocalSweep, Storage):
     """Freezer's layout under a local directory.
 
     Every file reaches its final name by an atomic rename of an fsynced
@@ -216,13 +217,16 @@ class LocalStorage(Storage):
         """Write a new file through ``write(fd)``, fsync it, rename it to ``name``, fsync the directory.
 
         The temporary sibling is created with O_EXCL|O_NOFOLLOW in
-        ``dir_fd`` and removed on any failure, so nothing partial ever has
-        the final name and nothing is written through a symlink.
+        ``dir_fd`` and removed on any failure (an interrupt included), so
+        nothing partial ever has the final name and nothing is written
+        through a symlink.  It is locked (``flock``) while written: the
+        sweep never takes a file a running writer holds.
         """
         tmp = temp_name(name)
         fd = os.open(tmp, CREATE_FLAGS, 0o666, dir_fd=dir_fd)
         try:
             try:
+                lock_temp(fd)
                 write(fd)
                 os.fsync(fd)
             finally:
@@ -313,7 +317,7 @@ class LocalStorage(Storage):
         On any failure (a force-stopped queue, a disk error) the temp file is
         removed, the queue is force-stopped so the producer does not block
         forever, and the error is re-raised: nothing appears under the final
-        name.
+        name.  ``abandon`` force-stops the queue of an interrupted backup.
         """
         backup = backup.copy(self)
 
@@ -323,19 +327,20 @@ class LocalStorage(Storage):
                 writev_all(fd, getattr(message, "pieces", (message,)))
                 flusher.written(len(message))
 
-        try:
-            dir_fd = self._dir_for_write(backup.data_prefix_path)
+        with self._writing(rich_queue, backup):
             try:
-                self._publish_at(dir_fd, DATA_NAME, write)
-            finally:
-                os.close(dir_fd)
-        except BaseException as exc:
-            stop = getattr(rich_queue, "force_stop", None)
-            if stop is not None:
-                stop()
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {backup.data_path}: {exc}") from exc
-            raise
+                dir_fd = self._dir_for_write(backup.data_prefix_path)
+                try:
+                    self._publish_at(dir_fd, DATA_NAME, write)
+                finally:
+                    os.close(dir_fd)
+            except BaseException as exc:
+                stop = getattr(rich_queue, "force_stop", None)
+                if stop is not None:
+                    stop()
+                if isinstance(exc, OSError):
+                    raise StorageError(f"cannot write {backup.data_path}: {exc}") from exc
+                raise
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         """The level's data, a regular file read no further than its metadata declares.
