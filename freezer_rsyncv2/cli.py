@@ -1,7 +1,9 @@
-"""freezer-rsyncv2 command line: backup, restore, list; thin over the engine.
+"""freezer-rsyncv2 command line: backup, restore, verify, list, cleanup; thin over the engine.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 finished with warnings
-(entries skipped or changed while read).
+(entries skipped or changed while read), 128 + the signal's number when
+stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129) after removing what
+the run had written (``interrupt``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import datetime
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -20,12 +23,15 @@ from oslo_log import log
 
 import freezer_rsyncv2
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import opts
 from freezer_rsyncv2 import verify
 from freezer_rsyncv2.cli_output import (
-    OneLineLogFilter, PrintableFormatter, TtyProgress, human_size, printable)
+    OneLineLogFilter, PrintableFormatter, TtyProgress, describe_sweep, human_size,
+    printable)
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import factory
+from freezer_rsyncv2.storage import sweep as sweeping
 from freezer_rsyncv2.stream import compression
 
 LOG = log.getLogger(__name__)
@@ -37,6 +43,9 @@ EPILOG = """exit codes:
   1  failure (the reason is printed on one line)
   2  usage error (bad or missing option)
   3  finished with warnings (entries skipped or changed while read)
+  130, 143, 129  stopped by SIGINT, SIGTERM or SIGHUP (128 + the signal's
+     number) after removing what the run had written; a second signal
+     ends it at once
 """
 
 
@@ -54,6 +63,13 @@ def _date(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(
             "expected YYYY-MM-DDThh:mm:ss, got %r" % text) from None
+
+
+def _sweep_age(text: str) -> float:
+    try:
+        return sweeping.parse_age(text, "--sweep-age")
+    except errors.ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-segment-size", type=int)
     b.add_argument("--dry-run", action="store_true",
                    help="read and delta everything, store nothing")
+    _add_sweep_age(b)
 
     r = command("restore", "restore a backup into a directory")
     r.add_argument("--backup-name", required=True)
@@ -133,7 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = command("list", "list chains, levels and sizes")
     ls.add_argument("--backup-name")
+
+    c = command("cleanup", "remove what interrupted runs of a backup left: "
+                "temporary objects, incomplete uploads, unfinished levels")
+    c.add_argument("--backup-name", required=True)
+    _add_sweep_age(c)
     return parser
+
+
+def _add_sweep_age(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep-age", type=_sweep_age, metavar="SECONDS",
+                   help="remove leftovers of interrupted runs of the backup "
+                        "older than this (default: $%s, else the config "
+                        "file's sweep_age, else %d: a day)"
+                        % (sweeping.AGE_VARIABLE, sweeping.DEFAULT_AGE))
 
 
 def _setup_logging(debug: bool) -> None:
@@ -197,6 +227,7 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
     storage = _storage(args, args.max_segment_size)
     engine = _engine(args, storage, progress)
     conf = opts.load(args.config_file)[opts.GROUP]
+    age = sweeping.resolve_age(args.sweep_age, conf.sweep_age)
     level = engine.backup(
         os.path.abspath(args.path_to_backup), _name(args),
         incremental=not args.no_incremental,
@@ -206,7 +237,8 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
         else conf.always_level,
         restart_always_level=args.restart_always_level
         if args.restart_always_level is not None
-        else conf.restart_always_level)
+        else conf.restart_always_level,
+        sweep_age=age)
     s = engine.last_summary
     if progress is not None:
         progress.close()
@@ -224,6 +256,9 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
                           human_size(s.copied_bytes),
                           human_size(s.stored_bytes),
                           human_size(s.manifest_bytes), s.elapsed))
+        if engine.last_sweep:
+            print("  swept leftovers of interrupted runs: %s"
+                  % describe_sweep(engine.last_sweep, age))
         if s.partial:
             print("  PARTIAL: %d warnings (see the log); exit code 3"
                   % len(s.warnings))
@@ -281,13 +316,25 @@ def cmd_verify(args: argparse.Namespace, progress) -> int:
     return EXIT_OK
 
 
+def cmd_cleanup(args: argparse.Namespace, progress) -> int:
+    """Sweep one backup name (``Storage.sweep``), as a backup does first."""
+    storage = _storage(args, skip_prepare=True)
+    engine = rsyncv2.Rsyncv2Engine(storage=storage)
+    conf = opts.load(args.config_file)[opts.GROUP]
+    age = sweeping.resolve_age(args.sweep_age, conf.sweep_age)
+    report = storage.sweep(engine, _name(args), age)
+    print("cleanup of %s: %s" % (printable(_name(args)),
+                                 describe_sweep(report, age)))
+    return EXIT_WARNINGS if report.failed else EXIT_OK
+
+
 def _iso(ts: int) -> str:
     return datetime.datetime.fromtimestamp(
         int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list,
-            "verify": cmd_verify}
+            "verify": cmd_verify, "cleanup": cmd_cleanup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,19 +342,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.debug)
     progress = TtyProgress() if sys.stderr.isatty() else None
+    # SIGINT, SIGTERM and SIGHUP raise Interrupted from here on: the run
+    # unwinds through its cleanup (temporary files, uploads, staged files).
+    try:
+        with interrupt.handling(take_over=True):
+            return _run(args, progress)
+    except (KeyboardInterrupt, interrupt.Interrupted) as err:
+        return _interrupted(err, progress)
+
+
+def _run(args: argparse.Namespace, progress) -> int:
     try:
         return COMMANDS[args.command](args, progress)
     except (errors.ConfigError, cfg.Error, UsageError) as err:
+        _reraise_if_interrupted(err)
         print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
         return EXIT_USAGE
     except (errors.Rsyncv2Error, OSError) as err:
+        _reraise_if_interrupted(err)
         if args.debug:
             LOG.exception("failed")
         print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("freezer-rsyncv2: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+
+
+def _reraise_if_interrupted(err: BaseException) -> None:
+    """An error that a signal caused (a queue stopped under a reader) is
+    reported as the interruption it is."""
+    signum = interrupt.received()
+    if signum is not None:
+        raise interrupt.Interrupted.of(signum) from err
+
+
+def _interrupted(err: BaseException, progress) -> int:
+    """One line on stderr; the exit code a shell gives the signal (130 for SIGINT)."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    try:
+        if progress is not None:
+            progress.close()
+        print("freezer-rsyncv2: interrupted by %s"
+              % interrupt.signal_name(signum), file=sys.stderr)
+    except OSError:
+        pass        # SIGHUP: the terminal may be gone
+    return 128 + signum
 
 
 if __name__ == "__main__":      # pragma: no cover

@@ -103,6 +103,34 @@ class TtyProgress(prog.Progress):
             self.stream.write("\n")
 
 
+def describe_sweep(report, age: float) -> str:
+    """One line saying what a sweep (``storage.sweep.SweepReport``) removed and kept."""
+    done = []
+    for count, size, what, how in (
+            (report.temp_objects, report.temp_bytes, "temporary object", "removed"),
+            (report.uploads, report.upload_bytes, "incomplete upload", "aborted"),
+            (report.levels, report.level_bytes, "unfinished level", "removed")):
+        if count:
+            done.append("%d %s%s %s (%s)" % (count, what, "" if count == 1 else "s",
+                                             how, human_size(size)))
+    text = ", ".join(done) if done else "nothing to remove"
+    if report.kept:
+        text += "; %d kept (changed in the last %s, or in use)" % (
+            report.kept, human_age(age))
+    if report.failed:
+        text += "; %d could not be removed (see the log)" % len(report.failed)
+    return text
+
+
+def human_age(seconds: float) -> str:
+    """A duration for people: ``86400`` is ``'1 day'``, ``90`` is ``'90 s'``."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return "%d %s%s" % (n, unit, "" if n == 1 else "s")
+    return "%g s" % seconds
+
+
 def human_size(n: int) -> str:
     """A byte count for people: ``1536`` is ``'1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

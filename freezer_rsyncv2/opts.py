@@ -45,14 +45,25 @@ LEVEL_OPTS = [
 ]
 
 
+SWEEP_OPTS = [
+    cfg.FloatOpt("sweep-age", min=0,
+                 help="Seconds after which the leftovers of an interrupted "
+                      "run (temporary objects, incomplete S3 uploads, "
+                      "levels without metadata) are removed by the next "
+                      "backup of the same name or by the cleanup command. "
+                      "$FREEZER_RSYNCV2_SWEEP_AGE and --sweep-age override "
+                      "it; by default 86400 (a day)."),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register every option on ``conf`` in the [rsyncv2] group."""
-    conf.register_opts(ENGINE_OPTS + LEVEL_OPTS, group=GROUP)
+    conf.register_opts(ENGINE_OPTS + LEVEL_OPTS + SWEEP_OPTS, group=GROUP)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Entry point for oslo-config-generator."""
-    return [(GROUP, ENGINE_OPTS + LEVEL_OPTS)]
+    return [(GROUP, ENGINE_OPTS + LEVEL_OPTS + SWEEP_OPTS)]
 
 
 def load(config_files: list[str]) -> cfg.ConfigOpts:

@@ -38,12 +38,15 @@ from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import errors, interrupt
 from freezer_rsyncv2.engine import queue as rqueue
 from freezer_rsyncv2.storage import layout as slayout
 from freezer_rsyncv2.stream import encoder, place
 
 LOG = log.getLogger(__name__)
+
+#: Seconds an interrupted backup waits for its threads to stop.
+_STOP_WAIT = 30.0
 
 
 def now() -> int:
@@ -118,7 +121,12 @@ class BackupEngine(metaclass=abc.ABCMeta):
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
         segments = self.backup_data(backup_resource, manifest_path)
-        rich_queue.put_messages(self._counted(segments))
+        try:
+            rich_queue.put_messages(self._counted(segments))
+        finally:
+            close = getattr(segments, "close", None)
+            if close is not None:
+                close()     # the generator's cleanup runs now, not at GC
 
     def _counted(self, segments: Iterator[Any]) -> Iterator[Any]:
         """The segments as they are, their bytes added up in ``handed_bytes``.
@@ -246,8 +254,18 @@ class BackupEngine(metaclass=abc.ABCMeta):
                              kwargs={"backup": backup}, daemon=True)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            # Interrupted (a signal in the main thread): both sides stop at
+            # their next hand-off, and the storage's own cleanup runs before
+            # the caller's.  Bounded: a storage stuck in a network call
+            # must not keep a stopped run alive.
+            rich_queue.force_stop()
+            for t in threads:
+                t.join(_STOP_WAIT)
+            raise
         if failures:
             real = [f for f in failures
                     if not isinstance(f, rqueue.QueueStopped)]
@@ -284,7 +302,20 @@ class BackupEngine(metaclass=abc.ABCMeta):
     def restore(self, hostname_backup_name: str, restore_resource: str,
                 overwrite: bool, recent_to_date: int | None,
                 backup_media: str | None = None) -> int:
-        """Replay levels 0..N of the newest chain; returns the level restored."""
+        """Replay levels 0..N of the newest chain; returns the level restored.
+
+        SIGINT, SIGTERM and SIGHUP raise ``interrupt.Interrupted`` here
+        (where the host left their default action): the level being
+        restored removes its staged files, every final name stays old or
+        complete.
+        """
+        with interrupt.handling():
+            return self._restore(hostname_backup_name, restore_resource,
+                                 overwrite, recent_to_date, backup_media)
+
+    def _restore(self, hostname_backup_name: str, restore_resource: str,
+                 overwrite: bool, recent_to_date: int | None,
+                 backup_media: str | None) -> int:
         if backup_media in (None, "fs"):
             _prepare_restore_dir(restore_resource, overwrite)
         backups = self.storage.get_latest_level_zero_increments(

@@ -25,6 +25,7 @@ from oslo_log import log
 import freezer_rsyncv2
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
@@ -33,6 +34,7 @@ from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.fs import walk as fswalk
+from freezer_rsyncv2.storage import sweep as sweeping
 from freezer_rsyncv2.stream import (
     compression, crypto, encoder, frames, place, records)
 
@@ -134,17 +136,45 @@ class Rsyncv2Engine(base.BackupEngine):
     def backup(self, backup_resource: str, hostname_backup_name: str,
                incremental: bool, max_level: int | None,
                always_level: int | None, restart_always_level: float | None,
-               queue_size: int = 0) -> int:
-        self._cipher()
-        if not os.path.lexists(backup_resource):
-            raise errors.SourceError("backup source %s does not exist"
-                                     % backup_resource)
-        if os.path.islink(backup_resource):
-            # The root itself is always followed, as `cd SRC && tar .` would.
-            backup_resource = os.path.realpath(backup_resource)
-        return super().backup(backup_resource, hostname_backup_name,
-                              incremental, max_level, always_level,
-                              restart_always_level, queue_size)
+               queue_size: int = 0, sweep_age: float | None = None) -> int:
+        """Write one level (``BackupEngine.backup``), stoppable by a signal.
+
+        SIGINT, SIGTERM and SIGHUP raise ``interrupt.Interrupted`` here
+        (where the host left their default action: ``interrupt.handling``).
+        On our storages (``sweep.ours``) the leftovers of earlier runs of
+        the name older than ``sweep_age`` seconds are swept first
+        (``last_sweep``; default $FREEZER_RSYNCV2_SWEEP_AGE or a day), and
+        a failed or interrupted run removes what it wrote (``abandon``).
+        """
+        self.last_sweep: sweeping.SweepReport | None = None
+        with interrupt.handling():
+            self._cipher()
+            if not os.path.lexists(backup_resource):
+                raise errors.SourceError("backup source %s does not exist"
+                                         % backup_resource)
+            if os.path.islink(backup_resource):
+                # The root itself is always followed, as `cd SRC && tar .` would.
+                backup_resource = os.path.realpath(backup_resource)
+            storage = sweeping.ours(self.storage)
+            if storage is not None and not self.dry_run:
+                age = sweeping.resolve_age(sweep_age)
+                try:
+                    self.last_sweep = storage.sweep(self, hostname_backup_name,
+                                                    age)
+                except (errors.Rsyncv2Error, OSError) as err:
+                    LOG.warning("%s: the sweep of earlier runs' leftovers "
+                                "failed: %s", hostname_backup_name, err)
+            try:
+                return super().backup(backup_resource, hostname_backup_name,
+                                      incremental, max_level, always_level,
+                                      restart_always_level, queue_size)
+            except BaseException as err:
+                if isinstance(err, interrupt.Interrupted):
+                    LOG.warning("Backup of %s %s: removing what it wrote",
+                                hostname_backup_name, err)
+                if storage is not None:
+                    storage.abandon(self)
+                raise
 
     def _previous_paths(self, manifest_path: str) -> list[str]:
         if self.chain_manifests:

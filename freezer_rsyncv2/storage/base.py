@@ -16,6 +16,7 @@ from typing import Any
 from oslo_log import log
 
 from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, FormatError, StorageError
+from freezer_rsyncv2.storage.cleanup import Cleanup
 from freezer_rsyncv2.storage.layout import (  # noqa: F401 (re-exported)
     DATA_NAME, ENGINE_METADATA_NAME, MAX_LEVEL, MAX_METADATA_SIZE, MAX_TIMESTAMP, METADATA_NAME,
     _CHAIN_RE, Backup, EngineLike, _NamedEngine, level_published, parse_chain_dir, parse_level_dir,
@@ -52,12 +53,14 @@ IO_BLOCK = 8 << 20
 MAX_FILE_SIZE = 64 << 30
 
 
-class Storage(abc.ABC):
+class Storage(Cleanup, abc.ABC):
     """Freezer's storage interface (base.Storage + physical.PhysicalStorage) plus CLI extras.
 
     Invariant: a level is visible (listed, restorable, usable as a parent)
     only once its ``metadata`` file exists, and ``put_metadata`` writes that
-    file last; everything else in the layout may be partial garbage.
+    file last; everything else in the layout may be partial garbage.  What
+    failed or interrupted runs leave, ``abandon`` and ``sweep`` remove
+    (``Cleanup``, ``storage/cleanup.py``).
     """
 
     _type: str | None = None
@@ -296,6 +299,7 @@ class Storage(abc.ABC):
         self.put_file(engine_metadata_path, backup.engine_metadata_path)
         self.create_dirs(backup.metadata_path.rsplit("/", 1)[0])
         self.put_file(freezer_metadata_path, backup.metadata_path)
+        self._published(backup)
 
     def remove_older_than(self, engine: EngineLike, remove_older_timestamp: float,
                           hostname_backup_name: str) -> None:

@@ -12,6 +12,7 @@ chose that path.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -24,9 +25,10 @@ from oslo_log import log
 from freezer_rsyncv2.errors import StorageError
 from freezer_rsyncv2.storage.localfs import (
     CREATE_FLAGS, READ_FLAGS, EarlyWriteback, SymlinkInside, copy_to_fd, discard, fsync_dir, fsync_fd,
-    kind_of, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
+    kind_of, lock_temp, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError, warn_ignored
 from freezer_rsyncv2.storage.layout import DATA_NAME, Backup
+from freezer_rsyncv2.storage.local_sweep import LocalSweep
 
 LOG = log.getLogger(__name__)
 
@@ -34,7 +36,7 @@ DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 
 
-class LocalStorage(Storage):
+class LocalStorage(LocalSweep, Storage):
     """Freezer's layout under a local directory.
 
     Every file reaches its final name by an atomic rename of an fsynced
@@ -139,6 +141,28 @@ class LocalStorage(Storage):
         head, name = split_path(path)
         return self._open_dir(head), name
 
+
+    @contextlib.contextmanager
+    def _opened(self, path: str, verb: str, parent: bool = True) -> Iterator[tuple[int, str] | None]:
+        """A descriptor on ``path``'s directory and the last name (``parent``), or on ``path``
+        itself and "", closed on the way out; None for a path that is missing or reached through
+        a symlink inside the container (warned).  Any OSError is a StorageError "cannot {verb}"."""
+        opened: tuple[int, str] | None = None
+        try:
+            opened = self._open_parent(path) if parent else (self._open_dir(path), "")
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except SymlinkInside as link:
+            warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
+        except OSError as exc:
+            raise StorageError(f"cannot {verb} {path}: {exc}") from exc
+        try:
+            yield opened
+        except OSError as exc:
+            raise StorageError(f"cannot {verb} {path}: {exc}") from exc
+        finally:
+            if opened is not None:
+                os.close(opened[0])
     def _open_object(self, path: str) -> tuple[int, os.stat_result]:
         """A descriptor and the fstat of the regular file stored at ``path``.
 
@@ -186,21 +210,8 @@ class LocalStorage(Storage):
 
     def _stat_object(self, path: str) -> os.stat_result | None:
         """lstat of ``path`` reached without following symlinks; None if there is none."""
-        try:
-            dir_fd, name = self._open_parent(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except SymlinkInside as link:
-            warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
-            return None
-        except OSError as exc:
-            raise StorageError(f"cannot stat {path}: {exc}") from exc
-        try:
-            return lstat_at(dir_fd, name)
-        except OSError as exc:
-            raise StorageError(f"cannot stat {path}: {exc}") from exc
-        finally:
-            os.close(dir_fd)
+        with self._opened(path, "stat") as at:
+            return None if at is None else lstat_at(*at)
 
     def _dir_for_write(self, path: str) -> int:
         """A descriptor on directory ``path`` (created as needed) or a StorageError saying why not."""
@@ -216,13 +227,16 @@ class LocalStorage(Storage):
         """Write a new file through ``write(fd)``, fsync it, rename it to ``name``, fsync the directory.
 
         The temporary sibling is created with O_EXCL|O_NOFOLLOW in
-        ``dir_fd`` and removed on any failure, so nothing partial ever has
-        the final name and nothing is written through a symlink.
+        ``dir_fd`` and removed on any failure (an interrupt included), so
+        nothing partial ever has the final name and nothing is written
+        through a symlink.  It is locked (``flock``) while written: the
+        sweep never takes a file a running writer holds.
         """
         tmp = temp_name(name)
         fd = os.open(tmp, CREATE_FLAGS, 0o666, dir_fd=dir_fd)
         try:
             try:
+                lock_temp(fd)
                 write(fd)
                 os.fsync(fd)
             finally:
@@ -313,7 +327,7 @@ class LocalStorage(Storage):
         On any failure (a force-stopped queue, a disk error) the temp file is
         removed, the queue is force-stopped so the producer does not block
         forever, and the error is re-raised: nothing appears under the final
-        name.
+        name.  ``abandon`` force-stops the queue of an interrupted backup.
         """
         backup = backup.copy(self)
 
@@ -323,19 +337,20 @@ class LocalStorage(Storage):
                 writev_all(fd, getattr(message, "pieces", (message,)))
                 flusher.written(len(message))
 
-        try:
-            dir_fd = self._dir_for_write(backup.data_prefix_path)
+        with self._writing(rich_queue, backup):
             try:
-                self._publish_at(dir_fd, DATA_NAME, write)
-            finally:
-                os.close(dir_fd)
-        except BaseException as exc:
-            stop = getattr(rich_queue, "force_stop", None)
-            if stop is not None:
-                stop()
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {backup.data_path}: {exc}") from exc
-            raise
+                dir_fd = self._dir_for_write(backup.data_prefix_path)
+                try:
+                    self._publish_at(dir_fd, DATA_NAME, write)
+                finally:
+                    os.close(dir_fd)
+            except BaseException as exc:
+                stop = getattr(rich_queue, "force_stop", None)
+                if stop is not None:
+                    stop()
+                if isinstance(exc, OSError):
+                    raise StorageError(f"cannot write {backup.data_path}: {exc}") from exc
+                raise
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         """The level's data, a regular file read no further than its metadata declares.
@@ -376,21 +391,8 @@ class LocalStorage(Storage):
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names under ``path``; missing (or not a directory, or a symlink inside) gives []."""
-        try:
-            fd = self._open_dir(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except SymlinkInside as link:
-            warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
-            return []
-        except OSError as exc:
-            raise StorageError(f"cannot list {path}: {exc}") from exc
-        try:
-            return sorted(os.listdir(fd))
-        except OSError as exc:
-            raise StorageError(f"cannot list {path}: {exc}") from exc
-        finally:
-            os.close(fd)
+        with self._opened(path, "list", parent=False) as at:
+            return [] if at is None else sorted(os.listdir(at[0]))
 
     def create_dirs(self, path: str) -> None:
         """``mkdir -p`` that also fsyncs the parent of each directory it creates.
@@ -434,18 +436,6 @@ class LocalStorage(Storage):
             except OSError as exc:
                 raise StorageError(f"cannot remove {path}: {exc}") from exc
             return
-        try:
-            dir_fd, name = self._open_parent(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except SymlinkInside as link:
-            warn_ignored(self, link.path, "a symbolic link inside the container: never followed")
-            return
-        except OSError as exc:
-            raise StorageError(f"cannot remove {path}: {exc}") from exc
-        try:
-            remove_at(dir_fd, name)
-        except OSError as exc:
-            raise StorageError(f"cannot remove {path}: {exc}") from exc
-        finally:
-            os.close(dir_fd)
+        with self._opened(path, "remove") as at:
+            if at is not None:
+                remove_at(*at)

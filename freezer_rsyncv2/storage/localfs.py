@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import re
 import stat
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
@@ -83,6 +86,90 @@ def temp_name(final_name: str) -> str:
     """A hidden sibling of ``final_name``: same directory so rename is atomic."""
     head, tail = os.path.split(final_name)
     return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
+
+
+#: What ``temp_name`` makes (a uuid4 in hex): only such names are swept.
+TEMP_NAME_RE = re.compile(r"\..+\.tmp-[0-9a-f]{32}", re.DOTALL)
+
+
+def lock_temp(fd: int) -> None:
+    """Mark the temporary file open as ``fd`` as being written (flock; best effort).
+
+    The lock goes with the descriptor: a writer that dies drops it.  The
+    sweep skips a locked file whatever its age.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass        # a file system without flock: the age alone protects it
+
+
+def walk_files(fd: int, path: str) -> Iterator[tuple[int, str, str, os.stat_result]]:
+    """Every file and directory below the directory open as ``fd``, following no symlink.
+
+    Yields (descriptor of its directory, its name, its path, its lstat);
+    a directory is yielded before what it holds.  The descriptors are
+    closed once their directory is done.  Entries that vanish meanwhile
+    are skipped.
+    """
+    stack = [(os.dup(fd), path)]
+    try:
+        while stack:
+            dfd, dpath = stack.pop()
+            try:
+                names = sorted(os.listdir(dfd))
+                for name in names:
+                    st = lstat_at(dfd, name)
+                    if st is None:
+                        continue
+                    child = f"{dpath}/{name}"
+                    yield dfd, name, child, st
+                    if stat.S_ISDIR(st.st_mode):
+                        try:
+                            stack.append((os.open(name, DIR_FLAGS, dir_fd=dfd), child))
+                        except (FileNotFoundError, NotADirectoryError):
+                            continue
+            finally:
+                os.close(dfd)
+    finally:
+        for dfd, _path in stack:
+            os.close(dfd)
+
+
+def remove_stale_temp(dir_fd: int, name: str, cutoff: float) -> tuple[str, int]:
+    """Remove temporary file ``name`` of ``dir_fd`` if stale: ("removed", size).
+
+    Stale: a regular file last modified before ``cutoff`` that no writer
+    holds locked (``lock_temp``).  Otherwise ("young" | "locked" | "gone", 0).
+    The name is unlinked only if it still names the inode checked.
+    """
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return "gone", 0
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            return "gone", 0    # a symlink or a socket: not one of ours
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "gone", 0
+        if st.st_mtime > cutoff:
+            return "young", 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "locked", 0
+        except OSError:
+            pass        # no flock here: the age decides
+        again = lstat_at(dir_fd, name)
+        if again is None or (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+            return "gone", 0
+        os.unlink(name, dir_fd=dir_fd)
+        return "removed", st.st_size
+    finally:
+        os.close(fd)
 
 
 def discard(path: str, dir_fd: int | None = None) -> None:

@@ -15,6 +15,7 @@ from freezer_rsyncv2.storage import retry as retries
 from freezer_rsyncv2.storage import s3_client
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
 from freezer_rsyncv2.storage.layout import Backup
+from freezer_rsyncv2.storage.s3_sweep import S3Sweep
 from freezer_rsyncv2.storage.s3_upload import ObjectWriter, check_part_size
 
 LOG = log.getLogger(__name__)
@@ -26,7 +27,7 @@ DEFAULT_PART_SIZE = 8 * 1024 * 1024
 DEFAULT_REGION = s3_client.DEFAULT_REGION
 
 
-class S3Storage(Storage):
+class S3Storage(S3Sweep, Storage):
     """Freezer's layout as object keys in one bucket, under an optional prefix.
 
     ``storage_path`` is the container ``bucket[/prefix]`` (as in Freezer's
@@ -255,17 +256,18 @@ class S3Storage(Storage):
         """
         backup = backup.copy(self)
         writer = self.writer(self.key(backup.data_path))
-        try:
-            for message in rich_queue.get_messages():
-                for piece in getattr(message, "pieces", (message,)):
-                    writer.write(piece)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            stop = getattr(rich_queue, "force_stop", None)
-            if stop is not None:
-                stop()
-            raise
+        with self._writing(rich_queue, backup):     # abandon() can stop it
+            try:
+                for message in rich_queue.get_messages():
+                    for piece in getattr(message, "pieces", (message,)):
+                        writer.write(piece)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                stop = getattr(rich_queue, "force_stop", None)
+                if stop is not None:
+                    stop()
+                raise
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         """The level's data, refused before it is read if larger than its metadata declares.
