@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 from bench_run import Series
@@ -111,6 +112,16 @@ class Report:
             if t.note:
                 parts.append("note (%s): %s" % (t.name, t.note))
         return "\n".join(parts)
+
+
+def finish(report: Report, name: str, broken: bool = False) -> int:
+    """Print the report; the exit code: 2 when ``broken`` (a tool failed or a
+    result differs, said on stderr), else 1 when a target failed, else 0."""
+    print(report.render())
+    if broken:
+        print("%s: a tool failed or a result differs (see above)" % name, file=sys.stderr)
+        return 2
+    return 0 if all(t.passed for t in report.targets) else 1
 
 
 def _n(value: int | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,6 +68,22 @@ def run_command(argv: list[str], cwd: str | None = None) -> Run:
     if stdout.strip().startswith(b"{"):
         run.report = json.loads(stdout)
     return run
+
+
+@contextlib.contextmanager
+def work_directory(parent: str | None, prefix: str, keep: bool = False) -> Iterator[str]:
+    """A new directory under ``parent`` (made if needed; default: the temporary one),
+    removed at the end unless ``keep`` (then its path is printed to stderr)."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield work
+    finally:
+        if keep:
+            print("the data is kept in %s" % work, file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_ours(spec: dict[str, Any]) -> Run:

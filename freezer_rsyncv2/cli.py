@@ -36,7 +36,8 @@ from freezer_rsyncv2.stream import compression
 
 LOG = log.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_WARNINGS = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_WARNINGS = (
+    errors.EXIT_OK, errors.EXIT_FAILURE, errors.EXIT_USAGE, errors.EXIT_WARNINGS)
 
 EPILOG = """exit codes:
   0  success
@@ -49,10 +50,6 @@ EPILOG = """exit codes:
 """
 
 
-class UsageError(Exception):
-    """A command line that cannot work (exit code 2)."""
-
-
 def _date(text: str) -> int:
     """A date as freezer-agent reads it: UTC unless it names its zone."""
     try:
@@ -62,7 +59,7 @@ def _date(text: str) -> int:
         return int(when.timestamp())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            "expected YYYY-MM-DDThh:mm:ss, got %r" % text) from None
+            f"expected YYYY-MM-DDThh:mm:ss, got {text!r}") from None
 
 
 def _sweep_age(text: str) -> float:
@@ -76,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freezer-rsyncv2", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="rsync-algorithm incremental backups (freezer_rsyncv2 %s)"
-                    % freezer_rsyncv2.__version__)
+        description=f"rsync-algorithm incremental backups (freezer_rsyncv2 {freezer_rsyncv2.__version__})")
     parser.add_argument("--version", action="version",
                         version=freezer_rsyncv2.__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -92,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--container", required=True,
                        help="local: directory holding the backups; "
-                            "s3: BUCKET[/PREFIX]")
+                            "s3: BUCKET[/PREFIX]; swift: NAME[/PREFIX]")
         p.add_argument("--storage", choices=factory.KINDS, default="local",
                        help="where the backups live (default: local)")
         p.add_argument("--endpoint", metavar="URL",
@@ -103,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--secret-key", metavar="KEY",
                        help="s3: secret key (default: "
                             "$AWS_SECRET_ACCESS_KEY)")
+        _add_os_options(p)
         p.add_argument("--hostname", default=socket.gethostname(),
                        help="host part of the backup name (default: this "
                             "host, as freezer-agent does)")
@@ -158,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Swift's identity options: (option, OS_* variable, help).
+OS_OPTIONS = (
+    ("auth-url", "OS_AUTH_URL", "identity endpoint (v1: the tempauth URL)"),
+    ("username", "OS_USERNAME", "user name"),
+    ("password", "OS_PASSWORD", "password (v1: the key)"),
+    ("project-name", "OS_PROJECT_NAME", "project (tenant) name"),
+    ("user-domain-name", "OS_USER_DOMAIN_NAME", "user's domain (default: Default)"),
+    ("project-domain-name", "OS_PROJECT_DOMAIN_NAME",
+     "project's domain (default: Default)"),
+    ("region-name", "OS_REGION_NAME", "region of the object-store endpoint"),
+    ("auth-version", "OS_AUTH_VERSION",
+     "identity API version: 3 (Keystone, default), 2, or 1 (tempauth)"),
+)
+
+
+def _add_os_options(p: argparse.ArgumentParser) -> None:
+    for name, variable, text in OS_OPTIONS:
+        p.add_argument("--os-" + name, metavar="VALUE",
+                       help=f"swift: {text} (default: ${variable})")
+
+
 def _add_sweep_age(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-age", type=_sweep_age, metavar="SECONDS",
                    help="remove leftovers of interrupted runs of the backup "
@@ -208,22 +226,23 @@ def _storage(args: argparse.Namespace, max_segment_size: int | None = None,
     """The storage of --storage/--container; reading needs it to exist."""
     if (args.storage == "local" and skip_prepare
             and not os.path.isdir(args.container)):
-        raise errors.BackupNotFoundError("container %s does not exist"
-                                         % args.container)
+        raise errors.BackupNotFoundError(f"container {args.container} does not exist")
     return factory.build_storage(
         args.storage, args.container, max_segment_size=max_segment_size,
         skip_prepare=skip_prepare, endpoint=args.endpoint,
-        access_key=args.access_key, secret_key=args.secret_key)
+        access_key=args.access_key, secret_key=args.secret_key,
+        os_options={name.replace("-", "_"): getattr(
+            args, "os_" + name.replace("-", "_"))
+            for name, _variable, _text in OS_OPTIONS})
 
 
 def _name(args: argparse.Namespace) -> str:
-    return "%s_%s" % (args.hostname, args.backup_name)
+    return f"{args.hostname}_{args.backup_name}"
 
 
 def cmd_backup(args: argparse.Namespace, progress) -> int:
     if not os.path.lexists(args.path_to_backup):
-        raise errors.SourceError("backup source %s does not exist"
-                                 % args.path_to_backup)
+        raise errors.SourceError(f"backup source {args.path_to_backup} does not exist")
     storage = _storage(args, args.max_segment_size)
     engine = _engine(args, storage, progress)
     conf = opts.load(args.config_file)[opts.GROUP]
@@ -257,11 +276,9 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
                           human_size(s.stored_bytes),
                           human_size(s.manifest_bytes), s.elapsed))
         if engine.last_sweep:
-            print("  swept leftovers of interrupted runs: %s"
-                  % describe_sweep(engine.last_sweep, age))
+            print(f"  swept leftovers of interrupted runs: {describe_sweep(engine.last_sweep, age)}")
         if s.partial:
-            print("  PARTIAL: %d warnings (see the log); exit code 3"
-                  % len(s.warnings))
+            print(f"  PARTIAL: {len(s.warnings)} warnings (see the log); exit code 3")
             return EXIT_WARNINGS
     return EXIT_OK
 
@@ -288,13 +305,12 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
     names = [_name(args)] if args.backup_name else \
         storage.backup_names(engine.name)
     if args.backup_name and not storage.list_chains(engine, names[0]):
-        raise errors.BackupNotFoundError("no backup named %s in %s"
-                                         % (names[0], args.container))
+        raise errors.BackupNotFoundError(f"no backup named {names[0]} in {args.container}")
     for name in names:
         print(printable(name))       # names a storage lists: attacker data
         for chain in storage.list_chains(engine, name):
             first = chain[min(chain)]
-            print("  chain %s" % _iso(first.level_zero_timestamp))
+            print(f"  chain {_iso(first.level_zero_timestamp)}")
             for level in sorted(chain):
                 b = chain[level]
                 size = human_size(storage.level_size(b))
@@ -323,8 +339,7 @@ def cmd_cleanup(args: argparse.Namespace, progress) -> int:
     conf = opts.load(args.config_file)[opts.GROUP]
     age = sweeping.resolve_age(args.sweep_age, conf.sweep_age)
     report = storage.sweep(engine, _name(args), age)
-    print("cleanup of %s: %s" % (printable(_name(args)),
-                                 describe_sweep(report, age)))
+    print(f"cleanup of {printable(_name(args))}: {describe_sweep(report, age)}")
     return EXIT_WARNINGS if report.failed else EXIT_OK
 
 
@@ -354,16 +369,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, progress) -> int:
     try:
         return COMMANDS[args.command](args, progress)
-    except (errors.ConfigError, cfg.Error, UsageError) as err:
-        _reraise_if_interrupted(err)
-        print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
-        return EXIT_USAGE
-    except (errors.Rsyncv2Error, OSError) as err:
-        _reraise_if_interrupted(err)
-        if args.debug:
-            LOG.exception("failed")
-        print("freezer-rsyncv2: error: %s" % printable(err), file=sys.stderr)
-        return EXIT_FAILURE
+    except errors.Rsyncv2Error as err:
+        return _failed(err, err.exit_code, args.debug)
+    except cfg.Error as err:        # a configuration file's bad value
+        return _failed(err, EXIT_USAGE, args.debug)
+    except OSError as err:
+        return _failed(err, EXIT_FAILURE, args.debug)
+
+
+def _failed(err: Exception, code: int, debug: bool) -> int:
+    """One line on stderr (the traceback too with --debug, unless a usage error); ``code``."""
+    _reraise_if_interrupted(err)
+    if debug and code != EXIT_USAGE:
+        LOG.exception("failed")
+    print(f"freezer-rsyncv2: error: {printable(err)}", file=sys.stderr)
+    return code
 
 
 def _reraise_if_interrupted(err: BaseException) -> None:
@@ -380,8 +400,7 @@ def _interrupted(err: BaseException, progress) -> int:
     try:
         if progress is not None:
             progress.close()
-        print("freezer-rsyncv2: interrupted by %s"
-              % interrupt.signal_name(signum), file=sys.stderr)
+        print(f"freezer-rsyncv2: interrupted by {interrupt.signal_name(signum)}", file=sys.stderr)
     except OSError:
         pass        # SIGHUP: the terminal may be gone
     return 128 + signum

@@ -118,7 +118,7 @@ def describe_sweep(report, age: float) -> str:
         text += "; %d kept (changed in the last %s, or in use)" % (
             report.kept, human_age(age))
     if report.failed:
-        text += "; %d could not be removed (see the log)" % len(report.failed)
+        text += f"; {len(report.failed)} could not be removed (see the log)"
     return text
 
 
@@ -128,14 +128,14 @@ def human_age(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
             return "%d %s%s" % (n, unit, "" if n == 1 else "s")
-    return "%g s" % seconds
+    return f"{seconds:g} s"
 
 
 def human_size(n: int) -> str:
     """A byte count for people: ``1536`` is ``'1.5 KiB'``."""
+    value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else (
-                "%.1f %s" % (n, unit))
-        n /= 1024
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return str(n)

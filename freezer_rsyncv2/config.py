@@ -6,11 +6,12 @@ import dataclasses
 from typing import Any
 
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2.rsync import MAX_FIXED_BLOCK, MIN_FIXED_BLOCK
+from freezer_rsyncv2.storage.layout import DEFAULT_MAX_SEGMENT_SIZE
 from freezer_rsyncv2.stream import compression
 
-DEFAULT_SEGMENT = 32 * 1024 * 1024
+DEFAULT_SEGMENT = DEFAULT_MAX_SEGMENT_SIZE
 MIN_SEGMENT = 4096
-MAX_BLOCK = 1 << 24
 
 # Freezer's --dereference-symlink values, as its tar engine reads them:
 # "soft" follows symlinks, "hard" stores hardlinked paths as separate
@@ -49,8 +50,7 @@ class EngineConfig:
             symlinks = symlinks.lower()
         if symlinks not in _DEREFERENCE:
             raise errors.ConfigError(
-                "symlinks must be one of none, soft, hard, all, not %r"
-                % (symlinks,))
+                f"symlinks must be one of none, soft, hard, all, not {symlinks!r}")
         if isinstance(exclude, str):
             patterns = tuple(p for p in exclude.split(",") if p)
         else:
@@ -61,10 +61,9 @@ class EngineConfig:
                 "max_segment_size must be at least %d bytes, not %d"
                 % (MIN_SEGMENT, segment))
         block = int(rsync_block_size) if rsync_block_size else None
-        if block is not None and not 16 <= block <= MAX_BLOCK:
+        if block is not None and not MIN_FIXED_BLOCK <= block <= MAX_FIXED_BLOCK:
             raise errors.ConfigError(
-                "rsync_block_size must be between 16 and %d, not %d"
-                % (MAX_BLOCK, block))
+                f"rsync_block_size must be between {MIN_FIXED_BLOCK} and {MAX_FIXED_BLOCK}, not {block}")
         follow, copies = _DEREFERENCE[symlinks]
         return cls(compression=codec, encrypt_key=encrypt_key or None,
                    dereference=follow, hardlinks_as_copies=copies,

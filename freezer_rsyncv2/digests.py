@@ -49,8 +49,7 @@ def _sha256(parallel: bool, keep_leaves: bool) -> Any:
 
 
 def _blake3(parallel: bool, keep_leaves: bool) -> Any:
-    return _Flat(blake3.blake3(max_threads=blake3.blake3.AUTO) if parallel
-                 else blake3.blake3())
+    return _Flat(blake3.blake3(max_threads=blake3.blake3.AUTO) if parallel else blake3.blake3())
 
 
 def _tree(parallel: bool, keep_leaves: bool) -> Any:
@@ -70,7 +69,7 @@ def new(name: str, parallel: bool = False, keep_leaves: bool = False) -> Any:
     return _MAKERS[_known(name)](parallel, keep_leaves)
 
 
-def of_level(begin: dict) -> str:
+def of_level(begin: dict[str, Any]) -> str:
     """The digest a level's files use, from its BEGIN record's fields."""
     return _known(begin.get("dg", SHA256))
 
@@ -79,6 +78,5 @@ def _known(name: Any) -> str:
     """``name`` if this library knows that digest, else UnsupportedVersionError."""
     if not isinstance(name, str) or name not in _MAKERS:
         raise errors.UnsupportedVersionError(
-            "unknown file digest %r (this library knows %s)"
-            % (name, ", ".join(sorted(_MAKERS))))
+            f"unknown file digest {name!r} (this library knows {', '.join(sorted(_MAKERS))})")
     return name

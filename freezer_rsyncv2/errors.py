@@ -1,12 +1,28 @@
-"""The library's exception hierarchy: every error it raises derives from Rsyncv2Error."""
+"""The library's exception hierarchy: every error it raises derives from Rsyncv2Error.
+
+Each class carries the exit code a command line gives it (``exit_code``):
+a front end maps nothing by hand.  Arguments a program passes wrongly to
+the library (a negative size, an unknown name in code) are ``ValueError``
+or ``TypeError``, not ours: they are bugs, not a user's mistake.
+"""
+
+#: Exit codes of the command line, one meaning each.
+EXIT_OK = 0
+EXIT_FAILURE = 1        # the run failed; the reason is printed on one line
+EXIT_USAGE = 2          # a bad or missing option
+EXIT_WARNINGS = 3       # finished, but entries were skipped or changed while read
 
 
 class Rsyncv2Error(Exception):
     """Base class of every error this library raises on purpose."""
 
+    exit_code = EXIT_FAILURE
+
 
 class ConfigError(Rsyncv2Error):
-    """An option or argument has a bad value (user error)."""
+    """An option or argument a user gave has a bad value (exit code 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class SourceError(Rsyncv2Error):
@@ -60,8 +76,11 @@ class BackupNotFoundError(StorageError, IndexError):
     """
 
 
-class StorageAccessError(StorageError, ConfigError):
-    """The storage refuses the configured access: credentials, permissions, endpoint or TLS."""
+class StorageAccessError(StorageError):
+    """The storage refuses the configured access: credentials, permissions, endpoint or TLS.
+
+    A failure (exit code 1), not a usage error: the command line was right,
+    the storage said no."""
 
 
 class BucketNotFoundError(BackupNotFoundError):

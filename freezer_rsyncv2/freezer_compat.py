@@ -27,8 +27,9 @@ a file, gets segments spooled to temporary files; the S3 storage gets the
 same, through an ``upload_stream`` that uploads each spooled segment as a
 part (Freezer's takes only ``bytes``, so each part would be held in
 memory) and raises on a failed upload.  The S3 storage object also keeps
-one client instead of building a new botocore session and client for
-every request.  See docs/freezer-agent.rst, "Memory".
+one client, made from trimmed botocore data (``lean_client``), instead of
+building a new botocore session and client for every request.  See
+docs/freezer-agent.rst, "Memory".
 """
 
 from __future__ import annotations
@@ -37,20 +38,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
-import os
 import sys
-import threading
 import types
 from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2 import errors
-from freezer_rsyncv2.engine import base
-from freezer_rsyncv2.storage import retry as retries
-from freezer_rsyncv2.storage import s3_client
-from freezer_rsyncv2.storage.base import StorageFileNotFoundError
-from freezer_rsyncv2.storage.s3_upload import MAX_PARTS, MIN_PART_SIZE
+from freezer_rsyncv2 import freezer_s3
+from freezer_rsyncv2.storage import foreign
+from freezer_rsyncv2.storage.s3_upload import MIN_PART_SIZE
 from freezer_rsyncv2.stream import encoder
 
 LOG = log.getLogger(__name__)
@@ -86,6 +82,8 @@ def freezer_s3_class() -> type | None:
 
 def _keeps(storage: Any, cls: type | None, method: str) -> bool:
     """True if ``storage`` is a ``cls`` that uses ``cls``'s own ``method``."""
+    if cls is None:
+        return False
     own = getattr(cls, method, None)
     return (own is not None and isinstance(storage, cls)
             and method not in vars(storage)
@@ -121,20 +119,16 @@ def adapt_storage(storage: Any) -> Any:
     bucket.  A subclass overriding ``put_file``, or an object given its own,
     is left alone.
     """
-    members = base.written_storages(storage)
-    for member in members:
-        form = message_form(member)
-        if form is not None and "message_form" not in vars(member):
-            member.message_form = form
+    for member in foreign.members(storage):
         if not is_freezer_s3(member) or "put_file" in vars(member):
             continue
-        member.put_file = types.MethodType(s3_put_file, member)
-        member.stored_size = types.MethodType(s3_stored_size, member)
+        member.put_file = types.MethodType(freezer_s3.s3_put_file, member)
+        member.stored_size = types.MethodType(freezer_s3.s3_stored_size, member)
         if _keeps(member, freezer_s3_class(), "get_s3_connection"):
-            member.get_s3_connection = _cached_client(member)
+            member.get_s3_connection = freezer_s3.cached_client(member)
         if _keeps(member, freezer_s3_class(), "upload_stream") \
                 and _keeps(member, freezer_s3_class(), "write_backup"):
-            member.upload_stream = types.MethodType(s3_upload_stream, member)
+            member.upload_stream = types.MethodType(freezer_s3.s3_upload_stream, member)
             member.message_form = encoder.FILES
         LOG.debug("rsyncv2 engine: Freezer's S3 storage on %s: metadata "
                   "uploaded with its size, data checked after upload",
@@ -147,36 +141,42 @@ def adapt_storage(storage: Any) -> Any:
                 "multipart upload, and S3 refuses parts under 5 MiB but the "
                 "last, so the backup will fail unless this store accepts "
                 "smaller parts; use at least %d", segment, MIN_PART_SIZE)
-    multiple = freezer_class(*FREEZER_MULTIPLE)
-    if storage is not members[0] and "message_form" not in vars(storage) \
-            and _keeps(storage, multiple, "write_backup") \
-            and all(getattr(m, "message_form", None) == encoder.STREAM
-                    for m in members):
-        # Freezer hands every member the same message: chunks suit all the
-        # appending storages; other mixes get whole segments as bytes.
-        storage.message_form = encoder.STREAM
     return storage
 
 
-def _cached_client(storage: Any) -> Any:
-    """``get_s3_connection`` returning one client, made at first use.
+def engine_form(storage: Any) -> str:
+    """How the engine hands ``storage`` (adapted) the level's bytes: ``encoder.MESSAGE_FORMS``.
 
-    Freezer's builds a new botocore session and client for every request
-    (several MB of service model each, freed only by the cyclic garbage
-    collector); botocore clients are thread-safe, so one serves the
-    engine, the storage thread and Freezer's own calls.
+    A storage may say so itself (a ``message_form`` attribute); Freezer's
+    known classes get theirs from ``FREEZER_FORMS``; Freezer's
+    MultipleStorage hands every member the same message, so chunks when
+    all its members append, else whole segments as bytes; any other
+    storage gets one bytes object per segment, as Freezer's engines give.
     """
-    make = storage.get_s3_connection
-    lock = threading.Lock()
-    client: list[Any] = []
+    members = foreign.members(storage)
+    forms = [_form(member) for member in members]
+    if storage is members[0]:
+        return forms[0] or encoder.BYTES
+    declared = _form(storage) if "message_form" in vars(storage) else None
+    if declared is not None:
+        return declared
+    if _keeps(storage, freezer_class(*FREEZER_MULTIPLE), "write_backup") \
+            and all(form == encoder.STREAM for form in forms):
+        return encoder.STREAM
+    return encoder.BYTES
 
-    def get_s3_connection() -> Any:
-        with lock:
-            if not client:
-                release_memory()    # the clients Freezer made before us
-                client.append(make())
-            return client[0]
-    return get_s3_connection
+
+def _form(storage: Any) -> str | None:
+    declared = getattr(storage, "message_form", None)
+    if declared in encoder.MESSAGE_FORMS:
+        return declared
+    return message_form(storage)
+
+
+def can_tell_size(storage: Any) -> bool:
+    """Whether ``storage`` (adapted) can say how many bytes an object holds (``stored_size``):
+    ours, and Freezer's S3 storage once adapted; Freezer's other storages are trusted."""
+    return callable(getattr(storage, "stored_size", None))
 
 
 _libc: Any = None
@@ -204,11 +204,12 @@ def _glibc() -> Any:
 
 
 def release_memory(collect: bool = True) -> None:
-    """Give the heap the agent no longer uses back to the system.
+    """Give the heap the agent no longer uses back to the system, and keep less from now on.
 
     With ``collect``, unreachable objects are collected first: with S3,
     freezer-agent reaches our engine holding every botocore client
-    Freezer built for a request (about 0.07 s).  Trimming glibc's heaps
+    Freezer built for a request (about 0.1 s; ``freezer_engine`` does it
+    when freezer-agent imports it).  Trimming glibc's heaps
     (``malloc_trim``) lowers the resident size a backup or restore
     starts from.  The engine's threads then share ``ARENAS`` malloc
     arenas: glibc gives each thread its own by default, and each keeps
@@ -239,7 +240,7 @@ def small_reads(storage: Any, size: int = RESTORE_READ) -> Any:
     Storages that are not Freezer's known ones are left alone.
     """
     changed = []
-    for member in base.written_storages(storage):
+    for member in foreign.members(storage):
         current = getattr(member, "max_segment_size", None)
         if (message_form(member) is None and not is_freezer_s3(member)) \
                 or not isinstance(current, int) or current <= size:
@@ -251,113 +252,3 @@ def small_reads(storage: Any, size: int = RESTORE_READ) -> Any:
     finally:
         for member, current in changed:
             member.max_segment_size = current
-
-
-def _bucket_key(path: str) -> tuple[str, str]:
-    """``bucket/key`` as Freezer's S3 storage splits its paths."""
-    bucket, _sep, key = path.partition("/")
-    if not bucket or not key:
-        raise errors.StorageError("S3 storage path %r is not BUCKET/KEY" % path)
-    return bucket, key
-
-
-def _where(storage: Any, bucket: str) -> str:
-    return "endpoint %s, bucket %s" % (getattr(storage, "endpoint", "") or "AWS S3",
-                                       bucket)
-
-
-def _storage_error(storage: Any, exc: BaseException, operation: str,
-                   bucket: str, key: str) -> errors.StorageError:
-    """Our error for a failed request (botocore already retried it)."""
-    where = _where(storage, bucket)
-    err = s3_client.translate(exc, operation, "%s/%s" % (bucket, key), bucket,
-                              where, attempts=1)
-    if isinstance(err, errors.StorageError):
-        return err
-    return errors.StorageError("S3 %s %s/%s failed: %s (%s)" % (
-        operation, bucket, key, retries.describe(exc), where))
-
-
-def s3_put_file(storage: Any, from_path: str, to_path: str) -> None:
-    """Upload local file ``from_path`` as object ``to_path`` (``bucket/key``), streamed.
-
-    Bound to one Freezer S3Storage object by ``adapt_storage``; the size
-    comes from the open file, the client from the storage's own settings.
-    """
-    bucket, key = _bucket_key(to_path)
-    try:
-        body = open(from_path, "rb")
-    except OSError as exc:
-        raise errors.StorageError("cannot read local file %s: %s"
-                                  % (from_path, exc.strerror or exc)) from exc
-    with body:
-        size = os.fstat(body.fileno()).st_size
-        try:
-            storage.get_s3_connection().put_object(
-                Bucket=bucket, Key=key, Body=body, ContentLength=size)
-        except Exception as exc:
-            raise _storage_error(storage, exc, "PutObject", bucket, key) from exc
-
-
-def s3_stored_size(storage: Any, path: str) -> int | None:
-    """Bytes of object ``path`` (``bucket/key``) on a Freezer S3 storage; None if missing."""
-    bucket, key = _bucket_key(path)
-    try:
-        head = storage.get_s3_connection().head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        err = _storage_error(storage, exc, "HeadObject", bucket, key)
-        if isinstance(err, StorageFileNotFoundError):
-            return None
-        raise err from exc
-    return int(head["ContentLength"])
-
-
-def s3_upload_stream(storage: Any, key: str, stream: Any) -> None:
-    """Upload the messages of ``stream`` as the parts of object ``key``.
-
-    Bound to a Freezer S3Storage object in place of its ``upload_stream``
-    (Freezer's ``write_backup`` calls it with the object key, without the
-    bucket).  A message is a spooled segment (read like a file, so it is
-    never in memory whole) or bytes.  On any failure the multipart upload
-    is aborted and the error raised: Freezer's logs it and returns.
-    """
-    bucket = storage.get_bucket_name()
-    client = storage.get_s3_connection()
-    try:
-        upload_id = client.create_multipart_upload(
-            Bucket=bucket, Key=key)["UploadId"]
-    except Exception as exc:
-        raise _storage_error(storage, exc, "CreateMultipartUpload", bucket,
-                             key) from exc
-    parts: list[dict[str, Any]] = []
-    operation = "UploadPart"
-    try:
-        for number, message in enumerate(stream, 1):
-            if number > MAX_PARTS:
-                raise errors.StorageError(
-                    "S3 upload %s/%s: more than %d parts; use a larger "
-                    "--max-segment-size" % (bucket, key, MAX_PARTS))
-            reply = client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id,
-                PartNumber=number, Body=message, ContentLength=len(message))
-            parts.append({"PartNumber": number, "ETag": reply["ETag"]})
-            close = getattr(message, "close", None)
-            if close is not None:
-                close()         # a spooled segment's file goes now
-            del message
-        if not parts:
-            raise errors.StorageError("S3 upload %s/%s: no data" % (bucket, key))
-        operation = "CompleteMultipartUpload"
-        client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": parts})
-    except BaseException as exc:
-        try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key,
-                                          UploadId=upload_id)
-        except Exception as abort_exc:   # the first error is the one to tell
-            LOG.warning("S3 upload %s/%s: abort failed: %s", bucket, key,
-                        retries.describe(abort_exc))
-        if isinstance(exc, Exception) and not isinstance(exc, errors.Rsyncv2Error):
-            raise _storage_error(storage, exc, operation, bucket, key) from exc
-        raise

@@ -13,7 +13,16 @@ from oslo_log import log
 
 import freezer_rsyncv2
 from freezer_rsyncv2 import freezer_compat
-from freezer_rsyncv2.engine import rsyncv2 as _engine
+
+# freezer-agent imports this module once it has built the storage: with
+# S3, the botocore clients Freezer built for it (about 12 MB of botocore
+# data each) are garbage in reference cycles by now.  Collected and
+# trimmed before our engine's modules are imported, their memory is
+# reused by those imports instead of staying resident beside them
+# (docs/freezer-agent.rst, "Memory").
+freezer_compat.release_memory()
+
+from freezer_rsyncv2.engine import rsyncv2 as _engine  # noqa: E402
 
 __all__ = ["Rsyncv2Engine", "IMPLEMENTATION", "VERSION"]
 
@@ -59,8 +68,7 @@ class Rsyncv2Engine(_engine.Rsyncv2Engine):
             LOG.debug("rsyncv2 engine: --rsync-block-size not given, block "
                       "size chosen per file")
             kwargs["rsync_block_size"] = None
-        super().__init__(*args, **kwargs)
-        freezer_compat.adapt_storage(self.storage)
+        super().__init__(*args, **kwargs)     # wraps a Freezer storage (storage.foreign)
 
     def backup(self, *args: Any, **kwargs: Any) -> int:
         freezer_compat.release_memory(collect=False)

@@ -68,8 +68,7 @@ class EngineFinder:
             return None
 
     def __repr__(self) -> str:
-        return "%s(%r -> %r)" % (type(self).__name__, self.target,
-                                 self.replacement)
+        return f"{type(self).__name__}({self.target!r} -> {self.replacement!r})"
 
 
 def installed_finder() -> EngineFinder | None:

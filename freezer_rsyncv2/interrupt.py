@@ -77,7 +77,7 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
     def __str__(self) -> str:
-        return "interrupted by %s" % self.signal_name
+        return f"interrupted by {self.signal_name}"
 
     @staticmethod
     def of(signum: int) -> Interrupted:
@@ -194,7 +194,7 @@ def _end_by_signal_if_uncaught(signum: int) -> None:
             previous(kind, value, tb)
             return
         with contextlib.suppress(Exception):
-            sys.stderr.write("freezer-rsyncv2: %s\n" % value)
+            sys.stderr.write(f"freezer-rsyncv2: {value}\n")
             sys.stderr.flush()
         with contextlib.suppress(Exception):
             logging.shutdown()

@@ -3,7 +3,7 @@
 A level's manifest holds only what changed at that level: full entries (with
 the file's signature and digest) for new or rewritten files, stat-only
 entries (no signature: inherit it) for metadata changes, and tombstones for
-deletions.  Every manifest is sorted by ``sort_key(path)`` so the overlay of a
+deletions.  Every manifest is sorted by ``fs.walk.sort_key(path)`` so the overlay of a
 chain and the tree walk merge as sorted streams with bounded memory.
 """
 
@@ -13,21 +13,18 @@ import heapq
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import msgpack
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs.walk import sort_key
 from freezer_rsyncv2.rsync import sigdelta
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import compression, encoder, frames, place, records
 
 READ_CHUNK = 1 << 20
-
-
-def sort_key(path: bytes) -> list[bytes]:
-    """Tree order: by path components, so a directory precedes its children."""
-    return path.split(b"/")
 
 
 class ManifestEntry:
@@ -56,12 +53,11 @@ class ManifestEntry:
     def signature(self) -> rsig.Signature:
         if self._sig is None:
             if self._make is None:
-                raise ValueError("%r has no signature" % self.entry.path)
+                raise ValueError(f"{self.entry.path!r} has no signature")
             self._sig, self._make = self._make(), None
         return self._sig
 
-    def stat_only(self, entry: fsentry.Entry, digest: bytes | None
-                  ) -> ManifestEntry:
+    def stat_only(self, entry: fsentry.Entry, digest: bytes | None) -> ManifestEntry:
         """``entry`` (new stat fields) with this entry's content."""
         return ManifestEntry(entry, digest if digest is not None
                              else self.digest, self._sig, self.block_len,
@@ -77,17 +73,15 @@ class ManifestWriter:
     (and, for a delta, SIGZERO) records, each under the record size cap.
     """
 
-    def __init__(self, path: str, codec: compression.Codec, cipher=None,
+    def __init__(self, path: str, codec: compression.Codec, cipher: frames.Cipher | None = None,
                  level: int = 0, where: place.Place | None = None) -> None:
         self._path = path
         self._codec = codec
         self._cipher = cipher
-        self._begin = where.fields() if where is not None \
-            else {place.LEVEL: level}
-        self._spill = tempfile.TemporaryFile(
-            dir=os.path.dirname(os.path.abspath(path)))
-        self._late: list[tuple[list[bytes], list[bytes]]] = []
-        self._last: list[bytes] | None = None
+        self._begin = where.fields() if where is not None else {place.LEVEL: level}
+        self._spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path)))
+        self._late: list[tuple[tuple[bytes, ...], list[bytes]]] = []
+        self._last: tuple[bytes, ...] | None = None
         self.count = 0
 
     def _record(self, path: bytes, packed: list[bytes], late: bool) -> None:
@@ -97,14 +91,13 @@ class ManifestWriter:
             self._late.append((key, packed))
             return
         if self._last is not None and key <= self._last:
-            raise ValueError("manifest records out of order at %r" % path)
+            raise ValueError(f"manifest records out of order at {path!r}")
         self._last = key
         self._spill.write(records.pack([path, len(packed)]))
         for piece in packed:
             self._spill.write(records.pack(piece))
 
-    def add(self, me: ManifestEntry, late: bool = False,
-            basis: rsig.Signature | None = None) -> None:
+    def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None) -> None:
         """Record ``me``; with its signature if it has one.
 
         ``basis``: the signature of this path's entry in the chain below;
@@ -113,22 +106,19 @@ class ManifestWriter:
         """
         if not me.has_signature:
             extra = {} if me.digest is None else {"dg": me.digest}
-            self._record(me.entry.path,
-                         [records.manifest(me.entry, **extra)], late)
+            self._record(me.entry.path, [records.manifest(me.entry, **extra)], late)
             return
         sig = me.signature()
         if basis is not None and basis.block_len == sig.block_len:
-            kind, runs = records.SIG_DELTA, sigdelta.diff(
-                basis, sig, records.MAX_SIG_RUN)
+            kind, runs = records.SIG_DELTA, sigdelta.diff(basis, sig, records.MAX_SIG_RUN)
         else:
-            kind, runs = records.SIG_FULL, sigdelta.runs(
-                sig, records.MAX_SIG_RUN)
-        packed = [records.manifest(me.entry, dg=me.digest, B=sig.block_len,
-                                   sg=kind)]
+            kind, runs = records.SIG_FULL, sigdelta.runs(sig, records.MAX_SIG_RUN)
+        packed = [records.manifest(me.entry, dg=me.digest, B=sig.block_len, sg=kind)]
         for run in runs:
-            packed.append(records.sig_zero(run.first, run.count)
-                          if run.weak is None else
-                          records.sig_blocks(run.first, run.weak, run.strong))
+            if run.weak is None or run.strong is None:       # zero blocks: both None
+                packed.append(records.sig_zero(run.first, run.count))
+            else:
+                packed.append(records.sig_blocks(run.first, run.weak, run.strong))
         self._record(me.entry.path, packed, late)
 
     def tombstone(self, path: bytes) -> None:
@@ -136,11 +126,9 @@ class ManifestWriter:
 
     def _merged(self) -> Iterator[bytes]:
         self._spill.seek(0)
-        unpacker = msgpack.Unpacker(self._spill, raw=False,
-                                    strict_map_key=False,
-                                    max_buffer_size=64 << 20)
+        unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
 
-        def main() -> Iterator[tuple[list[bytes], list[bytes]]]:
+        def main() -> Iterator[tuple[tuple[bytes, ...], list[bytes]]]:
             for path, count in unpacker:
                 yield sort_key(path), [next(unpacker) for _ in range(count)]
 
@@ -150,8 +138,7 @@ class ManifestWriter:
 
     def close(self) -> int:
         """Encode everything to the manifest path; returns its size."""
-        enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec,
-                                    self._cipher)
+        enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec, self._cipher)
         tmp = self._path + ".tmp"
         with open(tmp, "wb") as out:
             for piece in enc.write(records.begin(self._begin)):
@@ -177,8 +164,8 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def read(path: str, cipher_factory: Callable = frames.null_cipher_for,
-         where: place.Place | None = None) -> Iterator[tuple]:
+def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_for,
+         where: place.Place | None = None) -> Iterator[tuple[Any, ...]]:
     """Yield one manifest's entries, sorted by path.
 
     ``(MANIFEST, Entry, extra, runs)``, where ``runs`` are the entry's
@@ -186,22 +173,18 @@ def read(path: str, cipher_factory: Callable = frames.null_cipher_for,
     ``(TOMBSTONE, path)``.  ``where``: the level the storage holds it as;
     a manifest that names another place is refused (``stream.place``).
     """
-    info: dict = {}
-    plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST,
-                                 cipher_factory, info)
+    info: dict[str, int] = {}
+    plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST, cipher_factory, info)
     last = None
-    held: list | None = None        # the MANIFEST whose signature is read
+    held: list[Any] | None = None        # the MANIFEST whose signature is read
     for rec in records.decode(plain):
         rtype = rec[0]
         if rtype == records.BEGIN:
-            place.check(rec[1], where, "manifest of level %s" % (
-                where.level if where else "?"), info["version"] >= 3)
+            place.check(rec[1], where, f"manifest of level {where.level if where else '?'}", info["version"] >= 3)
             continue
         if rtype in (records.SIGBLOCKS, records.SIGZERO):
             if held is None or "sg" not in held[2]:
-                raise errors.CorruptRecordError(
-                    "%s record without its MANIFEST record in %s"
-                    % (records.NAMES[rtype], path))
+                raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record without its MANIFEST record in {path}")
             held[3].append(
                 sigdelta.SigRun(rec[1], len(rec[2]) // records.WEAK_LEN,
                                 rec[2], rec[3])
@@ -218,12 +201,10 @@ def read(path: str, cipher_factory: Callable = frames.null_cipher_for,
         elif rtype in (records.BEGIN, records.END):
             continue
         else:
-            raise errors.CorruptRecordError(
-                "%s record in a manifest" % records.NAMES[rtype])
+            raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record in a manifest")
         key = sort_key(path_)
         if last is not None and key <= last:
-            raise errors.CorruptRecordError(
-                "manifest %s is not sorted at %r" % (path, path_))
+            raise errors.CorruptRecordError(f"manifest {path} is not sorted at {path_!r}")
         last = key
         if rtype == records.MANIFEST:
             held = [rtype, rec[1], rec[2], []]
@@ -231,13 +212,11 @@ def read(path: str, cipher_factory: Callable = frames.null_cipher_for,
             yield rec
 
 
-def _to_entry(rec: tuple, base: ManifestEntry | None, whole_chain: bool
-              ) -> ManifestEntry:
+def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: bool) -> ManifestEntry:
     _t, e, extra, runs = rec
     digest = extra.get("dg")
     if "w" in extra:        # versions 1 and 2: the whole signature inline
-        block_len, weak, strong = extra.get("B", 0), extra["w"], \
-            extra.get("S", b"")
+        block_len, weak, strong = extra.get("B", 0), extra["w"], extra.get("S", b"")
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
             rsig.Signature.from_bytes(block_len, e.size, weak, strong)))
     kind = extra.get("sg")
@@ -247,24 +226,21 @@ def _to_entry(rec: tuple, base: ManifestEntry | None, whole_chain: bool
             sigdelta.apply(None, block_len, e.size, runs, delta=False)))
     if kind == records.SIG_DELTA:
         block_len = extra["B"]
-        if base is None or not base.has_signature \
-                or base.block_len != block_len:
+        if base is None or not base.has_signature or base.block_len != block_len:
             if not whole_chain:     # the levels below are not at hand
                 return ManifestEntry(e, digest)
             raise errors.CorruptRecordError(
-                "signature delta of %r has no basis of block length %d in "
-                "the level below" % (e.path, block_len))
+                f"signature delta of {e.path!r} has no basis of block length {block_len} in the level below")
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
             sigdelta.apply(base.signature(), block_len, e.size, runs,
                            delta=True)))
-    if e.kind == fsentry.KIND_FILE and base is not None \
-            and base.entry.kind == fsentry.KIND_FILE:
+    if e.kind == fsentry.KIND_FILE and base is not None and base.entry.kind == fsentry.KIND_FILE:
         # Stat-only record: the content (and so its signature) is unchanged.
         return base.stat_only(e, digest)
     return ManifestEntry(e, digest)
 
 
-def overlay(paths: Sequence[str], cipher_factory: Callable = frames.null_cipher_for,
+def overlay(paths: Sequence[str], cipher_factory: frames.CipherFactory = frames.null_cipher_for,
             whole_chain: bool = True,
             places: Sequence[place.Place | None] | None = None
             ) -> Iterator[ManifestEntry]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from freezer_rsyncv2.rsync import MAX_FIXED_BLOCK, MIN_FIXED_BLOCK
+from freezer_rsyncv2.storage.layout import DEFAULT_MAX_SEGMENT_SIZE
 from freezer_rsyncv2.stream import compression
 
 GROUP = "rsyncv2"
@@ -27,9 +29,9 @@ ENGINE_OPTS = [
     cfg.BoolOpt("dereference-symlink", default=False,
                 help="Follow symlinks and back up what they point to, "
                      "instead of the links themselves."),
-    cfg.IntOpt("max-segment-size", default=32 * 1024 * 1024, min=4096,
+    cfg.IntOpt("max-segment-size", default=DEFAULT_MAX_SEGMENT_SIZE, min=4096,
                help="Largest segment handed to the storage, in bytes."),
-    cfg.IntOpt("rsync-block-size", min=16, max=1 << 24,
+    cfg.IntOpt("rsync-block-size", min=MIN_FIXED_BLOCK, max=MAX_FIXED_BLOCK,
                help="Fixed rsync block size in bytes; by default each file "
                     "gets about the square root of its size."),
 ]

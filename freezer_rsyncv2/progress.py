@@ -6,6 +6,18 @@ import dataclasses
 import time
 
 
+@dataclasses.dataclass(frozen=True)
+class EntryWarning:
+    """An entry skipped or stored as it was while it changed: what and why."""
+
+    path: bytes         # relative to the backed-up root, as stored
+    message: str
+    shown: str          # the path as a person reads it (escaped where needed)
+
+    def __str__(self) -> str:
+        return f"{self.shown}: {self.message}"
+
+
 @dataclasses.dataclass
 class Summary:
     """Honest totals of one run; ``partial`` when entries were skipped or changed."""
@@ -22,7 +34,7 @@ class Summary:
     copied_bytes: int = 0
     stored_bytes: int = 0
     manifest_bytes: int = 0
-    warnings: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[EntryWarning] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
     elapsed: float = 0.0
 

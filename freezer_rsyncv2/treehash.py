@@ -107,7 +107,7 @@ class TreeHash:
         """
         self._check_open()
         if length < 0:
-            raise ValueError("negative zeros() length %d" % length)
+            raise ValueError(f"negative zeros() length {length}")
         self._size += length
         head = min(length, LEAF - self._fill) if self._fill else 0
         self._feed(_ZERO_LEAF[:head])
@@ -124,7 +124,7 @@ class TreeHash:
         """The 32-byte digest; the hasher is finished afterwards (no more input)."""
         self._check_open()
         if self._size >= 1 << 64:
-            raise OverflowError("file of %d bytes is too large for blake3-tree" % self._size)
+            raise OverflowError(f"file of {self._size} bytes is too large for blake3-tree")
         self._done = True
         if self._fill or not self._leaves:
             self._push_leaf(self._leaf.digest())
@@ -193,7 +193,7 @@ def digest_from_leaves(size: int, leaves: dict[int, bytes]) -> bytes:
     whatever the size.
     """
     if size < 0 or size >= 1 << 64:
-        raise OverflowError("file of %d bytes is out of blake3-tree's range" % size)
+        raise OverflowError(f"file of {size} bytes is out of blake3-tree's range")
     count = max(1, -(-size // LEAF))
     last_len = size - (count - 1) * LEAF
     keys = sorted(k for k in leaves if 0 <= k < count)
@@ -201,8 +201,7 @@ def digest_from_leaves(size: int, leaves: dict[int, bytes]) -> bytes:
     def leaf(index: int) -> bytes:
         if index in leaves:
             return leaves[index]
-        return zero_subtree(0) if last_len == LEAF or index < count - 1 \
-            else leaf_of(_ZERO_LEAF[:last_len])
+        return zero_subtree(0) if last_len == LEAF or index < count - 1 else leaf_of(_ZERO_LEAF[:last_len])
 
     def subtree(lo: int, hi: int, kl: int, kr: int) -> bytes:
         width = hi - lo

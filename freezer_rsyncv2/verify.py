@@ -58,7 +58,7 @@ def verify(engine, hostname_backup_name: str,
                 report.manifest_entries += _check_manifest(
                     engine, backup, manifests[-1], level,
                     hostname_backup_name)
-                engine._restore_one(tree, backup)
+                engine.restore_one(tree, backup)
         _check_signatures(engine, manifests, places, hostname_backup_name)
     finally:
         remove_scratch(scratch)
@@ -97,7 +97,7 @@ def _check_manifest(engine, backup, path: str, level: int, name: str) -> int:
     backup.storage.get_file(backup.engine_metadata_path, path)
     count = 0
     try:
-        for _rec in mf.read(path, engine._cipher_factory(),
+        for _rec in mf.read(path, engine.cipher_factory(),
                             place.Place.of(backup)):
             count += 1
     except errors.Rsyncv2Error as err:
@@ -114,7 +114,7 @@ def _check_signatures(engine, manifests: list[str],
     checked over the chain below it (``docs/format.rst``).
     """
     try:
-        for me in mf.overlay(manifests, engine._cipher_factory(),
+        for me in mf.overlay(manifests, engine.cipher_factory(),
                              places=places):
             if me.has_signature:
                 me.signature()

@@ -3,9 +3,11 @@
 import pytest
 
 from freezer_rsyncv2.stream import crypto
+from freezer_rsyncv2.stream import kdf as kdfmod
 
-# One S3-API server (moto, on 127.0.0.1) for the whole session.
-pytest_plugins = ["tests.s3server"]
+# One S3-API server (moto, on 127.0.0.1) and one real Swift cluster (with
+# its S3 API) for the whole session, each started by the first test using it.
+pytest_plugins = ["tests.s3server", "tests.swiftserver"]
 
 
 @pytest.fixture
@@ -14,9 +16,9 @@ def cheap_kdf(monkeypatch):
 
     Production costs are checked by tests/unit/stream/test_crypto.py.
     """
-    if crypto.Argon2id is not None:
-        tiny = crypto.KdfParams(crypto.KDF_ARGON2ID, 8, 1, 1)
+    if kdfmod.Argon2id is not None:
+        tiny = crypto.KdfParams(kdfmod.KDF_ARGON2ID, 8, 1, 1)
     else:
-        tiny = crypto.KdfParams(crypto.KDF_SCRYPT, 4, 1, 1)
+        tiny = crypto.KdfParams(kdfmod.KDF_SCRYPT, 4, 1, 1)
     monkeypatch.setattr(crypto, "WRITE_KDF", tiny)
     return tiny

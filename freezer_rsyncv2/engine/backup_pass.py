@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from oslo_log import log
 
@@ -44,14 +44,16 @@ def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
 class BackupPass:
     """Produces the record bytes of one level and fills its manifest."""
 
-    def __init__(self, cfg: cfgmod.EngineConfig, root: str,
+    def __init__(self, config: cfgmod.EngineConfig, root: str,
                  previous: Iterable[mf.ManifestEntry],
                  manifest: mf.ManifestWriter, level: int,
                  summary: prog.Summary,
                  progress: prog.Progress = prog.NULL,
                  rename_lookup: Callable[[set[bytes]], dict] | None = None,
-                 where: place.Place | None = None) -> None:
-        self.cfg = cfg
+                 where: place.Place | None = None,
+                 read_range: file_reader.ReadRange | None = None) -> None:
+        """``read_range``: replaces how file bytes are read (``file_reader.read_range``)."""
+        self.config = config
         self.root = os.fsencode(root)
         self.previous = previous
         self.manifest = manifest
@@ -67,8 +69,7 @@ class BackupPass:
         self._deletes: list[bytes] = []
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
-        self._reader = file_reader.FileReader(cfg, self.root, summary,
-                                              progress, self._warn)
+        self._reader = file_reader.FileReader(config, self.root, summary, progress, self._warn, read_range)
 
     # -- the pass ---------------------------------------------------------
     def records(self) -> Iterator[bytes]:
@@ -82,16 +83,16 @@ class BackupPass:
             else {place.LEVEL: self.level}
         yield records.begin({**begin, "dg": digests.DEFAULT})
         prev = iter(self.previous)
-        walk = fswalk.walk(self.root, exclude=self.cfg.exclude,
-                           dereference=self.cfg.dereference,
+        walk = fswalk.walk(self.root, exclude=self.config.exclude,
+                           dereference=self.config.dereference,
                            on_warning=self._warn,
-                           hardlinks=not self.cfg.hardlinks_as_copies)
+                           hardlinks=not self.config.hardlinks_as_copies)
         # The first manifest entry may wait for the key derivation: walk
         # meanwhile (the walk needs no key).
         old, walked = threads.first_while(prev, walk, WALK_AHEAD)
         for e in itertools.chain(walked, walk):
-            key = mf.sort_key(e.path)
-            while old is not None and mf.sort_key(old.entry.path) < key:
+            key = fswalk.sort_key(e.path)
+            while old is not None and fswalk.sort_key(old.entry.path) < key:
                 self._deleted(old)
                 old = next(prev, None)
             match = None
@@ -108,9 +109,9 @@ class BackupPass:
                            "deleted": self.summary.entries_deleted})
 
     def _warn(self, path: bytes, message: str) -> None:
-        text = "%s: %s" % (fswalk.show_path(path), message)
-        LOG.warning(text)
-        self.summary.warnings.append(text)
+        warning = prog.EntryWarning(path, message, fswalk.show_path(path))
+        LOG.warning("%s", warning)
+        self.summary.warnings.append(warning)
         self.progress.warning(path, message)
 
     def _deleted(self, old: mf.ManifestEntry) -> None:
@@ -130,7 +131,6 @@ class BackupPass:
 
     def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None
                ) -> Iterator[bytes]:
-        self.summary.entries += 1
         if old is not None and old.entry.kind == fsentry.KIND_DIR \
                 and e.kind != fsentry.KIND_DIR:
             self._replaced_dir = e.path  # restore replaces the whole tree
@@ -139,9 +139,7 @@ class BackupPass:
             return
         if e.kind == fsentry.KIND_HARDLINK:
             if e.hardlink_to in self._absent:
-                self._warn(e.path, "skipped, it links to a file that could "
-                                   "not be read")
-                self.summary.entries -= 1
+                self._warn(e.path, "skipped, it links to a file that could not be read")
                 return
             changed = (old is None or old.entry.kind != e.kind
                        or not _same_stat(old.entry, e)
@@ -157,6 +155,8 @@ class BackupPass:
             self._status(e, "unchanged")
 
     def _status(self, e: fsentry.Entry, status: str) -> None:
+        """Count an entry whose outcome is known (a skipped one never is) and report it."""
+        self.summary.entries += 1
         if e.kind == fsentry.KIND_FILE:
             attr = {"new": "files_new", "changed": "files_changed",
                     "meta": "files_meta",
@@ -186,48 +186,36 @@ class BackupPass:
             return
         yield from self._send_file(e, basis, old)
 
-    def _send_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                   old: mf.ManifestEntry | None, prev_name: bytes | None = None,
-                   late: bool = False) -> Iterator[bytes]:
+    def _send_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, old: mf.ManifestEntry | None,
+                   prev_name: bytes | None = None, late: bool = False) -> Iterator[bytes]:
         """Read the file once; hold its records back while they are small, so
         an unchanged content (touched file) becomes a metadata-only record."""
-        held: list[bytes] | None = []
-        held_size = 0
-        result = None
-        for piece in self._reader.read(e, basis, prev_name):
-            if isinstance(piece, tuple):
-                result = piece
-                continue
-            if held is None:
-                yield piece
-                continue
-            held.append(piece)
-            held_size += len(piece)
-            if held_size > HOLD_LIMIT:
-                yield from held
-                held = None
-        if result is None:
+        read = self._reader.read(e, basis, prev_name)
+        held: list[bytes] = []
+        passed_on = yield from _hold_back(read.pieces(), held)
+        result = read.result
+        if result.skipped is not None:
             # Not readable: no record, so the chain keeps its old state.
-            self.summary.entries -= 1
+            self._warn(e.path, f"skipped, {result.skipped}")
             if old is None:
                 self._absent.add(e.path)
             return
-        entry_now, digest, sig, complete = result
-        if held is not None and basis is not None and prev_name is None \
-                and complete and digest == basis.digest \
-                and entry_now.size == basis.entry.size:
-            self.manifest.add(mf.ManifestEntry(entry_now, digest), late=late)
+        self.summary.literal_bytes += result.literal_bytes
+        self.summary.copied_bytes += result.copied_bytes
+        if result.changed:
+            self._warn(e.path, "changed while being read; stored what was read, will be read again next time")
+        if not passed_on and prev_name is None and _same_content(result, basis):
+            self.manifest.add(mf.ManifestEntry(result.entry, result.digest), late=late)
             self._status(e, "meta")
-            yield records.entry(entry_now, data=records.DATA_META)
+            yield records.entry(result.entry, data=records.DATA_META)
             return
-        if held is not None:
-            yield from held
+        yield from held
         self._rewritten.add(e.path)
         # Over the same path's signature, only the blocks that changed
         # are stored (a rename's basis is another path: stored whole).
-        same_path = basis is not None and prev_name is None
-        self.manifest.add(mf.ManifestEntry(entry_now, digest, sig), late=late,
-                          basis=basis.signature() if same_path else None)
+        delta_basis = basis if prev_name is None else None
+        self.manifest.add(mf.ManifestEntry(result.entry, result.digest, result.signature), late=late,
+                          basis=delta_basis.signature() if delta_basis is not None else None)
         self._status(e, "new" if old is None else "changed")
 
     # -- renames ----------------------------------------------------------
@@ -242,11 +230,34 @@ class BackupPass:
         bases = {}
         if pairs and self.rename_lookup is not None:
             bases = self.rename_lookup(set(pairs.values()))
-        for e in sorted(self._held, key=lambda x: mf.sort_key(x.path)):
+        for e in sorted(self._held, key=lambda x: fswalk.sort_key(x.path)):
             old_path = pairs.get(e.path)
             basis = bases.get(old_path) if old_path else None
             yield from self._send_file(e, basis, None, late=True,
                                        prev_name=old_path if basis else None)
+
+
+def _hold_back(pieces: Iterator[bytes], held: list[bytes]) -> Generator[bytes, None, bool]:
+    """Keep ``pieces`` in ``held`` up to HOLD_LIMIT bytes; past it, pass them all on.
+
+    Returns whether they were passed on (else they are all in ``held``).
+    """
+    size = 0
+    for piece in pieces:
+        held.append(piece)
+        size += len(piece)
+        if size > HOLD_LIMIT:
+            yield from held
+            held.clear()
+            yield from pieces
+            return True
+    return False
+
+
+def _same_content(result: file_reader.ReadResult, basis: mf.ManifestEntry | None) -> bool:
+    """Whether a complete read found the basis's content again (a touched file)."""
+    return (basis is not None and not result.changed and result.digest == basis.digest
+            and result.entry.size == basis.entry.size)
 
 
 def _under(path: bytes, top: bytes | None) -> bool:

@@ -28,37 +28,29 @@ import abc
 import contextlib
 import json
 import os
-import queue as pyqueue
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2 import errors, interrupt
-from freezer_rsyncv2.engine import queue as rqueue
+from freezer_rsyncv2 import errors, handoff, interrupt, threads
+from freezer_rsyncv2.storage import foreign
 from freezer_rsyncv2.storage import layout as slayout
-from freezer_rsyncv2.stream import encoder, place
+from freezer_rsyncv2.storage.protocol import EngineStorage
+from freezer_rsyncv2.stream import place
 
 LOG = log.getLogger(__name__)
-
-#: Seconds an interrupted backup waits for its threads to stop.
-_STOP_WAIT = 30.0
-
-
-def now() -> int:
-    """The clock backups are stamped with (tests replace it)."""
-    return int(time.time())
 
 
 class BackupEngine(metaclass=abc.ABCMeta):
     """Freezer's engine contract; subclasses supply the data format."""
 
     def __init__(self, storage: Any) -> None:
-        self.storage = storage
+        #: The storage as the engine speaks to it (``storage.protocol``):
+        #: ours as they are, any other wrapped once (``storage.foreign``).
+        self.storage: EngineStorage = foreign.for_engine(storage)
         # Manifests of the chain below the level being written (0..N-1),
         # fetched by backup(); backup_data() reads them.
         self.chain_manifests: list[str] = []
@@ -87,7 +79,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
-                      except_queue: Any) -> None:
+                      except_queue: Any = None) -> None:
         """Apply one level read from ``read_pipe.recv_bytes()`` until EOFError."""
 
     def can_extend(self, prev: Any) -> bool:
@@ -104,19 +96,9 @@ class BackupEngine(metaclass=abc.ABCMeta):
 
     # -- backup -----------------------------------------------------------
     def message_form(self) -> str:
-        """How the storage takes the level's bytes (``encoder.MESSAGE_FORMS``).
-
-        A storage says so with a ``message_form`` attribute (Freezer's
-        storage objects get one from ``freezer_compat``); our storages
-        (``takes_segments``) take segments as pieces; any other storage
-        gets one bytes object per segment, as Freezer's engines give.
-        """
-        form = getattr(self.storage, "message_form", None)
-        if form in encoder.MESSAGE_FORMS:
-            return form
-        if getattr(self.storage, "takes_segments", False):
-            return encoder.PIECES
-        return encoder.BYTES
+        """How the storage takes the level's bytes (``encoder.MESSAGE_FORMS``):
+        ours take segments as pieces, Freezer's what ``freezer_compat`` says."""
+        return self.storage.message_form
 
     def backup_stream(self, backup_resource: str, rich_queue: Any,
                       manifest_path: str) -> None:
@@ -169,7 +151,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
                 prev, hostname_backup_name, tmpdir)
             if self.chain_manifests:
                 shutil.copyfile(self.chain_manifests[-1], engine_meta)
-            timestamp = now()
+            timestamp = slayout.now()
             if prev is not None:
                 timestamp = max(timestamp, int(prev.timestamp) + 1)
                 level_zero = prev.level_zero_timestamp
@@ -205,7 +187,8 @@ class BackupEngine(metaclass=abc.ABCMeta):
             engine=self, hostname_backup_name=name)
         paths = []
         for level in range(prev.level + 1):
-            b = prev if level == prev.level else levels.get(level)
+            # Freezer's Backup objects or ours: the storage holding the level.
+            b: Any = prev if level == prev.level else levels.get(level)
             if b is None or b.level_zero_timestamp != prev.level_zero_timestamp:
                 raise errors.StorageError(
                     "backup %s: level %d of the chain started at %s is "
@@ -233,43 +216,15 @@ class BackupEngine(metaclass=abc.ABCMeta):
     def _run_backup(self, backup_resource: str, engine_meta: str,
                     backup: Any, queue_size: int) -> None:
         """Producer and storage writer on a bounded queue; first error wins."""
-        rich_queue = rqueue.RichQueue(queue_size)
-        failures: list[BaseException] = []
-
-        def run(target, **kwargs) -> None:
-            try:
-                target(rich_queue=rich_queue, **kwargs)
-            except BaseException as err:     # reported after join
-                failures.append(err)
-                rich_queue.force_stop()
-
-        threads = [
-            threading.Thread(target=run, name="rsyncv2-backup-read",
-                             args=(self.backup_stream,),
-                             kwargs={"backup_resource": backup_resource,
-                                     "manifest_path": engine_meta},
-                             daemon=True),
-            threading.Thread(target=run, name="rsyncv2-backup-write",
-                             args=(self.storage.write_backup,),
-                             kwargs={"backup": backup}, daemon=True)]
-        for t in threads:
-            t.start()
-        try:
-            for t in threads:
-                t.join()
-        except BaseException:
-            # Interrupted (a signal in the main thread): both sides stop at
-            # their next hand-off, and the storage's own cleanup runs before
-            # the caller's.  Bounded: a storage stuck in a network call
-            # must not keep a stopped run alive.
-            rich_queue.force_stop()
-            for t in threads:
-                t.join(_STOP_WAIT)
-            raise
-        if failures:
-            real = [f for f in failures
-                    if not isinstance(f, rqueue.QueueStopped)]
-            raise (real or failures)[0]
+        rich_queue = handoff.RichQueue(queue_size)
+        # Interrupted (a signal in the main thread), both sides stop at their
+        # next hand-off, and the storage's own cleanup runs before the
+        # caller's; the wait for them is bounded (threads.STOP_WAIT).
+        with threads.TaskGroup(on_stop=rich_queue.force_stop) as group:
+            group.go(self.backup_stream, backup_resource, rich_queue, engine_meta,
+                     name="rsyncv2-backup-read")
+            group.go(self.storage.write_backup, rich_queue, backup,
+                     name="rsyncv2-backup-write")
 
     def _check_stored(self, backup: Any) -> None:
         """Raise StorageError unless the level's data holds every byte handed over.
@@ -281,12 +236,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
         fail without an error); the others are trusted.  One stat or HEAD
         request per storage and level.
         """
-        for storage in written_storages(self.storage):
-            stored_size = getattr(storage, "stored_size", None)
-            if stored_size is None:
-                continue
-            path = backup.copy(storage).data_path
-            stored = stored_size(path)
+        for path, stored in self.storage.stored_sizes(backup):
             if stored == self.handed_bytes:
                 continue
             found = "is missing" if stored is None else \
@@ -331,7 +281,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
         with self.restore_session(restore_resource):
             for level in range(top + 1):
                 LOG.info("Restoring %s level %d", hostname_backup_name, level)
-                self._restore_one(restore_resource, backups[level])
+                self.restore_one(restore_resource, backups[level])
         return top
 
     def restore_session(self, restore_path: str
@@ -340,7 +290,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
         restore calls ``restore_level`` for each level inside it."""
         return contextlib.nullcontext()
 
-    def _restore_one(self, restore_path: str, backup: Any) -> None:
+    def restore_one(self, restore_path: str, backup: Any) -> None:
         """One level: the storage's blocks, read on a thread, into restore_level.
 
         The blocks are handed over by reference, one at a time (a hand-off
@@ -349,73 +299,36 @@ class BackupEngine(metaclass=abc.ABCMeta):
         is the error reported (the reader sees the stream end early); a
         reader failure closes the queue, which stops the storage thread.
         """
-        rich_queue = rqueue.RichQueue(0)
-        read_pipe = rqueue.QueuePipe(rich_queue)
-        failures: list[BaseException] = []
+        rich_queue = handoff.RichQueue(0)
+        read_pipe = handoff.QueuePipe(rich_queue)
 
         def send() -> None:
+            blocks = iter(backup.storage.backup_blocks(backup))
             try:
-                blocks = iter(backup.storage.backup_blocks(backup))
-                try:
-                    rich_queue.put_messages(blocks)
-                finally:
-                    close = getattr(blocks, "close", None)
-                    if close is not None:
-                        close()     # a generator's cleanup runs now, not at GC
-            except rqueue.QueueStopped:
+                rich_queue.put_messages(blocks)
+            except handoff.QueueStopped:
                 return          # the reader stopped first; it reports why
-            except BaseException as err:
-                failures.append(err)
-                rich_queue.force_stop()     # the reader sees the end (EOFError)
+            finally:
+                close = getattr(blocks, "close", None)
+                if close is not None:
+                    close()     # a generator's cleanup runs now, not at GC
 
-        sender = threading.Thread(target=send, name="rsyncv2-restore-read",
-                                  daemon=True)
-        sender.start()
-        except_queue: pyqueue.Queue = pyqueue.Queue()
-        try:
-            self.restore_level(restore_path, read_pipe, backup, except_queue)
-        except BaseException as err:
-            read_pipe.close()
-            sender.join()
-            if failures:    # the storage failed first: that is the cause
-                raise failures[0] from err
-            raise
-        read_pipe.close()
-        sender.join()
-        if failures:
-            raise failures[0]
+        # A storage failure stops the queue: the reader sees the stream end
+        # early, and whatever it raises, the storage's error is the cause
+        # reported (it explains any error of the reader).
+        with threads.TaskGroup(on_stop=rich_queue.force_stop,
+                               explained=(Exception,)) as group:
+            group.go(send, name="rsyncv2-restore-read")
+            self.restore_level(restore_path, read_pipe, backup)
+            read_pipe.close()       # the storage thread stops if blocks remain
 
 
-def written_storages(storage: Any) -> list[Any]:
-    """The storages a backup is written to: Freezer's MultipleStorage
-    writes to each of its ``storages``, any other storage to itself."""
-    members = getattr(storage, "storages", None)
-    return list(members) if isinstance(members, (list, tuple)) else [storage]
-
-
-def _newest_per_level(engine: Any, backups: dict, recent_to_date: int | None
-                      ) -> dict:
+def _newest_per_level(engine: BackupEngine, backups: dict, recent_to_date: int | None) -> dict:
     """With --always-level a chain holds several entries for one level;
     Freezer's storages keep whichever they list last: take the newest."""
     sample = next(iter(backups.values()))
-    listdir = getattr(sample.storage, "listdir", None)
-    path = getattr(sample, "increments_metadata_path", None)
-    if listdir is None or path is None:
-        return backups
-    newest: dict[int, int] = {}
-    for name in listdir(path):
-        parsed = slayout.parse_level_dir(str(name))
-        if parsed is None:
-            continue        # not a level (the storage's listing warned)
-        lvl, ts = parsed
-        if recent_to_date and ts > recent_to_date:
-            continue
-        if not slayout.level_published(sample.storage, slayout.path_join(
-                path, name, slayout.METADATA_NAME)):
-            continue        # no metadata: not a level (docs/storage.rst)
-        newest[lvl] = max(ts, newest.get(lvl, ts))
     out = dict(backups)
-    for lvl, ts in newest.items():
+    for lvl, ts in engine.storage.newest_levels(sample, recent_to_date).items():
         b = out.get(lvl)
         if b is not None and int(b.timestamp) != ts:
             out[lvl] = type(b)(engine=engine,
@@ -429,11 +342,9 @@ def _prepare_restore_dir(path: str, overwrite: bool) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        raise errors.RestoreError("cannot create restore directory %s: %s"
-                                  % (path, err.strerror)) from err
+        raise errors.RestoreError(f"cannot create restore directory {path}: {err.strerror}") from err
     if not os.path.isdir(path):
-        raise errors.RestoreError("restore path %s is not a directory" % path)
+        raise errors.RestoreError(f"restore path {path} is not a directory")
     if not overwrite and os.listdir(path):
         raise errors.RestoreError(
-            "restore directory %s is not empty; use --overwrite or choose "
-            "another path" % path)
+            f"restore directory {path} is not empty; use --overwrite or choose another path")

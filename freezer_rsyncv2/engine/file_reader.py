@@ -1,47 +1,77 @@
-"""Reading one regular file for a backup pass: its records, whole-file digest and signature.
+"""Reading one regular file for a backup pass: its records, then what the read came to.
 
 The file is read once, by ranges: holes in a sparse file (and, in a big
 file, whole blocks of zeros) are never read nor hashed byte by byte; they
-travel as HOLE records.  Each chunk feeds the whole-file digest and the
-signature the next level will match against and, when the previous level
-has a signature, the rsync matcher; without one the data goes out as
-literals and the holes as hole records.  A file that changes while it is
-read is stored as read and marked to be read again at the next level.
+travel as HOLE records (``extents``).  Each chunk feeds the whole-file
+digest and the signature the next level will match against
+(``content_hash``) and, when the previous level has a signature, the rsync
+matcher (``file_records``); without one the data goes out as literals and
+the holes as hole records.  A file that changes while it is read is stored
+as read and marked to be read again at the next level.
+
+``FileReader.read`` gives a ``FileRead``: iterate its ``pieces()`` (record
+bytes), then its ``result`` (a ``ReadResult``) says what they came to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 from freezer_rsyncv2 import config as cfgmod
-from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
-from freezer_rsyncv2.engine import extents
+from freezer_rsyncv2.engine import content_hash, extents, file_records
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import walk as fswalk
-from freezer_rsyncv2.rsync import matcher as rmatch
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import records
 
-READ_SIZE = 1 << 20
+Warn = Callable[[bytes, str], None]
+#: ``(fd, offset, length, step, path, warn)`` -> the range's bytes in chunks of ``step``; short on a read error
+ReadRange = Callable[[int, int, int, int, bytes, Warn], Iterator[bytes]]
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclasses.dataclass
+class ReadResult:
+    """What reading one file came to.
+
+    ``skipped``: why the file was not read (it yielded no record, and the
+    chain keeps its old state).  Otherwise ``entry`` is the file as read: its
+    size is the bytes stored and, when it ``changed`` while read, its mtime is
+    -1 so that the next level reads it again.
+    """
+
+    entry: fsentry.Entry
+    skipped: str | None = None
+    digest: bytes | None = None
+    signature: rsig.Signature | None = None
+    changed: bool = False
+    literal_bytes: int = 0
+    copied_bytes: int = 0
 
 
 class FileReader:
-    """Reads the regular files of one backup pass; ``close`` stops its helper threads."""
+    """Reads the regular files of one backup pass; ``close`` stops its helper threads.
 
-    def __init__(self, cfg: cfgmod.EngineConfig, root: bytes,
-                 summary: prog.Summary, progress: prog.Progress,
-                 warn: Callable[[bytes, str], None]) -> None:
-        self.cfg = cfg
+    ``read_range`` replaces the reading of a file's bytes (tests make files
+    change or fail while they are read).
+    """
+
+    def __init__(self, config: cfgmod.EngineConfig, root: bytes, summary: prog.Summary, progress: prog.Progress,
+                 warn: Warn, read_range: ReadRange | None = None) -> None:
+        self.config = config
         self.root = root
         self.summary = summary
         self.progress = progress
-        self._warn = warn
-        # A big file's SHA-256 and signature run on helper threads (other
+        self.warn = warn
+        self._range_reader = read_range
+        # A big file's digest and signature run on helper threads (other
         # cores) while this one reads and matches.
         self._digest_worker = threads.OrderedWorker("rsyncv2-digest")
         self._sig_worker = threads.OrderedWorker("rsyncv2-signature")
@@ -55,102 +85,129 @@ class FileReader:
         self._digest_worker.close()
         self._sig_worker.close()
 
-    def _count_read(self, nbytes: int) -> None:
-        self.summary.bytes_read += nbytes
-        self.progress.advance(nbytes)
+    def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None) -> FileRead:
+        """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path)."""
+        return FileRead(self, e, basis, prev_name)
 
-    def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-             prev_name: bytes | None) -> Iterator:
-        """Yield record bytes, then one tuple (entry, digest, signature, complete)."""
-        full = self.root if self._file_root else os.path.join(self.root, e.path)
-        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-        if not self.cfg.dereference:
-            flags |= os.O_NOFOLLOW
+    def path_of(self, e: fsentry.Entry) -> bytes:
+        return self.root if self._file_root else os.path.join(self.root, e.path)
+
+    def hasher(self, block_len: int, size: int) -> content_hash.ContentHasher:
+        """The content hasher of a file of ``size`` bytes: on the helper threads when it is big."""
+        if size >= threads.PARALLEL_MIN:
+            return content_hash.ContentHasher(block_len, self._digest_worker, self._sig_worker)
+        return content_hash.ContentHasher(block_len)
+
+    def region_reader(self, fd: int, path: bytes, block_len: int) -> Callable[[int, int], Iterator[bytes]]:
+        """``read(offset, length)`` of the open file, in block-aligned chunks of about ``extents.READ_SIZE``."""
+        step = max(extents.READ_SIZE // block_len, 1) * block_len
+        reader = self._range_reader or read_range     # the module's, looked up now (tests replace it)
+
+        def read(offset: int, length: int) -> Iterator[bytes]:
+            for chunk in reader(fd, offset, length, step, path, self.warn):
+                self.summary.bytes_read += len(chunk)
+                self.progress.advance(len(chunk))
+                yield chunk
+        return read
+
+
+class FileRead:
+    """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
+
+    def __init__(self, reader: FileReader, e: fsentry.Entry, basis: mf.ManifestEntry | None,
+                 prev_name: bytes | None) -> None:
+        self._reader = reader
+        self._entry = e
+        self._basis = basis
+        self._prev_name = prev_name
+        self._result: ReadResult | None = None
+
+    @property
+    def result(self) -> ReadResult:
+        if self._result is None:
+            raise RuntimeError("FileRead.result before its pieces() were read to the end")
+        return self._result
+
+    def pieces(self) -> Iterator[bytes]:
+        """The file's records: ENTRY, its data records, END_FILE; none when it is skipped."""
         try:
-            try:
-                fd = os.open(full, flags)
-            except PermissionError:
-                fd = os.open(full, flags & ~getattr(os, "O_NOATIME", 0))
-        except OSError as err:
-            self._warn(e.path, "skipped, cannot open: %s" % err.strerror)
+            fd, st = open_regular(self._reader.path_of(self._entry), self._reader.config.dereference)
+        except Unreadable as skip:
+            self._result = ReadResult(self._entry, skipped=str(skip))
             return
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self._warn(e.path, "skipped, no longer a regular file")
-                return
-            e = _refresh(e, st)
-            block_len = rsig.block_size_for(st.st_size, self.cfg.block_size)
-            ranges = fswalk.data_ranges(fd, st.st_size)
-            sparse = sum(length for _o, length in ranges) < st.st_size
-            extra = {"data": records.DATA_FULL, "sp": sparse or None}
-            matcher = None
-            if basis is not None:
-                extra.update(data=records.DATA_DELTA, pn=prev_name,
-                             bl=basis.block_len, bs=basis.entry.size)
-                matcher = rmatch.Matcher(basis.signature())
-            yield records.entry(e, **extra)
-            digest = digests.new(digests.DEFAULT)
-            builder = rsig.SignatureBuilder(
-                block_len, extents.min_zero_blocks(block_len))
-            if st.st_size >= threads.PARALLEL_MIN:
-                def hash_data(chunk: bytes) -> None:
-                    self._digest_worker.submit(digest.update, chunk)
-                    self._sig_worker.submit(builder.update, chunk)
-
-                def hash_zeros(length: int) -> None:
-                    self._digest_worker.submit(digest.zeros, length)
-                    self._sig_worker.submit(builder.zeros, length)
-            else:
-                def hash_data(chunk: bytes) -> None:
-                    digest.update(chunk)
-                    builder.update(chunk)
-
-                def hash_zeros(length: int) -> None:
-                    digest.zeros(length)
-                    builder.zeros(length)
-            done = literal = 0
-            for piece in _pieces(fd, ranges, st.st_size, block_len,
-                                 e.path, self._warn, self._count_read):
-                if isinstance(piece, int):      # a hole or zero blocks
-                    hash_zeros(piece)
-                    if matcher is not None:
-                        yield from _ops(matcher.zeros(piece))
-                    else:
-                        yield records.hole(piece)
-                    done += piece
-                    continue
-                hash_data(piece)
-                if matcher is not None:
-                    yield from _ops(matcher.feed(piece))
-                else:
-                    yield records.literal_head(len(piece))
-                    yield piece
-                    literal += len(piece)
-                done += len(piece)
-            if matcher is not None:
-                yield from _ops(matcher.finish())
-                self.summary.literal_bytes += matcher.literal_bytes
-                self.summary.copied_bytes += matcher.copied_bytes
-            else:
-                self.summary.literal_bytes += literal
-            self._digest_worker.wait()
-            self._sig_worker.wait()
-            value = digest.digest()
-            yield records.end_file(done, value)
-            after = os.fstat(fd)
-            complete = (done == st.st_size and after.st_size == st.st_size
-                        and after.st_mtime_ns == st.st_mtime_ns)
-            e.size = done
-            if not complete:
-                self._warn(e.path, "changed while being read; stored what "
-                                   "was read, will be read again next time")
-                e.mtime_ns = -1     # forces a re-read at the next level
-            yield (e, value, builder.finish(), complete)
+            yield from self._records(fd, st)
         finally:
-            self._digest_worker.discard()   # nothing if all went well
-            self._sig_worker.discard()
             os.close(fd)
+
+    def _records(self, fd: int, st: os.stat_result) -> Iterator[bytes]:
+        e = _refresh(self._entry, st)
+        block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
+        ranges = fswalk.data_ranges(fd, st.st_size)
+        out = file_records.for_basis(self._basis, self._prev_name)
+        yield records.entry(e, **out.fields(sparse=sum(length for _o, length in ranges) < st.st_size))
+        hasher = self._reader.hasher(block_len, st.st_size)
+        try:
+            done = 0
+            read = self._reader.region_reader(fd, e.path, block_len)
+            for piece in extents.file_pieces(read, ranges, st.st_size, block_len):
+                if piece.zeros:
+                    hasher.zeros(piece.zeros)
+                    yield from out.zeros(piece.zeros)
+                else:
+                    hasher.update(piece.data)
+                    yield from out.data(piece.data)
+                done += piece.zeros or len(piece.data)
+            yield from out.finish()
+            digest, signature = hasher.finish()
+            yield records.end_file(done, digest)
+        finally:
+            hasher.discard()    # nothing if all went well
+        changed = changed_while_read(st, os.fstat(fd), done)
+        e.size = done
+        if changed:
+            e.mtime_ns = -1     # forces a re-read at the next level
+        self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
+                                  literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
+
+
+class Unreadable(Exception):
+    """The file cannot be read for this backup; the message says why."""
+
+
+def open_regular(path: bytes, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at ``path``, open for reading, and its stat.
+
+    Raises ``Unreadable`` when it cannot be opened or is no longer a regular
+    file.  The access time is left alone where the system allows it.
+    """
+    flags = os.O_RDONLY | _NOATIME | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = _open_without_atime(path, flags)
+    except OSError as err:
+        raise Unreadable(f"cannot open: {err.strerror}") from err
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise Unreadable("no longer a regular file")
+    return fd, st
+
+
+def _open_without_atime(path: bytes, flags: int) -> int:
+    try:
+        return os.open(path, flags)
+    except PermissionError:     # O_NOATIME is for the file's owner only
+        return os.open(path, flags & ~_NOATIME)
+
+
+def changed_while_read(before: os.stat_result, after: os.stat_result, read: int) -> bool:
+    """Whether a file opened with stat ``before`` changed while ``read`` bytes of it were read."""
+    return not (read == before.st_size and after.st_size == before.st_size
+                and after.st_mtime_ns == before.st_mtime_ns)
 
 
 def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
@@ -163,56 +220,9 @@ def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
     return e
 
 
-def _pieces(fd: int, ranges: list[tuple[int, int]], size: int,
-            block_len: int, path: bytes, warn: Callable[[bytes, str], None],
-            on_read: Callable[[int], None]) -> Iterator[bytes | int]:
-    """The file in order: data as bytes, long runs of zeros as lengths.
-
-    Only the data ranges are read, widened to whole blocks; in a file of
-    ``extents.ZERO_SCAN_MIN`` bytes or more, whole blocks of zeros count
-    as holes.  A run of holes and zero blocks of ``extents.ZERO_RUN_MIN``
-    bytes or more is one length; a shorter one is data (zero bytes).  A
-    short read (the file shrank, a read error) ends the pieces early.
-    """
-    scan = size >= extents.ZERO_SCAN_MIN
-    step = max(READ_SIZE // block_len, 1) * block_len
-    pos = zeros = 0
-
-    def flush_zeros() -> Iterator[bytes | int]:
-        if zeros >= extents.ZERO_RUN_MIN:
-            yield zeros
-        else:
-            for at in range(0, zeros, READ_SIZE):
-                yield bytes(min(READ_SIZE, zeros - at))
-
-    for offset, length in extents.aligned_regions(ranges, size, block_len):
-        zeros += offset - pos
-        pos = offset
-        for chunk in _read_range(fd, offset, length, step, path, warn):
-            on_read(len(chunk))
-            runs = (extents.zero_block_runs(chunk, block_len) if scan
-                    else ((False, 0, len(chunk)),))
-            for is_zero, start, run in runs:
-                if is_zero:
-                    zeros += run
-                    continue
-                if zeros:
-                    yield from flush_zeros()
-                    zeros = 0
-                yield chunk if run == len(chunk) else chunk[start:start + run]
-            pos += len(chunk)
-        if pos < offset + length:
-            return      # the file shrank while we read it
-    zeros += size - pos
-    if zeros:
-        yield from flush_zeros()
-
-
-def _read_range(fd: int, offset: int, length: int, step: int, path: bytes,
-                warn: Callable[[bytes, str], None]) -> Iterator[bytes]:
-    """Read a range in pieces of ``step`` bytes (block-aligned when
-    ``offset`` is); a read error ends it early (the caller sees the
-    shortfall)."""
+def read_range(fd: int, offset: int, length: int, step: int, path: bytes, warn: Warn) -> Iterator[bytes]:
+    """Read a range in pieces of ``step`` bytes (block-aligned when ``offset``
+    is); a read error ends it early (the caller sees the shortfall)."""
     end = offset + length
     while offset < end:
         try:
@@ -220,20 +230,9 @@ def _read_range(fd: int, offset: int, length: int, step: int, path: bytes,
         except InterruptedError:
             continue
         except OSError as err:
-            warn(path, "read error at byte %d: %s" % (offset, err.strerror))
+            warn(path, f"read error at byte {offset}: {err.strerror}")
             return
         if not chunk:
             return
         yield chunk
         offset += len(chunk)
-
-
-def _ops(ops: Iterable[tuple]) -> Iterator[bytes]:
-    for op in ops:
-        if op[0] == rmatch.COPY:
-            yield records.copy(op[1], op[2])
-        elif op[0] == rmatch.HOLE:
-            yield records.hole(op[1])
-        else:
-            yield records.literal_head(len(op[1]))
-            yield op[1]

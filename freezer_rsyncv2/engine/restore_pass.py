@@ -54,18 +54,17 @@ class _FileData:
                 yield (rmatch.HOLE, rec[1]) if self._delta else rec[1]
             else:
                 raise errors.CorruptRecordError(
-                    "%s record inside the data of %r"
-                    % (records.NAMES[rtype], self._path))
+                    f"{records.NAMES[rtype]} record inside the data of {self._path!r}")
         raise errors.TruncatedError(
-            "stream ends inside the data of %r" % self._path)
+            f"stream ends inside the data of {self._path!r}")
 
     def checked_digest(self) -> bytes:
         if self.digest is None:
-            raise errors.TruncatedError("no END_FILE for %r" % self._path)
+            raise errors.TruncatedError(f"no END_FILE for {self._path!r}")
         return self.digest
 
 
-def _punch_holes(pieces: Iterable[bytes | int]) -> Iterator[bytes | int]:
+def _punch_holes(pieces: Iterable[bytes | memoryview | int]) -> Iterator[bytes | memoryview | int]:
     """Turn aligned all-zero 4 KiB runs into holes (for sparse sources)."""
     for piece in pieces:
         if isinstance(piece, int):      # already a hole
@@ -76,7 +75,7 @@ def _punch_holes(pieces: Iterable[bytes | int]) -> Iterator[bytes | int]:
             yield piece
             continue
         blocks = np.frombuffer(piece, dtype=np.uint64, count=n // 8)
-        nonzero = blocks.reshape(-1, HOLE_GRAIN // 8).any(axis=1)
+        nonzero: np.ndarray = np.asarray(blocks.reshape(-1, HOLE_GRAIN // 8).any(axis=1))
         start = 0
         for flag, run in _runs(nonzero):
             length = run * HOLE_GRAIN
@@ -150,28 +149,27 @@ class RestorePass:
                 return rec[1]       # the tree's owner calls finish()
             else:
                 raise errors.CorruptRecordError(
-                    "%s record outside a file" % records.NAMES[rtype])
+                    f"{records.NAMES[rtype]} record outside a file")
         raise errors.TruncatedError("stream ends before its END record")
 
     def _entry(self, e: fsentry.Entry, extra: dict, it: Iterator) -> None:
         key = hash(e.path)
         if key in self._seen:
             raise errors.CorruptRecordError(
-                "second entry for %r in one level" % e.path)
+                f"second entry for {e.path!r} in one level")
         self._seen.add(key)
         kind = e.kind
         data = extra.get("data", records.DATA_NONE)
         if kind != fsentry.KIND_FILE and data != records.DATA_NONE:
             raise errors.CorruptRecordError(
-                "entry %r of kind %r carries data %r" % (e.path, kind, data))
+                f"entry {e.path!r} of kind {kind!r} carries data {data!r}")
         if kind == fsentry.KIND_FILE:
             self._file(e, extra, data, it)
         elif kind == fsentry.KIND_DIR:
             self.tree.make_dir(e)
         elif kind == fsentry.KIND_SYMLINK:
             if e.link_target is None:
-                raise errors.CorruptRecordError("symlink %r has no target"
-                                                % e.path)
+                raise errors.CorruptRecordError(f"symlink {e.path!r} has no target")
             self.tree.make_symlink(e)
         elif kind == fsentry.KIND_FIFO:
             self.tree.make_fifo(e)
@@ -179,8 +177,7 @@ class RestorePass:
             self.tree.make_device(e)
         elif kind == fsentry.KIND_HARDLINK:
             if e.hardlink_to is None:
-                raise errors.CorruptRecordError("hardlink %r has no target"
-                                                % e.path)
+                raise errors.CorruptRecordError(f"hardlink {e.path!r} has no target")
             self.tree.make_hardlink(e)
         self.progress.entry(e.path, "restored")
 
@@ -191,7 +188,7 @@ class RestorePass:
             return
         if data not in (records.DATA_FULL, records.DATA_DELTA):
             raise errors.CorruptRecordError(
-                "file %r has data kind %r" % (e.path, data))
+                f"file {e.path!r} has data kind {data!r}")
         self.files += 1
         fdata = _FileData(it, e.path, data == records.DATA_DELTA)
         if data == records.DATA_FULL:
@@ -203,7 +200,7 @@ class RestorePass:
         if not isinstance(block_len, int) or not isinstance(basis_size, int) \
                 or block_len <= 0 or basis_size < 0:
             raise errors.CorruptRecordError(
-                "delta for %r lacks a valid basis block length/size" % e.path)
+                f"delta for {e.path!r} lacks a valid basis block length/size")
         basis = self.tree.open_basis(basis_path)
         if basis is None:
             raise errors.RestoreError(
@@ -245,5 +242,5 @@ def _counted(e: fsentry.Entry, pieces: Iterable, fdata: _FileData
         yield piece
     if fdata.size is None:
         raise errors.TruncatedError(
-            "stream ends inside the data of %r" % e.path)
+            f"stream ends inside the data of {e.path!r}")
     e.size = fdata.size     # the bytes actually read at backup time

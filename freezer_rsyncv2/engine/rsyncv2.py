@@ -13,10 +13,8 @@ import contextlib
 import fcntl
 import multiprocessing.connection
 import os
-import queue as pyqueue
 import struct
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,7 +26,7 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
-from freezer_rsyncv2 import threads
+from freezer_rsyncv2 import handoff, threads
 from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.engine import restore_pass
@@ -42,7 +40,6 @@ LOG = log.getLogger(__name__)
 
 _BATCH = 1 << 20            # record bytes handed over per queue item
 _QUEUE_ITEMS = 2            # batches waiting for the encoder
-_DONE = object()
 _RECV_PIECE = 4 << 20       # restore: bytes read from the pipe per piece
 _PIPE_SIZE = 1 << 20
 _FRAMES_AHEAD = 2           # restore: frames opened ahead of their records
@@ -57,12 +54,12 @@ class Rsyncv2Engine(base.BackupEngine):
                  rsync_block_size: int | None = None, dry_run: bool = False,
                  progress: prog.Progress | None = None, **kwargs: Any) -> None:
         super().__init__(storage)
-        self.cfg = cfgmod.EngineConfig.from_kwargs(
+        self.config = cfgmod.EngineConfig.from_kwargs(
             compression=compression, encrypt_key=encrypt_key,
             symlinks=symlinks, exclude=exclude,
             max_segment_size=max_segment_size,
             rsync_block_size=rsync_block_size, dry_run=dry_run)
-        self.dry_run = self.cfg.dry_run
+        self.dry_run = self.config.dry_run
         self.progress = progress or prog.NULL
         self.last_summary: prog.Summary | None = None
         # The pass file is read at first use, not here (cheap constructor).
@@ -78,9 +75,9 @@ class Rsyncv2Engine(base.BackupEngine):
         meta = {"engine_name": self.name,
                 "engine_version": freezer_rsyncv2.__version__,
                 "format_version": frames.VERSION,
-                "compression": self.cfg.compression,
-                "rsync_block_size": self.cfg.block_size or 0,
-                "encryption": bool(self.cfg.encrypt_key)}
+                "compression": self.config.compression,
+                "rsync_block_size": self.config.block_size or 0,
+                "encryption": bool(self.config.encrypt_key)}
         if self.last_summary is not None:
             meta["summary"] = self.last_summary.as_dict()
         return meta
@@ -93,10 +90,10 @@ class Rsyncv2Engine(base.BackupEngine):
             LOG.warning("cannot read the metadata of level %s: %s",
                         getattr(prev, "level", "?"), err)
             return False
-        return was == bool(self.cfg.encrypt_key)
+        return was == bool(self.config.encrypt_key)
 
     def _codec(self) -> compression.Codec:
-        return compression.by_name(self.cfg.compression)
+        return compression.by_name(self.config.compression)
 
     def _cipher(self):
         """A cipher for one new stream (None without encryption).
@@ -106,20 +103,22 @@ class Rsyncv2Engine(base.BackupEngine):
         earlier, from ``prepare_chain``), reusing the salt of the chain's
         level 0 when it can (docs/encryption.rst).
         """
-        if not self.cfg.encrypt_key:
+        if not self.config.encrypt_key:
             return None
         return self._pass_keyring().writing_cipher(
             chain=self.chain_manifests[:1])
 
-    def _cipher_factory(self) -> Callable:
+    def cipher_factory(self) -> Callable:
         """The cipher factory for reading streams, keyed by the pass file."""
-        if not self.cfg.encrypt_key:
+        if not self.config.encrypt_key:
             return frames.null_cipher_for
         return self._pass_keyring().open_cipher
 
     def _pass_keyring(self) -> crypto.Keyring:
         if self._keyring is None:
-            self._keyring = crypto.Keyring.from_pass_file(self.cfg.encrypt_key)
+            if not self.config.encrypt_key:
+                raise ValueError("no pass file: this engine does not encrypt")
+            self._keyring = crypto.Keyring.from_pass_file(self.config.encrypt_key)
         return self._keyring
 
     def prepare_chain(self, level_zero_manifest: str | None) -> None:
@@ -129,7 +128,7 @@ class Rsyncv2Engine(base.BackupEngine):
         follows (listing, fetching the other manifests, starting the
         upload) instead of starting when the first stream needs its key.
         """
-        if self.cfg.encrypt_key:
+        if self.config.encrypt_key:
             self._pass_keyring().prefetch_chain(level_zero_manifest)
 
     # -- backup ---------------------------------------------------------------
@@ -150,8 +149,7 @@ class Rsyncv2Engine(base.BackupEngine):
         with interrupt.handling():
             self._cipher()
             if not os.path.lexists(backup_resource):
-                raise errors.SourceError("backup source %s does not exist"
-                                         % backup_resource)
+                raise errors.SourceError(f"backup source {backup_resource} does not exist")
             if os.path.islink(backup_resource):
                 # The root itself is always followed, as `cd SRC && tar .` would.
                 backup_resource = os.path.realpath(backup_resource)
@@ -190,34 +188,30 @@ class Rsyncv2Engine(base.BackupEngine):
                     ) -> Iterator[bytes]:
         """Yield the level's segments; the new manifest replaces manifest_path."""
         previous, summary, writer = self._start_level(manifest_path)
-        self.progress.phase("backup level %d" % summary.level)
-        write_queue: pyqueue.Queue = pyqueue.Queue(_QUEUE_ITEMS)
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=self._produce, name="rsyncv2-sign-delta", daemon=True,
-            args=(backup_path, previous, writer, summary, write_queue, stop))
-        worker.start()
-        stream = encoder.StreamEncoder(frames.KIND_DATA, self._codec(),
-                                       self._cipher())
+        self.progress.phase(f"backup level {len(previous)}")
+        write_queue = handoff.RichQueue(_QUEUE_ITEMS)
         # A dry run stores nothing: the cheapest form.
         form = encoder.STREAM if self.dry_run else self.message_form()
-        try:
-            pieces = self._encode(stream, _drain(write_queue))
+        # The walk and delta run on a helper thread, the encoding here; an
+        # error of either stops the other (threads.TaskGroup).  The walk
+        # starts first: the encoder's cipher may wait for the key derivation.
+        with threads.TaskGroup(on_stop=write_queue.force_stop) as group:
+            group.go(self._produce, backup_path, previous, writer, summary,
+                     write_queue, name="rsyncv2-sign-delta")
+            stream = encoder.StreamEncoder(frames.KIND_DATA, self._codec(),
+                                           self._cipher())
+            pieces = self._encode(stream, write_queue.get_messages())
             for segment in encoder.messages(pieces, form,
                                             self._segment_size()):
                 summary.stored_bytes += len(segment)
                 yield segment
                 del segment     # the storage may free it once stored
-        finally:
-            stop.set()
-            worker.join()
         self._finish_level(manifest_path, writer, summary)
 
     def _segment_size(self) -> int:
         """``max_segment_size``, or less where our own storage asks for it."""
-        return min(self.cfg.max_segment_size,
-                   getattr(self.storage, "io_block_size",
-                           self.cfg.max_segment_size))
+        block = self.storage.io_block_size
+        return self.config.max_segment_size if block is None else min(self.config.max_segment_size, block)
 
     def _start_level(self, manifest_path: str
                      ) -> tuple[list[str], prog.Summary, mf.ManifestWriter]:
@@ -226,7 +220,7 @@ class Rsyncv2Engine(base.BackupEngine):
         summary = prog.Summary(level=len(previous))
         self.last_summary = None
         writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
-                                   self._cipher(), level=summary.level,
+                                   self._cipher(), level=len(previous),
                                    where=self.place)
         return previous, summary, writer
 
@@ -245,36 +239,31 @@ class Rsyncv2Engine(base.BackupEngine):
 
     def _produce(self, backup_path: str, previous: list[str],
                  writer: mf.ManifestWriter, summary: prog.Summary,
-                 write_queue: pyqueue.Queue, stop: threading.Event) -> None:
-        """Worker thread: records into the queue; an error travels there too."""
-        try:
-            self._sign_delta(backup_path, previous, writer, summary,
-                             write_queue, stop)
-            _put(write_queue, _DONE, stop)
-        except BaseException as err:     # handed to the consumer
-            _put(write_queue, err, stop)
+                 write_queue: handoff.RichQueue) -> None:
+        """Helper thread: the level's records into the queue."""
+        self._sign_delta(backup_path, previous, writer, summary, write_queue)
+        write_queue.finish()
 
     def get_sign_delta(self, fs_path: str, manifest_path: str,
                        write_queue: Any) -> None:
         """Walk and delta ``fs_path`` against the chain; records onto write_queue.
 
-        The records are batched into byte strings; the caller encodes them.
-        The new manifest is written to ``manifest_path`` when done.
+        The records are queued in batches (lists of byte strings); the
+        caller encodes them.  The new manifest is written to
+        ``manifest_path`` when done.
         """
         previous, summary, writer = self._start_level(manifest_path)
-        self._sign_delta(fs_path, previous, writer, summary, write_queue,
-                         threading.Event(), join=True)
+        self._sign_delta(fs_path, previous, writer, summary, write_queue)
         self._finish_level(manifest_path, writer, summary)
 
     def _sign_delta(self, fs_path: str, previous: list[str],
                     writer: mf.ManifestWriter, summary: prog.Summary,
-                    write_queue: Any, stop: threading.Event,
-                    join: bool = False) -> None:
-        """Queue the level's record bytes in lists of pieces (joined if ``join``).
+                    write_queue: Any) -> None:
+        """Queue the level's record bytes in lists of pieces.
 
         Pieces are handed on uncopied (a file's data is read once into them).
         """
-        cipher = self._cipher_factory()
+        cipher = self.cipher_factory()
         whole = bool(self.chain_manifests)
         places = self.chain_places if whole else None
 
@@ -286,7 +275,7 @@ class Rsyncv2Engine(base.BackupEngine):
                     if me.entry.path in paths}
 
         bpass = backup_pass.BackupPass(
-            self.cfg, fs_path, chain(), writer, summary.level, summary,
+            self.config, fs_path, chain(), writer, len(previous), summary,
             self.progress, rename_lookup=lookup, where=self.place)
         batch: list[bytes] = []
         size = 0
@@ -294,10 +283,10 @@ class Rsyncv2Engine(base.BackupEngine):
             batch.append(rec)
             size += len(rec)
             if size >= _BATCH:
-                _put(write_queue, b"".join(batch) if join else batch, stop)
+                write_queue.put(batch)
                 batch, size = [], 0
         if batch:
-            _put(write_queue, b"".join(batch) if join else batch, stop)
+            write_queue.put(batch)
 
     def write_engine_meta(self, manifest_path: str,
                           files_meta: mf.ManifestWriter) -> int:
@@ -326,17 +315,20 @@ class Rsyncv2Engine(base.BackupEngine):
             self._session = None
 
     def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
-                      except_queue: Any) -> None:
-        """Apply one level read from read_pipe; errors also go to except_queue."""
+                      except_queue: Any = None) -> None:
+        """Apply one level read from read_pipe; errors are raised, naming the level.
+
+        ``except_queue`` is in Freezer's signature only: nothing is put there.
+        """
         level = getattr(backup, "level", "?")
-        self.progress.phase("restore level %s" % level)
+        self.progress.phase(f"restore level {level}")
         try:
             # Frames are checked (and decrypted) on a helper thread, a few
             # ahead of the records being applied.
             info: dict = {}
             plain = threads.read_ahead(
                 frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
-                                     self._cipher_factory(), info),
+                                     self.cipher_factory(), info),
                 _FRAMES_AHEAD, "rsyncv2-frames")
             session = self._session
             tree_cm: Any = (contextlib.nullcontext(session[1])
@@ -350,20 +342,15 @@ class Rsyncv2Engine(base.BackupEngine):
                     level if isinstance(level, int) else None,
                     place.Place.of(backup), info)
         except errors.Rsyncv2Error as err:
-            named = type(err)("level %s of %s: %s" % (
-                level, getattr(backup, "hostname_backup_name", "?"), err))
-            except_queue.put(named)
+            named = type(err)(f"level {level} of {getattr(backup, 'hostname_backup_name', '?')}: {err}")
             raise named from err
-        except Exception as err:
-            except_queue.put(err)
-            raise
 
     def _restore_warning(self, path: bytes, message: str) -> None:
         LOG.warning("%s: %s", fswalk.show_path(path), message)
         self.progress.warning(path, message)
 
 
-def _recv_all(read_pipe: Any) -> Iterator[bytes]:
+def _recv_all(read_pipe: Any) -> Iterator[bytes | bytearray]:
     """The bytes sent through read_pipe, in pieces of any size."""
     if sys.platform != "win32" \
             and type(read_pipe) is multiprocessing.connection.Connection:
@@ -416,23 +403,3 @@ def _read_exact(fd: int, n: int, at_start: bool = False) -> Any:
                 "the storage stream ends inside a pipe message")
         got += k
     return buf
-
-
-def _put(q: pyqueue.Queue, item: Any, stop: threading.Event) -> None:
-    """Put that gives up when the consumer has gone (no hang)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.2)
-            return
-        except pyqueue.Full:
-            continue
-
-
-def _drain(q: pyqueue.Queue) -> Iterator[bytes]:
-    while True:
-        item = q.get()
-        if item is _DONE:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item

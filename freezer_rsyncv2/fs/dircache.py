@@ -101,8 +101,7 @@ class FdChain:
         temporary = False       # cur was opened here and is not kept
         for level in range(start + 1, top + 1):
             try:
-                nxt = os.open(self.names[level - 1], DIR_WALK_FLAGS,
-                              dir_fd=cur)
+                nxt = os.open(self.names[level - 1], DIR_WALK_FLAGS, dir_fd=cur)
             finally:
                 if temporary:
                     os.close(cur)
@@ -153,8 +152,7 @@ class DirCache:
     def __init__(self, root_fd: int) -> None:
         self._chain = FdChain(root_fd)
 
-    def lookup(self, parts: list[bytes], path: bytes, *,
-               create: bool) -> int | None:
+    def lookup(self, parts: list[bytes], path: bytes, *, create: bool) -> int | None:
         """The directory ``parts`` (a borrowed descriptor), or None.
 
         Same results and errors as ``open_dir``; the descriptor stays the

@@ -14,9 +14,7 @@ KIND_BLK = 'b'
 KIND_HARDLINK = 'h'
 
 #: Every kind an Entry may carry.
-KINDS: frozenset[str] = frozenset(
-    (KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_FIFO, KIND_CHR, KIND_BLK,
-     KIND_HARDLINK))
+KINDS: frozenset[str] = frozenset((KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_FIFO, KIND_CHR, KIND_BLK, KIND_HARDLINK))
 
 #: Kinds whose object is a device node (restoring them needs root).
 DEVICE_KINDS: frozenset[str] = frozenset((KIND_CHR, KIND_BLK))
@@ -85,7 +83,3 @@ class Entry:
     def name(self) -> bytes:
         """The last component of ``path``."""
         return self.path.rpartition(b'/')[2]
-
-    def is_regular(self) -> bool:
-        """True for kinds whose content is file data (not hardlinks)."""
-        return self.kind == KIND_FILE

@@ -10,8 +10,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from freezer_rsyncv2.errors import (
-    CorruptRecordError, IntegrityError, RestoreError)
+from freezer_rsyncv2.errors import CorruptRecordError, IntegrityError, RestoreError
 from freezer_rsyncv2.fs.safepath import show
 from freezer_rsyncv2.threads import OrderedWorker
 
@@ -22,8 +21,7 @@ _WRITE_CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(_WRITE_CHUNK))
 # copy_file_range cannot serve these (old kernel, other file system, ...):
 # the range is then copied through a buffer.
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                   errno.ETXTBSY, errno.EPERM}
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ETXTBSY, errno.EPERM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +44,7 @@ def create_temp(parent: int) -> tuple[int, bytes]:
     O_EXCL|O_NOFOLLOW: an existing name (or a planted symlink) is never
     reused; mode 0o600 until the real metadata is applied.
     """
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-             | os.O_CLOEXEC)
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
     for _ in range(100):
         tmp = TMP_PREFIX + secrets.token_hex(8).encode()
         try:
@@ -65,7 +62,7 @@ class Hasher(Protocol):
     def zeros(self, length: int, /) -> None: ...
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """os.write until everything is written (writes may be partial)."""
     view = memoryview(data).cast('B')
     while view:
@@ -108,8 +105,7 @@ _KEEP_SIZE = 0x01       # FALLOC_FL_KEEP_SIZE
 _fallocate = _libc_fallocate()
 
 
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview,
-               offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     """os.pwrite until everything is written at ``offset``."""
     view = memoryview(data).cast('B')
     while view:
@@ -146,8 +142,7 @@ def write_pieces(fd: int, pieces: Iterable[bytes | int | BasisRange],
 class _Writer:
     """One file's write loop (see ``write_pieces``)."""
 
-    def __init__(self, fd: int, hasher: Hasher, path: bytes, limit: int,
-                 worker: OrderedWorker | None = None) -> None:
+    def __init__(self, fd: int, hasher: Hasher, path: bytes, limit: int, worker: OrderedWorker | None = None) -> None:
         self.fd = fd
         self.hasher = hasher
         self.path = path
@@ -155,7 +150,7 @@ class _Writer:
         self.worker = worker
         self.pending = bytearray()
 
-    def _hash(self, fn: Callable, *args) -> None:
+    def _hash(self, fn: Callable[..., object], *args: object) -> None:
         if self.worker is None:
             fn(*args)
         else:
@@ -163,11 +158,10 @@ class _Writer:
 
     def _flush(self) -> None:
         if self.pending:
-            _write_all(self.fd, self.pending)
+            write_all(self.fd, self.pending)
             self.pending.clear()
 
-    def run(self, pieces: Iterable[bytes | int | BasisRange],
-            foreign: list[BaseException]) -> tuple[int, int]:
+    def run(self, pieces: Iterable[bytes | int | BasisRange], foreign: list[BaseException]) -> tuple[int, int]:
         fd, path, limit = self.fd, self.path, self.limit
         update = self.hasher.update
         total = written = 0
@@ -183,8 +177,7 @@ class _Writer:
                 raise
             if isinstance(piece, int):
                 if piece < 0:
-                    raise CorruptRecordError(
-                        f"{show(path)}: negative hole length {piece}")
+                    raise CorruptRecordError(f"{show(path)}: negative hole length {piece}")
                 _check_limit(total + piece, limit, path)
                 self._flush()
                 os.lseek(fd, piece, os.SEEK_CUR)
@@ -210,14 +203,14 @@ class _Writer:
             if len(pending) + size > _WRITE_CHUNK and pending:
                 self._flush()
             if size >= _WRITE_CHUNK:
-                _write_all(fd, piece)
+                write_all(fd, piece)
             else:
                 pending += piece
         self._flush()
         return total, written
 
 
-def hash_range(update: Callable, piece: BasisRange, path: bytes) -> None:
+def hash_range(update: Callable[[memoryview], object], piece: BasisRange, path: bytes) -> None:
     """Feed ``update`` the bytes of a basis range, read through one buffer."""
     buf = bytearray(min(piece.length, _WRITE_CHUNK))
     view = memoryview(buf)
@@ -253,14 +246,13 @@ def copy_range(piece: BasisRange, fd: int, path: bytes) -> None:
         left -= n
 
 
-def _copy_through_buffer(src: int, fd: int, offset: int, left: int,
-                         path: bytes) -> None:
+def _copy_through_buffer(src: int, fd: int, offset: int, left: int, path: bytes) -> None:
     while left:
         data = os.pread(src, min(left, _WRITE_CHUNK), offset)
         if not data:
             raise IntegrityError(f"{show(path)}: the basis file ends before "
                                  f"byte {offset} (changed during restore?)")
-        _write_all(fd, data)
+        write_all(fd, data)
         offset += len(data)
         left -= len(data)
 

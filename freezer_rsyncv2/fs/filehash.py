@@ -48,8 +48,7 @@ def hash_fd(fd: int, hash_name: str) -> tuple[bytes, int]:
         if length >= MAP_MIN:
             for window in range(start, end, MAP_WINDOW):
                 size_w = min(MAP_WINDOW, end - window)
-                with mmap.mmap(fd, size_w, access=mmap.ACCESS_READ,
-                               offset=window) as mapped:
+                with mmap.mmap(fd, size_w, access=mmap.ACCESS_READ, offset=window) as mapped:
                     skip = max(offset - window, 0)
                     hasher.update(memoryview(mapped)[skip:])
             pos = end
@@ -107,8 +106,7 @@ def rehash_leaves(fd: int, size: int, leaves: dict[int, bytes],
                 continue
         data = os.pread(fd, length, start) if length else b""
         if len(data) != length:
-            raise IntegrityError("the staged file ends before byte %d"
-                                 % (start + len(data)))
+            raise IntegrityError(f"the staged file ends before byte {start + len(data)}")
         leaves[index] = treehash.leaf_of(data)
     return len(dirty)
 

@@ -38,8 +38,7 @@ def _proc_available() -> bool:
 SharedCheck = Callable[[os.stat_result], bool]
 
 
-def _refuse_shared(entry: Entry, st: os.stat_result,
-                   shared: SharedCheck | None) -> None:
+def _refuse_shared(entry: Entry, st: os.stat_result, shared: SharedCheck | None) -> None:
     """Refuse to change an inode that names we did not make also reach.
 
     A non-directory with more than one link may be a hardlink to a file
@@ -77,8 +76,7 @@ class MetaApplier:
         self.use_proc = _proc_available()
 
     def _owner(self, entry: Entry) -> tuple[int, int]:
-        return (owners.resolve_uid(entry.uname, entry.uid),
-                owners.resolve_gid(entry.gname, entry.gid))
+        return (owners.resolve_uid(entry.uname, entry.uid), owners.resolve_gid(entry.gname, entry.gid))
 
     def _mode(self, entry: Entry, owned: bool) -> int:
         mode = stat.S_IMODE(entry.mode)
@@ -86,8 +84,7 @@ class MetaApplier:
             mode &= ~_SETID
         return mode
 
-    def _chown(self, entry: Entry,
-               do_chown: Callable[[int, int], None]) -> bool:
+    def _chown(self, entry: Entry, do_chown: Callable[[int, int], None]) -> bool:
         """Chown when enabled; True if ownership now matches the entry."""
         if not self.restore_owner:
             return False
@@ -132,8 +129,7 @@ class MetaApplier:
         if expected == stat.S_IFLNK:
             self._apply_symlink(dir_fd, name, entry, shared)
             return
-        fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
+        fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
             if stat.S_IFMT(st.st_mode) != expected:
@@ -143,22 +139,17 @@ class MetaApplier:
             times = (entry.atime_ns, entry.mtime_ns)
             if self.use_proc:
                 handle = f'{_PROC_FD}/{fd}'
-                owned = self._chown(entry,
-                                    lambda u, g: os.chown(handle, u, g))
+                owned = self._chown(entry, lambda u, g: os.chown(handle, u, g))
                 if entry.xattrs or sync_xattrs:
-                    write_xattrs(handle.encode(), entry.xattrs,
-                                 sync=sync_xattrs,
-                                 on_error=self._xattr_warner(entry))
+                    write_xattrs(handle.encode(), entry.xattrs, sync=sync_xattrs, on_error=self._xattr_warner(entry))
                 os.chmod(handle, self._mode(entry, owned))
                 os.utime(handle, ns=times)
                 return
             # No /proc: by name; the type was just checked, the window is
             # a concurrent local attacker.
-            owned = self._chown(entry, lambda u, g: os.chown(
-                name, u, g, dir_fd=dir_fd, follow_symlinks=False))
+            owned = self._chown(entry, lambda u, g: os.chown(name, u, g, dir_fd=dir_fd, follow_symlinks=False))
             if entry.xattrs:
-                self.warn(entry.path,
-                          "xattrs not restored: /proc not available")
+                self.warn(entry.path, "xattrs not restored: /proc not available")
             os.chmod(name, self._mode(entry, owned), dir_fd=dir_fd)
             os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
         finally:
@@ -166,8 +157,7 @@ class MetaApplier:
 
     def chmod_at(self, dir_fd: int, name: bytes, mode: int) -> None:
         """chmod a non-symlink ``name`` in ``dir_fd`` without following."""
-        fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
+        fd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
             # Only for directories (an existing one getting children):
@@ -182,8 +172,7 @@ class MetaApplier:
         finally:
             os.close(fd)
 
-    def _apply_symlink(self, dir_fd: int, name: bytes, entry: Entry,
-                       shared: SharedCheck | None = None) -> None:
+    def _apply_symlink(self, dir_fd: int, name: bytes, entry: Entry, shared: SharedCheck | None = None) -> None:
         """Symlinks: owner and times only (Linux has no symlink modes and
         refuses user.* xattrs on them).  A symlink can be hardlinked too:
         one with other names is refused like any other inode."""
@@ -191,9 +180,7 @@ class MetaApplier:
         if not stat.S_ISLNK(st.st_mode):
             raise RestoreError(f"{show(entry.path)} is not a symlink on disk")
         _refuse_shared(entry, st, shared)
-        self._chown(entry, lambda u, g: os.chown(
-            name, u, g, dir_fd=dir_fd, follow_symlinks=False))
+        self._chown(entry, lambda u, g: os.chown(name, u, g, dir_fd=dir_fd, follow_symlinks=False))
         if entry.xattrs:
             self.warn(entry.path, "xattrs on a symlink not restored")
-        os.utime(name, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=dir_fd,
-                 follow_symlinks=False)
+        os.utime(name, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -25,11 +25,9 @@ from typing import Any, BinaryIO, cast
 from oslo_log import log
 
 from freezer_rsyncv2 import digests, treehash
-from freezer_rsyncv2.errors import (
-    IntegrityError, RestoreError, Rsyncv2Error)
+from freezer_rsyncv2.errors import IntegrityError, RestoreError, Rsyncv2Error
 from freezer_rsyncv2.fs.entry import Entry
-from freezer_rsyncv2.fs.filedata import (
-    BasisRange, create_temp, punch_hole, pwrite_all, write_pieces)
+from freezer_rsyncv2.fs.filedata import BasisRange, create_temp, punch_hole, pwrite_all, write_pieces
 from freezer_rsyncv2.fs.safepath import lstat_at, show
 from freezer_rsyncv2.fs.filehash import hash_fd, rehash_leaves
 from freezer_rsyncv2.threads import PARALLEL_MIN
@@ -45,8 +43,7 @@ PlanItem = Any      # bytes (LITERAL data) or (basis offset, length)
 
 
 @contextlib.contextmanager
-def os_errors(path: bytes, action: str,
-              foreign: list[BaseException] | None = None) -> Iterator[None]:
+def os_errors(path: bytes, action: str, foreign: list[BaseException] | None = None) -> Iterator[None]:
     """Turn stray OSErrors into RestoreError naming the path.
 
     Exceptions listed in ``foreign`` (raised by caller-supplied data
@@ -71,22 +68,21 @@ class Staged:
     entry: Entry            # metadata applied when it is renamed
     digest: bytes           # what its content must hash to
     hash_name: str          # ... with this digest (``digests``)
-    levels: list = dataclasses.field(default_factory=list)
+    levels: list[Any] = dataclasses.field(default_factory=list)
     # ^ levels that patched it in place since it was last hashed
     leaves: dict[int, bytes] | None = None
     # ^ blake3-tree leaf hashes of its content (``treehash``): a patch in
     #   place is then checked by rehashing the leaves it touched, at once
 
 
-def identity_prefix(items: Iterable[PlanItem], limit: int
-                    ) -> tuple[list, Iterator | None]:
+def identity_prefix(items: Iterable[PlanItem], limit: int) -> tuple[list[PlanItem], Iterator[PlanItem] | None]:
     """Read a patch plan while it only overwrites ranges in place.
 
     Returns (the items read, None) when the whole plan keeps every basis
     range at its own offset and its literals total at most ``limit``
     bytes; otherwise (the items read so far, the rest of the plan).
     """
-    head: list = []
+    head: list[PlanItem] = []
     it = iter(items)
     pos = literal = 0
     for item in it:
@@ -109,7 +105,7 @@ def identity_prefix(items: Iterable[PlanItem], limit: int
 class RegularFiles:
     """The regular-file half of ``RestoreTree`` (see the module docstring).
 
-    Expects the tree's ``_parent``, ``meta``, ``_hash_worker`` and
+    Expects the tree's ``parent_of``, ``meta``, ``_hash_worker`` and
     ``level`` attributes; ``_staged`` maps final paths to ``Staged``.
     """
 
@@ -117,8 +113,8 @@ class RegularFiles:
     level: Any
     meta: Any
     _hash_worker: Any
-    _parent: Callable
-    _clear: Callable
+    parent_of: Callable[..., contextlib.AbstractContextManager[tuple[int | None, bytes]]]
+    clear_at: Callable[..., os.stat_result | None]
 
     def open_basis(self, path: bytes) -> BinaryIO | None:
         """Open the regular file at ``path`` (staged or final), or None.
@@ -127,8 +123,7 @@ class RegularFiles:
         Opened O_NOFOLLOW|O_NONBLOCK (a fifo planted there must not block
         us) and type-checked on the descriptor, not by name.
         """
-        with os_errors(path, "open"), \
-                self._parent(path, create=False) as (parent, name):
+        with os_errors(path, "open"), self.parent_of(path, create=False) as (parent, name):
             if parent is None:
                 return None
             staged = self._staged.get(path)
@@ -138,8 +133,7 @@ class RegularFiles:
                 return None
             if not stat.S_ISREG(st.st_mode):
                 raise RestoreError(f"{show(path)} is not a regular file")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise RestoreError(f"{show(path)} is not a regular file")
@@ -164,24 +158,22 @@ class RegularFiles:
         if staged is not None and basis_path == entry.path:
             head, rest = identity_prefix(items, IN_PLACE_BUFFER)
             if rest is None:
-                return self._patch_in_place(entry, staged, head, digest,
-                                            hash_name)
+                return self.patch_in_place(entry, staged, head, digest, hash_name)
             items = itertools.chain(head, rest)
         pieces = (BasisRange(basis_fd, *item) if isinstance(item, tuple)
                   else item for item in items)     # data, or an int: a hole
         return self.write_file(entry, pieces, digest, hash_name)
 
-    def _patch_in_place(self, entry: Entry, staged: Staged, plan: list,
-                        digest: Callable[[], bytes], hash_name: str) -> int:
+    def patch_in_place(self, entry: Entry, staged: Staged, plan: list[PlanItem], digest: Callable[[], bytes],
+                       hash_name: str) -> int:
+        """Write a staged file's changes over it in place (the plan keeps every basis range where it is)."""
         written = pos = 0
         try:
-            with os_errors(entry.path, "patch"), \
-                    self._parent(entry.path, create=False) as (parent, _n):
+            with os_errors(entry.path, "patch"), self.parent_of(entry.path, create=False) as (parent, _n):
                 if parent is None:
                     raise RestoreError(f"{show(entry.path)}: its directory "
                                        f"is gone")
-                fd = os.open(staged.tmp, os.O_RDWR | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, dir_fd=parent)
+                fd = os.open(staged.tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise RestoreError(f"{show(entry.path)}: staged file "
@@ -207,10 +199,8 @@ class RegularFiles:
                     old_size = os.fstat(fd).st_size
                     os.ftruncate(fd, pos)
                     expected = digest()
-                    if staged.leaves is not None \
-                            and hash_name == digests.BLAKE3_TREE:
-                        self._check_leaves(fd, entry, staged.leaves,
-                                           changed, old_size, expected)
+                    if staged.leaves is not None and hash_name == digests.BLAKE3_TREE:
+                        self._check_leaves(fd, entry, staged.leaves, changed, old_size, expected)
                     else:       # checked by finalize(), reading it whole
                         staged.leaves = None
                         staged.levels.append(self.level)
@@ -235,8 +225,7 @@ class RegularFiles:
         """
         size = entry.size
         touched = rehash_leaves(fd, size, leaves, changed, old_size)
-        if not hmac.compare_digest(
-                treehash.digest_from_leaves(size, leaves), expected):
+        if not hmac.compare_digest(treehash.digest_from_leaves(size, leaves), expected):
             raise IntegrityError(
                 f"{show(entry.path)}: {digests.BLAKE3_TREE} digest mismatch "
                 f"after level {self.level} patched it in place "
@@ -262,8 +251,7 @@ class RegularFiles:
         """
         hasher = digests.new(hash_name, keep_leaves=entry.size >= STAGE_MIN)
         foreign: list[BaseException] = []
-        with os_errors(entry.path, "write", foreign), \
-                self._parent(entry.path) as (parent, name):
+        with os_errors(entry.path, "write", foreign), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
             fd, tmp = create_temp(parent)
             try:
@@ -301,13 +289,12 @@ class RegularFiles:
                 raise
         return written
 
-    def _rename_into_place(self, parent: int, tmp: bytes, name: bytes,
-                           path: bytes) -> None:
+    def _rename_into_place(self, parent: int, tmp: bytes, name: bytes, path: bytes) -> None:
         # rename() replaces files and symlinks atomically, but not
         # directories: those go first.
         present = lstat_at(parent, name)
         if present is not None and stat.S_ISDIR(present.st_mode):
-            self._clear(parent, name, path)
+            self.clear_at(parent, name, path)
         self._unstage(parent, path)
         os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
 
@@ -328,8 +315,7 @@ class RegularFiles:
 
     def _drop_staged(self, path: bytes) -> None:
         try:
-            with self._parent(path, create=False, mutate=False) as (parent,
-                                                                    _n):
+            with self.parent_of(path, create=False, mutate=False) as (parent, _n):
                 if parent is not None:
                     self._unstage(parent, path)
         except (Rsyncv2Error, OSError) as exc:
@@ -346,14 +332,11 @@ class RegularFiles:
         staged = self._staged.pop(path, None)
         if staged is None:
             return
-        with os_errors(path, "finish"), \
-                self._parent(path, create=False, mutate=True) as (parent,
-                                                                  name):
+        with os_errors(path, "finish"), self.parent_of(path, create=False, mutate=True) as (parent, name):
             if parent is None:
                 raise RestoreError(f"{show(path)}: its directory is gone")
             try:
-                fd = os.open(staged.tmp, os.O_RDONLY | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, dir_fd=parent)
+                fd = os.open(staged.tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     if staged.levels:
                         self._check_patched(fd, path, staged)
@@ -369,8 +352,7 @@ class RegularFiles:
     @staticmethod
     def _check_patched(fd: int, path: bytes, staged: Staged) -> None:
         digest, size = hash_fd(fd, staged.hash_name)
-        levels = "level%s %s" % ("s" if len(staged.levels) > 1 else "",
-                                 ", ".join(map(str, staged.levels)))
+        levels = f"level{'s' if len(staged.levels) > 1 else ''} {', '.join(map(str, staged.levels))}"
         if size != staged.entry.size:
             raise IntegrityError(
                 f"{show(path)}: {size} bytes after {levels} patched it "

@@ -30,8 +30,7 @@ def _listdir_fd(fd: int) -> list[bytes]:
     return [os.fsencode(n) for n in os.listdir(fd)]
 
 
-def _open_listing(dir_fd: int, name: bytes, st: os.stat_result
-                  ) -> tuple[int, list[bytes]] | None:
+def _open_listing(dir_fd: int, name: bytes, st: os.stat_result) -> tuple[int, list[bytes]] | None:
     """Open directory ``name`` to empty it: (descriptor, its entries).
 
     None when it is gone; a symlink or file swapped in is unlinked

@@ -6,18 +6,16 @@ import contextlib
 import dataclasses
 import os
 import stat
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2.errors import (
-    CorruptRecordError, RestoreError, UnsafePathError)
+from freezer_rsyncv2.errors import CorruptRecordError, RestoreError, UnsafePathError
 from freezer_rsyncv2.fs import safepath
 from freezer_rsyncv2.fs.dircache import DirCache
-from freezer_rsyncv2.fs.entry import (
-    DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry)
-from freezer_rsyncv2.fs.filedata import TMP_PREFIX
+from freezer_rsyncv2.fs.entry import DEVICE_KINDS, KIND_BLK, KIND_DIR, Entry
 from freezer_rsyncv2.fs.meta import KIND_FORMAT, MetaApplier
 from freezer_rsyncv2.fs.regular import RegularFiles, Staged, os_errors
 from freezer_rsyncv2.fs.removal import remove_at
@@ -68,7 +66,7 @@ class RestoreTree(RegularFiles, SharedInodes):
     exception staged files are removed and the descriptors released.
     """
 
-    def __init__(self, root: str | bytes | os.PathLike,
+    def __init__(self, root: str | bytes | os.PathLike[str] | os.PathLike[bytes],
                  on_warning: WarningCallback | None = None,
                  restore_owner: bool | None = None) -> None:
         """Open (creating it if needed) the restore root.
@@ -79,8 +77,7 @@ class RestoreTree(RegularFiles, SharedInodes):
         """
         root_b = os.fsencode(root)
         self.root = root_b
-        self.warn: WarningCallback = (
-            _log_warning if on_warning is None else on_warning)
+        self.warn: WarningCallback = (_log_warning if on_warning is None else on_warning)
         self.is_root = os.geteuid() == 0
         if restore_owner is None:
             restore_owner = self.is_root
@@ -124,7 +121,8 @@ class RestoreTree(RegularFiles, SharedInodes):
     def __enter__(self) -> RestoreTree:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> None:
         try:
             if exc_type is None:
                 self.finish()
@@ -149,12 +147,9 @@ class RestoreTree(RegularFiles, SharedInodes):
             raise RestoreError("restore tree is closed")
         return self._fd
 
-    check_path = staticmethod(safepath.check_path)
-
     @contextlib.contextmanager
-    def _parent(self, path: bytes, create: bool = True,
-                mutate: bool | None = None
-                ) -> Iterator[tuple[int | None, bytes]]:
+    def parent_of(self, path: bytes, create: bool = True, mutate: bool | None = None
+                  ) -> Iterator[tuple[int | None, bytes]]:
         """Yield ``(parent dir fd or None if absent, last component)``.
 
         When the caller is about to change the parent (``mutate``, by
@@ -171,13 +166,13 @@ class RestoreTree(RegularFiles, SharedInodes):
         fd = None if cached is None else os.dup(cached)
         try:
             if fd is not None and (create if mutate is None else mutate):
-                self._note_times(parts, fd)
+                self.note_times(parts, fd)
             yield fd, parts[-1]
         finally:
             if fd is not None:
                 os.close(fd)
 
-    def _note_times(self, parts: list[bytes], parent_fd: int) -> None:
+    def note_times(self, parts: list[bytes], parent_fd: int) -> None:
         """Remember the parent's times before this level first changes it."""
         if len(parts) > 1:
             parent = b'/'.join(parts[:-1])
@@ -185,8 +180,7 @@ class RestoreTree(RegularFiles, SharedInodes):
                 st = os.fstat(parent_fd)
                 self._parent_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
 
-    def _clear(self, dir_fd: int, name: bytes, path: bytes,
-               keep_dir: bool = False) -> os.stat_result | None:
+    def clear_at(self, dir_fd: int, name: bytes, path: bytes, keep_dir: bool = False) -> os.stat_result | None:
         """Remove what is at ``name`` (unless a directory and keep_dir).
 
         Returns the stat of a kept directory, else None.
@@ -210,17 +204,15 @@ class RestoreTree(RegularFiles, SharedInodes):
 
     def make_dir(self, entry: Entry) -> None:
         """Create (or keep) a directory; its metadata waits for finish()."""
-        with os_errors(entry.path, "create directory"), \
-                self._parent(entry.path) as (parent, name):
+        with os_errors(entry.path, "create directory"), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
-            kept = self._clear(parent, name, entry.path, keep_dir=True)
+            kept = self.clear_at(parent, name, entry.path, keep_dir=True)
             if kept is None:
                 os.mkdir(name, safepath.IMPLICIT_DIR_MODE, dir_fd=parent)
             elif not self.is_root and kept.st_mode & 0o700 != 0o700:
                 # An existing read-only directory (an earlier restore)
                 # must accept children; finish() sets the final mode.
-                self.meta.chmod_at(parent, name,
-                                   stat.S_IMODE(kept.st_mode) | 0o700)
+                self.meta.chmod_at(parent, name, stat.S_IMODE(kept.st_mode) | 0o700)
         self._dirs[entry.path] = entry
 
     def finish(self) -> None:
@@ -257,8 +249,7 @@ class RestoreTree(RegularFiles, SharedInodes):
             (path, None, times) for path, times in self._parent_times.items()
             if path not in self._dirs]
         work += [(path, entry, None) for path, entry in self._dirs.items()]
-        work.sort(key=lambda item: item[0].replace(b'/', b'\0'),
-                  reverse=True)
+        work.sort(key=lambda item: item[0].replace(b'/', b'\0'), reverse=True)
         self._dirs = {}
         self._parent_times = {}
         for path, entry, times in work:
@@ -269,25 +260,21 @@ class RestoreTree(RegularFiles, SharedInodes):
             try:
                 self._finish_dir(entry)
             except UnsafePathError as exc:
-                LOG.debug("skipping metadata of %s: %s", show(entry.path),
-                          exc)
+                LOG.debug("skipping metadata of %s: %s", show(entry.path), exc)
 
     def _put_back_times(self, path: bytes, times: tuple[int, int]) -> None:
         """Restore a directory's times that a change inside it moved."""
         try:
-            with self._parent(path, create=False, mutate=False) as (parent,
-                                                                    name):
+            with self.parent_of(path, create=False, mutate=False) as (parent, name):
                 st = None if parent is None else lstat_at(parent, name)
                 if st is not None and stat.S_ISDIR(st.st_mode):
-                    os.utime(name, ns=times, dir_fd=parent,
-                             follow_symlinks=False)
+                    os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
         except (UnsafePathError, RestoreError, OSError) as exc:
             # removed or replaced since: nothing to put back
             LOG.debug("not restoring times of %s: %s", show(path), exc)
 
     def _finish_dir(self, entry: Entry) -> None:
-        with os_errors(entry.path, "set metadata of"), \
-                self._parent(entry.path, create=False) as (parent, name):
+        with os_errors(entry.path, "set metadata of"), self.parent_of(entry.path, create=False) as (parent, name):
             if parent is not None:
                 st = lstat_at(parent, name)
                 if st is not None and stat.S_ISDIR(st.st_mode):
@@ -299,42 +286,36 @@ class RestoreTree(RegularFiles, SharedInodes):
         """Create a symlink (its target is data: stored as is, never used)."""
         target = entry.link_target
         if not isinstance(target, bytes) or not target or b'\0' in target:
-            raise CorruptRecordError(
-                f"symlink {show(entry.path)} has no valid target")
-        with os_errors(entry.path, "create symlink"), \
-                self._parent(entry.path) as (parent, name):
+            raise CorruptRecordError(f"symlink {show(entry.path)} has no valid target")
+        with os_errors(entry.path, "create symlink"), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
-            self._clear(parent, name, entry.path)
+            self.clear_at(parent, name, entry.path)
             os.symlink(target, name, dir_fd=parent)
             self.meta.apply_at(parent, name, entry)
 
     def make_fifo(self, entry: Entry) -> None:
         """Create a named pipe."""
-        with os_errors(entry.path, "create fifo"), \
-                self._parent(entry.path) as (parent, name):
+        with os_errors(entry.path, "create fifo"), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
-            self._clear(parent, name, entry.path)
+            self.clear_at(parent, name, entry.path)
             os.mkfifo(name, _NODE_MODE, dir_fd=parent)
             self.meta.apply_at(parent, name, entry)
 
     def make_device(self, entry: Entry) -> None:
         """Create a device node; skipped with a warning unless root."""
         if entry.kind not in DEVICE_KINDS:
-            raise CorruptRecordError(
-                f"{show(entry.path)}: kind {entry.kind!r} is not a device")
+            raise CorruptRecordError(f"{show(entry.path)}: kind {entry.kind!r} is not a device")
         if not self.is_root:
             # Still validate the whole chain, so a planted symlink is
             # reported the same way whoever runs the restore.
-            with os_errors(entry.path, "check"), \
-                    self._parent(entry.path, create=False):
+            with os_errors(entry.path, "check"), self.parent_of(entry.path, create=False):
                 pass
             self.warn(entry.path, "device not restored: needs root")
             return
         fmt = stat.S_IFBLK if entry.kind == KIND_BLK else stat.S_IFCHR
-        with os_errors(entry.path, "create device"), \
-                self._parent(entry.path) as (parent, name):
+        with os_errors(entry.path, "create device"), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
-            self._clear(parent, name, entry.path)
+            self.clear_at(parent, name, entry.path)
             try:
                 os.mknod(name, fmt | _NODE_MODE, entry.rdev, dir_fd=parent)
             except PermissionError as exc:
@@ -346,25 +327,21 @@ class RestoreTree(RegularFiles, SharedInodes):
 
     def remove(self, path: bytes) -> None:
         """Delete whatever is at ``path`` (recursively); absent is fine."""
-        with os_errors(path, "remove"), \
-                self._parent(path, create=False, mutate=True) as (parent,
-                                                                  name):
+        with os_errors(path, "remove"), self.parent_of(path, create=False, mutate=True) as (parent, name):
             if parent is not None:
-                self._clear(parent, name, path)
+                self.clear_at(parent, name, path)
         self._dirs.pop(path, None)
 
     def set_meta(self, entry: Entry) -> None:
         """Re-apply metadata to an existing object of the entry's kind."""
         expected = KIND_FORMAT.get(entry.kind)
         if expected is None:
-            raise CorruptRecordError(
-                f"{show(entry.path)}: unknown kind {entry.kind!r}")
+            raise CorruptRecordError(f"{show(entry.path)}: unknown kind {entry.kind!r}")
         staged = self._staged.get(entry.path)
         if staged is not None and entry.kind == staged.entry.kind:
             staged.entry = dataclasses.replace(entry, size=staged.entry.size)
             return
-        with os_errors(entry.path, "set metadata of"), \
-                self._parent(entry.path, create=False) as (parent, name):
+        with os_errors(entry.path, "set metadata of"), self.parent_of(entry.path, create=False) as (parent, name):
             st = None if parent is None else lstat_at(parent, name)
             if st is None or stat.S_IFMT(st.st_mode) != expected:
                 raise RestoreError(f"{show(entry.path)}: no existing "
@@ -376,12 +353,9 @@ class RestoreTree(RegularFiles, SharedInodes):
                 return
             assert parent is not None
             if stat.S_ISREG(st.st_mode) and not self._ours(st):
-                self._note_times(entry.path.split(b"/"), parent)
+                self.note_times(entry.path.split(b"/"), parent)
                 self._copy_over(parent, name, entry.path, st, entry)
                 return
             # Anything else with other names (a hardlinked symlink, fifo
             # or device) is refused by apply_at: records never ask for it.
             self.meta.apply_at(parent, name, entry, shared=self._made)
-
-
-__all__ = ['RestoreTree', 'TMP_PREFIX']

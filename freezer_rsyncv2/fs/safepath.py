@@ -47,8 +47,7 @@ def escape(name: bytes | str, *, backslash: bool = True) -> str:
     This is the one quoting function: ``show``, ``walk.show_path`` and the
     command line all use it.
     """
-    text = (name.decode('utf-8', 'surrogateescape')
-            if isinstance(name, (bytes, bytearray)) else str(name))
+    text = (name.decode('utf-8', 'surrogateescape') if isinstance(name, (bytes, bytearray)) else str(name))
     if text.isprintable() and not (backslash and '\\' in text):
         return text
     out = []
@@ -62,13 +61,13 @@ def escape(name: bytes | str, *, backslash: bool = True) -> str:
         else:
             code = ord(char)
             if 0xdc80 <= code <= 0xdcff:    # an undecodable byte
-                out.append('\\x%02x' % (code - 0xdc00))
+                out.append(f'\\x{code - 56320:02x}')
             elif code < 0x100:
-                out.append('\\x%02x' % code)
+                out.append(f'\\x{code:02x}')
             elif code < 0x10000:
-                out.append('\\u%04x' % code)
+                out.append(f'\\u{code:04x}')
             else:
-                out.append('\\U%08x' % code)
+                out.append(f'\\U{code:08x}')
     return ''.join(out)
 
 
@@ -78,8 +77,7 @@ def show(path: bytes | str, limit: int = 300) -> str:
     For messages: ``escape`` keeps it on one line and away from the
     terminal; the bound keeps a 4 KiB path from flooding a log line.
     """
-    text = (path.decode('utf-8', 'surrogateescape')
-            if isinstance(path, (bytes, bytearray)) else str(path))
+    text = (path.decode('utf-8', 'surrogateescape') if isinstance(path, (bytes, bytearray)) else str(path))
     more = ''
     if len(text) > limit:
         text, more = text[:limit], '...'
@@ -104,20 +102,17 @@ def check_path(path: bytes) -> list[bytes]:
     if path.startswith(b'/'):
         raise UnsafePathError(f"path {show(path)} is absolute")
     if len(path) > MAX_PATH:
-        raise UnsafePathError(
-            f"path {show(path)} is longer than {MAX_PATH} bytes")
+        raise UnsafePathError(f"path {show(path)} is longer than {MAX_PATH} bytes")
     parts = path.split(b'/')
     # One pass in C for the common, valid case (a deep path has 2,000
     # components); the loop below only names what is wrong.
-    if b'' not in parts and b'.' not in parts and b'..' not in parts \
-            and max(map(len, parts)) <= MAX_COMPONENT:
+    if b'' not in parts and b'.' not in parts and b'..' not in parts and max(map(len, parts)) <= MAX_COMPONENT:
         return parts
     for part in parts:
         if not part:
             raise UnsafePathError(f"path {show(path)} has an empty component")
         if part in (b'.', b'..'):
-            raise UnsafePathError(
-                f"path {show(path)} has a {part.decode()!r} component")
+            raise UnsafePathError(f"path {show(path)} has a {part.decode()!r} component")
         if len(part) > MAX_COMPONENT:
             raise UnsafePathError(f"path {show(path)} has a component longer "
                                   f"than {MAX_COMPONENT} bytes")
@@ -132,8 +127,7 @@ def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
-def _refuse_component(dir_fd: int, name: bytes, path: bytes,
-                      prefix: bytes) -> RestoreError | UnsafePathError | None:
+def _refuse_component(dir_fd: int, name: bytes, path: bytes, prefix: bytes) -> RestoreError | UnsafePathError | None:
     """The error for a component that could not be entered as a directory.
 
     None means "not there" (ENOENT race).  A symlink is reported as
@@ -149,8 +143,7 @@ def _refuse_component(dir_fd: int, name: bytes, path: bytes,
                         f"is not a directory")
 
 
-def open_component(cur: int, parts: list[bytes], index: int,
-                   path: bytes, create: bool) -> int | None:
+def open_component(cur: int, parts: list[bytes], index: int, path: bytes, create: bool) -> int | None:
     """Open component ``parts[index]`` of ``path`` below the open ``cur``.
 
     O_NOFOLLOW|O_DIRECTORY: a symlink is never followed.  With ``create``
@@ -173,23 +166,20 @@ def open_component(cur: int, parts: list[bytes], index: int,
         except OSError as exc:
             if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
-            error = _refuse_component(cur, name, path,
-                                      b'/'.join(parts[:index + 1]))
+            error = _refuse_component(cur, name, path, b'/'.join(parts[:index + 1]))
             raise error or exc
     except OSError as exc:
         if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
             raise
         # The prefix is joined only here: joining it for every component
         # would cost O(depth^2) bytes per path.
-        error = _refuse_component(cur, name, path,
-                                  b'/'.join(parts[:index + 1]))
+        error = _refuse_component(cur, name, path, b'/'.join(parts[:index + 1]))
         if isinstance(error, UnsafePathError) or create:
             raise error or exc
         return None
 
 
-def open_dir(root_fd: int, parts: list[bytes], path: bytes, *,
-             create: bool) -> int | None:
+def open_dir(root_fd: int, parts: list[bytes], path: bytes, *, create: bool) -> int | None:
     """Open the directory ``parts`` below ``root_fd``, one component at a time.
 
     Every component is opened relative to the previous one with

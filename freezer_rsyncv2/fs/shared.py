@@ -28,8 +28,8 @@ class SharedInodes:
     Metadata is only ever applied to an inode that no name outside the
     restore can reach (see ``RestoreTree``): ``make_hardlink`` links only
     such inodes, and ``_copy_over`` gives a file whose inode other names
-    share a private copy first.  Expects the tree's ``_parent``,
-    ``_note_times``, ``_clear``, ``finalize``, ``meta`` and ``warn``
+    share a private copy first.  Expects the tree's ``parent_of``,
+    ``note_times``, ``clear_at``, ``finalize``, ``meta`` and ``warn``
     attributes; ``_linked`` holds the inodes (``_inode``) this restore
     gave a second name.
     """
@@ -37,10 +37,10 @@ class SharedInodes:
     _linked: set[int]
     meta: Any
     warn: Callable[[bytes, str], None]
-    _parent: Callable
-    _note_times: Callable
-    _clear: Callable
-    finalize: Callable
+    parent_of: Callable[..., contextlib.AbstractContextManager[tuple[int | None, bytes]]]
+    note_times: Callable[[list[bytes], int], None]
+    clear_at: Callable[..., os.stat_result | None]
+    finalize: Callable[[bytes], None]
 
     def make_hardlink(self, entry: Entry) -> None:
         """Link ``entry.path`` to the already restored ``hardlink_to``.
@@ -51,16 +51,13 @@ class SharedInodes:
         """
         source = entry.hardlink_to
         if not isinstance(source, bytes):
-            raise CorruptRecordError(
-                f"hardlink {show(entry.path)} has no target")
+            raise CorruptRecordError(f"hardlink {show(entry.path)} has no target")
         src_parts = safepath.check_path(source)
         safepath.check_path(entry.path)
         if source == entry.path:
-            raise CorruptRecordError(
-                f"hardlink {show(entry.path)} points to itself")
+            raise CorruptRecordError(f"hardlink {show(entry.path)} points to itself")
         self.finalize(source)       # a link needs the final name
-        with os_errors(entry.path, "create hardlink"), \
-                self._parent(source, create=False) as (src_dir, src_name):
+        with os_errors(entry.path, "create hardlink"), self.parent_of(source, create=False) as (src_dir, src_name):
             st = None if src_dir is None else lstat_at(src_dir, src_name)
             if st is None or not stat.S_ISREG(st.st_mode):
                 raise RestoreError(
@@ -70,14 +67,13 @@ class SharedInodes:
             if not self._ours(st):
                 # Linking it would hand the record's metadata to names
                 # this restore did not make: link a copy instead.
-                self._note_times(src_parts, src_dir)
+                self.note_times(src_parts, src_dir)
                 st = self._copy_over(src_dir, src_name, source, st, entry)
             self._linked.add(_inode(st))
-            with self._parent(entry.path) as (parent, name):
+            with self.parent_of(entry.path) as (parent, name):
                 assert parent is not None
-                self._clear(parent, name, entry.path)
-                os.link(src_name, name, src_dir_fd=src_dir,
-                        dst_dir_fd=parent, follow_symlinks=False)
+                self.clear_at(parent, name, entry.path)
+                os.link(src_name, name, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False)
                 self.meta.apply_at(parent, name, entry, shared=self._made)
 
     def _made(self, st: os.stat_result) -> bool:
@@ -93,8 +89,7 @@ class SharedInodes:
         """
         return st.st_nlink <= 1 or self._made(st)
 
-    def _copy_over(self, parent: int, name: bytes, path: bytes,
-                   st: os.stat_result, entry: Entry) -> os.stat_result:
+    def _copy_over(self, parent: int, name: bytes, path: bytes, st: os.stat_result, entry: Entry) -> os.stat_result:
         """Replace ``name`` (a regular file, ``st``) by a private copy.
 
         For a file whose inode other names share that this restore did
@@ -109,8 +104,7 @@ class SharedInodes:
         src = _open_noatime(parent, name)
         try:
             src_st = os.fstat(src)
-            if (src_st.st_dev, src_st.st_ino) != (st.st_dev, st.st_ino) \
-                    or not stat.S_ISREG(src_st.st_mode):
+            if (src_st.st_dev, src_st.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(src_st.st_mode):
                 raise RestoreError(f"{show(path)} changed during restore")
             fd, tmp = create_temp(parent)
             try:

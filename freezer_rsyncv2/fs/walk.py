@@ -15,14 +15,13 @@ from oslo_log import log
 from freezer_rsyncv2.errors import SourceError
 from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import xattrs as xattr_mod
-from freezer_rsyncv2.fs.entry import (
-    KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, Entry, kind_of_mode)
+from freezer_rsyncv2.fs.entry import KIND_DIR, KIND_FILE, KIND_HARDLINK, KIND_SYMLINK, Entry, kind_of_mode
 from freezer_rsyncv2.fs.safepath import escape
 
 LOG = log.getLogger(__name__)
 
 WarningCallback = Callable[[bytes, str], None]
-StrOrBytesPath = str | bytes | os.PathLike
+StrOrBytesPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def show_path(path: bytes) -> str:
@@ -50,7 +49,7 @@ def sort_key(path: bytes) -> tuple[bytes, ...]:
     return tuple(path.split(b'/'))
 
 
-def _compile_excludes(patterns: Sequence[str | bytes]) -> list[re.Pattern]:
+def _compile_excludes(patterns: Sequence[str | bytes]) -> list[re.Pattern[bytes]]:
     """Glob patterns as bytes regexes (bytes so non-UTF-8 names can match).
 
     A leading ``./`` and trailing ``/`` are dropped, as users write
@@ -114,8 +113,7 @@ class _Walker:
                 self.warn(rel, f"cannot stat, skipped: {exc.strerror}")
         return None
 
-    def make_entry(self, rel: bytes, abspath: bytes, st: os.stat_result,
-                   kind: str) -> Entry | None:
+    def make_entry(self, rel: bytes, abspath: bytes, st: os.stat_result, kind: str) -> Entry | None:
         link_target = None
         hardlink_to = None
         size = 0
@@ -162,8 +160,7 @@ class _Walker:
                            f"{exc.strerror}")
             return None
 
-    def tree(self, root: bytes, root_st: os.stat_result,
-             names: list[bytes]) -> Iterator[Entry]:
+    def tree(self, root: bytes, root_st: os.stat_result, names: list[bytes]) -> Iterator[Entry]:
         """Depth-first, pre-order, children by name: sort_key order.
 
         Iterative (an explicit stack) so deep trees cannot hit Python's
@@ -190,8 +187,7 @@ class _Walker:
                 continue
             kind = kind_of_mode(st.st_mode)
             if kind is None:
-                what = "socket" if stat.S_ISSOCK(st.st_mode) else \
-                    "unsupported file type"
+                what = "socket" if stat.S_ISSOCK(st.st_mode) else "unsupported file type"
                 self.warn(rel, f"{what} skipped")
                 continue
             if kind == KIND_DIR:
@@ -239,8 +235,7 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     except FileNotFoundError:
         raise SourceError(f"backup source {shown!r} does not exist") from None
     except OSError as exc:
-        raise SourceError(
-            f"cannot access backup source {shown!r}: {exc.strerror}") from exc
+        raise SourceError(f"cannot access backup source {shown!r}: {exc.strerror}") from exc
     walker = _Walker(exclude, dereference, on_warning, hardlinks)
     if stat.S_ISDIR(st.st_mode):
         try:
@@ -252,8 +247,7 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     return _single(walker, root_b, st)
 
 
-def _single(walker: _Walker, root: bytes,
-            st: os.stat_result) -> Iterator[Entry]:
+def _single(walker: _Walker, root: bytes, st: os.stat_result) -> Iterator[Entry]:
     """The walk of a root that is not a directory: one entry."""
     kind = kind_of_mode(st.st_mode)
     if kind is None:
@@ -262,24 +256,6 @@ def _single(walker: _Walker, root: bytes,
     name = os.path.basename(root.rstrip(b'/')) or root
     entry = walker.make_entry(name, root, st, kind)
     return iter(() if entry is None else (entry,))
-
-
-def source_path(root: StrOrBytesPath, path: bytes,
-                dereference: bool = False) -> bytes:
-    """The on-disk path of an entry ``path`` yielded by ``walk(root)``.
-
-    Needed because a non-directory root yields its basename as path,
-    whose data lives at ``root`` itself, not at ``root/basename``.
-    """
-    root_b = os.fsencode(root)
-    try:
-        st = os.stat(root_b) if dereference else os.lstat(root_b)
-    except OSError as exc:
-        raise SourceError(f"cannot access backup source "
-                          f"{show_path(root_b)!r}: {exc.strerror}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        return os.path.join(root_b, path)
-    return root_b
 
 
 def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:

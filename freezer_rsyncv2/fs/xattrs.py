@@ -13,8 +13,7 @@ ACL_NAMES: frozenset[bytes] = frozenset((ACL_ACCESS, ACL_DEFAULT))
 
 # Errors meaning "this object / file system has no such attributes": not
 # worth a warning, the object simply carries none.
-_QUIET_ERRNOS = frozenset((errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA,
-                           errno.ENOENT))
+_QUIET_ERRNOS = frozenset((errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA, errno.ENOENT))
 
 XattrTarget = bytes | int
 
@@ -69,8 +68,7 @@ def read_xattrs(target: XattrTarget, *, follow_symlinks: bool = False,
             if isinstance(target, int):
                 value = os.getxattr(target, name)
             else:
-                value = os.getxattr(target, name,
-                                    follow_symlinks=follow_symlinks)
+                value = os.getxattr(target, name, follow_symlinks=follow_symlinks)
         except OSError as exc:
             if exc.errno not in _QUIET_ERRNOS and on_error is not None:
                 on_error(f"cannot read xattr {name!r}: {exc.strerror}")
@@ -113,8 +111,7 @@ def write_xattrs(target: XattrTarget, wanted: Mapping[bytes, bytes], *,
                 if isinstance(target, int):
                     os.removexattr(target, name)
                 else:
-                    os.removexattr(target, name,
-                                   follow_symlinks=follow_symlinks)
+                    os.removexattr(target, name, follow_symlinks=follow_symlinks)
             except OSError as exc:
                 if exc.errno not in _QUIET_ERRNOS:
                     report(f"cannot remove xattr {name!r}: {exc.strerror}")
@@ -126,7 +123,6 @@ def write_xattrs(target: XattrTarget, wanted: Mapping[bytes, bytes], *,
             if isinstance(target, int):
                 os.setxattr(target, name, value)
             else:
-                os.setxattr(target, name, value,
-                            follow_symlinks=follow_symlinks)
+                os.setxattr(target, name, value, follow_symlinks=follow_symlinks)
         except OSError as exc:
             report(f"xattr {name!r} not restored: {exc.strerror}")

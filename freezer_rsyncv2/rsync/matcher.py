@@ -13,7 +13,7 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
-from freezer_rsyncv2.rsync.rollsum import BytesLike, rolling_hashes
+from freezer_rsyncv2.rsync.rollsum import BytesLike, byte_view, rolling_hashes
 from freezer_rsyncv2.rsync.search import WIN_MAX, BlockSearch
 from freezer_rsyncv2.rsync.signature import STRONG_LEN, Signature
 
@@ -89,7 +89,7 @@ class Matcher:
         """Consume the next chunk of the new file; return the ops that are now final."""
         if self._finished:
             raise RuntimeError("Matcher.feed() after finish()")
-        view = memoryview(data).cast("B")
+        view = byte_view(data)
         self._offset += len(view)
         if len(self._tail) + len(view) < self._threshold:
             self._tail += view
@@ -335,7 +335,8 @@ class Matcher:
         target_weak = self.signature.weak[s]
         target = self._strong[s * STRONG_LEN : (s + 1) * STRONG_LEN]
         found = np.flatnonzero(rolling_hashes(arr[pos:end], size) == target_weak)
-        for offset in found[: 64 + (end - pos) // 256].tolist():  # same cap as in _search
+        offsets: list[int] = found[: 64 + (end - pos) // 256].tolist()  # same cap as in _search
+        for offset in offsets:
             if _digest(mv[pos + offset : pos + offset + size]) == target:
                 self._add_literal(mv[pos : pos + offset])
                 self._add_copy(k, 1)

@@ -10,19 +10,16 @@ from typing import Any, Callable, Iterable, Iterator
 
 from freezer_rsyncv2.errors import CorruptRecordError
 from freezer_rsyncv2.rsync.matcher import COPY, HOLE, LITERAL
+from freezer_rsyncv2.rsync.signature import is_int
 
 BasisReader = Callable[[int, int], bytes]
 MAX_HOLE = (1 << 63) - 1  # no file is longer
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_basis(block_len: Any, basis_size: Any) -> None:
-    if not _is_int(block_len) or block_len <= 0:
+    if not is_int(block_len) or block_len <= 0:
         raise CorruptRecordError(f"basis block_len must be a positive int, got {block_len!r}")
-    if not _is_int(basis_size) or basis_size < 0:
+    if not is_int(basis_size) or basis_size < 0:
         raise CorruptRecordError(f"basis size must be a non-negative int, got {basis_size!r}")
 
 
@@ -33,7 +30,7 @@ def copy_range(first_block: int, count: int, block_len: int, basis_size: int) ->
     (the last basis block may be short, so the length is clipped to basis_size).
     """
     _check_basis(block_len, basis_size)
-    if not _is_int(first_block) or not _is_int(count):
+    if not is_int(first_block) or not is_int(count):
         raise CorruptRecordError(f"COPY op needs int first_block/count, got {first_block!r}, {count!r}")
     n_blocks = -(-basis_size // block_len)
     if first_block < 0 or count <= 0 or first_block + count > n_blocks:
@@ -51,7 +48,7 @@ def patch(
     block_len: int,
     basis_size: int,
     max_piece: int = 1 << 20,
-) -> Iterator[bytes | int]:
+) -> Iterator[bytes | memoryview | int]:
     """Yield the new file's bytes in pieces and holes as ints, validating every op as possibly hostile.
 
     COPY ranges are read through ``basis_read(offset, length)`` in pieces of at
@@ -61,14 +58,14 @@ def patch(
     CorruptRecordError naming the op (by position) and the offending values.
     """
     _check_basis(block_len, basis_size)
-    if not _is_int(max_piece) or max_piece <= 0:
+    if not is_int(max_piece) or max_piece <= 0:
         raise ValueError(f"max_piece must be a positive int, got {max_piece!r}")
     return _patch(ops, basis_read, block_len, basis_size, max_piece)
 
 
 def _patch(
     ops: Iterable[Any], basis_read: BasisReader, block_len: int, basis_size: int, max_piece: int
-) -> Iterator[bytes | int]:
+) -> Iterator[bytes | memoryview | int]:
     for number, item in enumerate(_plan(ops, block_len, basis_size)):
         if not isinstance(item, tuple):
             yield item      # LITERAL data or HOLE length
@@ -88,7 +85,7 @@ def _patch(
             length -= size
 
 
-def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int] | int]:
+def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | memoryview | tuple[int, int] | int]:
     """The new file as LITERAL data (bytes), basis ranges ``(offset, length)`` and HOLE lengths (int).
 
     For a receiver that copies ranges itself (e.g. kernel-side); every op is
@@ -100,19 +97,19 @@ def plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes 
     return _plan(ops, block_len, basis_size)
 
 
-def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | tuple[int, int] | int]:
+def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes | memoryview | tuple[int, int] | int]:
     for number, op in enumerate(ops):
         if not isinstance(op, (tuple, list)) or not op:
             raise CorruptRecordError(f"op #{number}: expected a non-empty tuple, got {type(op).__name__}")
         kind = op[0]
-        if _is_int(kind) and kind == COPY:
+        if is_int(kind) and kind == COPY:
             if len(op) != 3:
                 raise CorruptRecordError(f"op #{number}: COPY op needs 3 fields, got {len(op)}")
             try:
                 yield copy_range(op[1], op[2], block_len, basis_size)
             except CorruptRecordError as exc:
                 raise CorruptRecordError(f"op #{number}: {exc}") from None
-        elif _is_int(kind) and kind == LITERAL:
+        elif is_int(kind) and kind == LITERAL:
             if len(op) != 2:
                 raise CorruptRecordError(f"op #{number}: LITERAL op needs 2 fields, got {len(op)}")
             data = op[1]
@@ -121,11 +118,11 @@ def _plan(ops: Iterable[Any], block_len: int, basis_size: int) -> Iterator[bytes
             if not data:
                 raise CorruptRecordError(f"op #{number}: empty LITERAL op")
             yield data
-        elif _is_int(kind) and kind == HOLE:
+        elif is_int(kind) and kind == HOLE:
             if len(op) != 2:
                 raise CorruptRecordError(f"op #{number}: HOLE op needs 2 fields, got {len(op)}")
             length = op[1]
-            if not _is_int(length) or not 1 <= length <= MAX_HOLE:
+            if not is_int(length) or not 1 <= length <= MAX_HOLE:
                 raise CorruptRecordError(f"op #{number}: HOLE length must be an int in [1, {MAX_HOLE}], got {length!r}")
             yield length
         else:

@@ -44,6 +44,13 @@ LANES = 16
 
 BytesLike = Union[bytes, bytearray, memoryview, NDArray[np.uint8]]
 
+
+def byte_view(data: BytesLike) -> memoryview:
+    """``data`` as a flat view of unsigned bytes, without a copy."""
+    # numpy's stubs make an ndarray a buffer only from Python 3.12 on.
+    return memoryview(data).cast("B")  # type: ignore[arg-type]
+
+
 _tables_lock = threading.Lock()
 _tables: tuple[NDArray[np.uint32], NDArray[np.uint32]] = (
     np.ones(0, dtype=np.uint32),

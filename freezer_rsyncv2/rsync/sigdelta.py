@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from freezer_rsyncv2.errors import CorruptRecordError
-from freezer_rsyncv2.rsync.signature import MAX_FILE_SIZE, MAX_FIXED_BLOCK, STRONG_LEN, Signature
+from freezer_rsyncv2.rsync.signature import MAX_FILE_SIZE, MAX_FIXED_BLOCK, STRONG_LEN, Signature, is_int
 
 #: Blocks per data run by default: 20 bytes each, so one stored run stays < 1 MiB.
 MAX_RUN_BLOCKS = 32768
@@ -32,12 +32,8 @@ class SigRun(NamedTuple):
     strong: bytes | None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_max(max_blocks: Any) -> None:
-    if not _is_int(max_blocks) or max_blocks < 1:
+    if not is_int(max_blocks) or max_blocks < 1:
         raise ValueError(f"max_blocks must be a positive int, got {max_blocks!r}")
 
 
@@ -139,9 +135,9 @@ def apply(
     block.  Nothing is allocated by a declared count before the payload bytes
     confirm it.
     """
-    if not _is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
+    if not is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
         raise CorruptRecordError(f"signature block_len out of range: {block_len!r}")
-    if not _is_int(file_size) or not 0 <= file_size <= MAX_FILE_SIZE:
+    if not is_int(file_size) or not 0 <= file_size <= MAX_FILE_SIZE:
         raise CorruptRecordError(f"signature file_size out of range: {file_size!r}")
     if delta:
         if not isinstance(base, Signature):
@@ -159,7 +155,7 @@ def apply(
         if not isinstance(run, (tuple, list)) or len(run) != 4:
             raise CorruptRecordError(f"signature run #{number}: expected 4 fields, got {type(run).__name__}")
         first, count, w, s = run
-        if not _is_int(first) or not _is_int(count):
+        if not is_int(first) or not is_int(count):
             raise CorruptRecordError(f"signature run #{number}: first/count must be ints, got {first!r}, {count!r}")
         if count < 1 or first < end or first + count > n:
             raise CorruptRecordError(

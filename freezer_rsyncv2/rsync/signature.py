@@ -15,12 +15,15 @@ import xxhash
 from numpy.typing import NDArray
 
 from freezer_rsyncv2.errors import CorruptRecordError
-from freezer_rsyncv2.rsync.rollsum import BytesLike, block_weak_hashes
+from freezer_rsyncv2.rsync.rollsum import BytesLike, block_weak_hashes, byte_view
 
 STRONG_LEN = 16
-MIN_BLOCK = 700
-MAX_BLOCK = 131072
+# Bounds of the block length block_size_for() picks from a file's size.
+MIN_AUTO_BLOCK = 700
+MAX_AUTO_BLOCK = 131072
 POW2_BLOCK = 4096   # automatic block lengths from here on are powers of two
+# Bounds of a block length a caller fixes (rsync_block_size) or a record
+# declares.
 MIN_FIXED_BLOCK = 16
 MAX_FIXED_BLOCK = 1 << 24
 MAX_FILE_SIZE = (1 << 63) - 1  # largest file offset a filesystem accepts
@@ -30,10 +33,12 @@ _BATCH = 8 << 20  # bytes of whole blocks hashed per vectorized batch in the bui
 
 def strong_hash(data: BytesLike) -> bytes:
     """Strong digest of one block: xxh3-128, STRONG_LEN bytes."""
-    return xxhash.xxh3_128_digest(data)
+    # numpy's stubs make an ndarray a buffer only from Python 3.12 on.
+    return xxhash.xxh3_128_digest(data)  # type: ignore[arg-type]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (a stored or given count, size or offset)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -41,20 +46,20 @@ def block_size_for(file_size: int, fixed: int | None = None) -> int:
     """Block length for a file: ``fixed`` if given, else rsync's ~sqrt(size) rule.
 
     The rule rounds sqrt(file_size) down to a multiple of 8 and clamps it to
-    [MIN_BLOCK, MAX_BLOCK], so the signature has ~sqrt(size) entries.  From
+    [MIN_AUTO_BLOCK, MAX_AUTO_BLOCK], so the signature has ~sqrt(size) entries.  From
     POW2_BLOCK on (files of 16 MiB or more) it rounds down to a power of
     two instead: disk images and databases are written in aligned pages, so
     an aligned rewrite then changes whole blocks and no more.
     """
     if fixed is not None:
-        if not _is_int(fixed) or not MIN_FIXED_BLOCK <= fixed <= MAX_FIXED_BLOCK:
+        if not is_int(fixed) or not MIN_FIXED_BLOCK <= fixed <= MAX_FIXED_BLOCK:
             raise ValueError(f"fixed block size must be in [{MIN_FIXED_BLOCK}, {MAX_FIXED_BLOCK}], got {fixed!r}")
         return fixed
-    if not _is_int(file_size) or file_size < 0:
+    if not is_int(file_size) or file_size < 0:
         raise ValueError(f"file_size must be a non-negative int, got {file_size!r}")
     root = math.isqrt(file_size)
     size = 1 << (root.bit_length() - 1) if root >= POW2_BLOCK else root // 8 * 8
-    return min(MAX_BLOCK, max(MIN_BLOCK, size))
+    return min(MAX_AUTO_BLOCK, max(MIN_AUTO_BLOCK, size))
 
 
 def _byte_view(data: Any, field: str) -> memoryview:
@@ -77,10 +82,11 @@ def _zero_rows(view: memoryview, block_len: int) -> NDArray[np.bool_]:
     """
     size = 8 if block_len % 8 == 0 else 4 if block_len % 4 == 0 else 2 if block_len % 2 == 0 else 1
     rows = np.frombuffer(view, dtype=np.dtype(f"u{size}")).reshape(-1, block_len // size)
-    maybe = rows[:, 0] == 0
+    maybe: NDArray[np.bool_] = rows[:, 0] == 0
     count = int(np.count_nonzero(maybe))
     if count == len(rows):
-        return np.bitwise_or.reduce(rows, axis=1) == 0
+        all_zero: NDArray[np.bool_] = np.bitwise_or.reduce(rows, axis=1) == 0
+        return all_zero
     if count:
         maybe[maybe] = np.bitwise_or.reduce(rows[maybe], axis=1) == 0
     return maybe
@@ -125,9 +131,9 @@ class Signature:
     blocks: NDArray[np.int64] | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.block_len) or not 0 < self.block_len <= MAX_FIXED_BLOCK:
+        if not is_int(self.block_len) or not 0 < self.block_len <= MAX_FIXED_BLOCK:
             raise CorruptRecordError(f"signature block_len out of range: {self.block_len!r}")
-        if not _is_int(self.file_size) or not 0 <= self.file_size <= MAX_FILE_SIZE:
+        if not is_int(self.file_size) or not 0 <= self.file_size <= MAX_FILE_SIZE:
             raise CorruptRecordError(f"signature file_size out of range: {self.file_size!r}")
         n = -(-self.file_size // self.block_len)
         self._n = n
@@ -196,9 +202,9 @@ class Signature:
     @classmethod
     def from_bytes(cls, block_len: int, file_size: int, weak_bytes: BytesLike, strong_bytes: BytesLike) -> Signature:
         """Rebuild a dense signature from stored blobs, validating every length (CorruptRecordError)."""
-        if not _is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
+        if not is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
             raise CorruptRecordError(f"signature block_len out of range: {block_len!r}")
-        if not _is_int(file_size) or not 0 <= file_size <= MAX_FILE_SIZE:
+        if not is_int(file_size) or not 0 <= file_size <= MAX_FILE_SIZE:
             raise CorruptRecordError(f"signature file_size out of range: {file_size!r}")
         n = -(-file_size // block_len)
         weak_view = _byte_view(weak_bytes, "weak")
@@ -238,9 +244,9 @@ class SignatureBuilder:
         """``min_zero_run``: a run of fewer zero blocks than this is listed as
         data blocks (with the zero block's hashes), so that the matcher can
         copy it like any block; only longer runs are left out."""
-        if not _is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
+        if not is_int(block_len) or not 0 < block_len <= MAX_FIXED_BLOCK:
             raise ValueError(f"block_len must be in [1, {MAX_FIXED_BLOCK}], got {block_len!r}")
-        if not _is_int(min_zero_run) or min_zero_run < 1:
+        if not is_int(min_zero_run) or min_zero_run < 1:
             raise ValueError(f"min_zero_run must be a positive int, got {min_zero_run!r}")
         self.block_len = block_len
         self.min_zero_run = min_zero_run
@@ -285,7 +291,7 @@ class SignatureBuilder:
     def update(self, data: BytesLike) -> None:
         """Add the next chunk of the file."""
         self._check_open("update")
-        view = memoryview(data).cast("B")
+        view = byte_view(data)
         self._size += len(view)
         L = self.block_len
         if self._partial:
@@ -305,7 +311,7 @@ class SignatureBuilder:
     def zeros(self, length: int) -> None:
         """Add ``length`` zero bytes (a hole): O(1) for the whole blocks they cover, whatever the length."""
         self._check_open("zeros")
-        if not _is_int(length) or length < 0:
+        if not is_int(length) or length < 0:
             raise ValueError(f"zeros() length must be a non-negative int, got {length!r}")
         if self._size + length > MAX_FILE_SIZE:
             raise ValueError(f"zeros({length}) makes the file larger than {MAX_FILE_SIZE} bytes")

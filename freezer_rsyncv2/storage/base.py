@@ -9,18 +9,18 @@ from __future__ import annotations
 import abc
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
 
 from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, FormatError, StorageError
+from freezer_rsyncv2.storage import layout
 from freezer_rsyncv2.storage.cleanup import Cleanup
-from freezer_rsyncv2.storage.layout import (  # noqa: F401 (re-exported)
-    DATA_NAME, ENGINE_METADATA_NAME, MAX_LEVEL, MAX_METADATA_SIZE, MAX_TIMESTAMP, METADATA_NAME,
-    _CHAIN_RE, Backup, EngineLike, _NamedEngine, level_published, parse_chain_dir, parse_level_dir,
+from freezer_rsyncv2.storage.layout import (
+    MAX_LEVEL, MAX_TIMESTAMP, Backup, EngineLike, NamedEngine, newest_level_timestamps, parse_chain_dir,
     path_join, validate_name, warn_ignored)
+from freezer_rsyncv2.stream import encoder
 
 LOG = log.getLogger(__name__)
 
@@ -35,11 +35,6 @@ class StorageFileNotFoundError(StorageError):
 
 class LevelZeroNotFoundError(BackupNotFoundError, IndexError):
     """No complete chain matches; also an IndexError because Freezer's callers catch that."""
-
-
-def now() -> int:
-    """Current time in int seconds; module-level so tests can monkeypatch the clock."""
-    return int(time.time())
 
 
 #: Largest block our storages exchange with the engine (``io_block_size``).
@@ -67,15 +62,15 @@ class Storage(Cleanup, abc.ABC):
     #: Bytes ``get_file`` copies at most; past it the copy is refused.
     max_file_size: int = MAX_FILE_SIZE
     #: ``write_backup`` takes the engine's segments as they are: bytes-like
-    #: or ``encoder.Segment`` (its ``pieces``, not joined); Freezer's
-    #: storages are given bytes (its S3 storage skips anything else).
-    takes_segments = True
+    #: or ``encoder.Segment`` (its ``pieces``, not joined): the engine's
+    #: ``stream.encoder.PIECES`` (``storage.protocol.EngineStorage``).
+    message_form = encoder.PIECES
 
     def __init__(self, storage_path: str, max_segment_size: int,
                  skip_prepare: bool = False) -> None:
         if (isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int)
                 or max_segment_size <= 0):
-            raise ConfigError(f"max_segment_size must be a positive int, got {max_segment_size!r}")
+            raise ValueError(f"max_segment_size must be a positive int, got {max_segment_size!r}")
         self.storage_path = storage_path
         self.max_segment_size = max_segment_size
         if not skip_prepare:
@@ -137,9 +132,16 @@ class Storage(Cleanup, abc.ABC):
     def prepare(self) -> None:
         """Create the container/root so that later writes succeed."""
 
+    def info(self) -> list[dict[str, Any]]:
+        """Freezer's ``info`` job output: one dict with container_name, size and objects_count."""
+        total, count = self.usage()
+        megabytes = max(1, total // (1024 * 1024))
+        size = f"{megabytes} MB" if megabytes < 1024 else f"{megabytes // 1024} GB"
+        return [{"container_name": self.storage_path, "size": size, "objects_count": count}]
+
     @abc.abstractmethod
-    def info(self) -> Any:
-        """Freezer's ``info`` job output: list of dicts with container_name/size/objects_count."""
+    def usage(self) -> tuple[int, int]:
+        """(bytes, objects) stored below ``storage_path``."""
 
     @abc.abstractmethod
     def stored_size(self, path: str) -> int | None:
@@ -147,6 +149,15 @@ class Storage(Cleanup, abc.ABC):
 
         The engine checks a level's data with it before publishing the level.
         """
+
+    def stored_sizes(self, backup: Backup) -> Iterator[tuple[str, int | None]]:
+        """``EngineStorage.stored_sizes``: the size of the level's data object."""
+        path = backup.copy(self).data_path
+        yield path, self.stored_size(path)
+
+    def newest_levels(self, sample: Backup, recent_to_date: int | None) -> dict[int, int]:
+        """``EngineStorage.newest_levels``, from a listing of the chain's metadata directory."""
+        return newest_level_timestamps(self, sample.copy(self).increments_metadata_path, recent_to_date)
 
     def read_object(self, path: str, limit: int) -> bytes:
         """Extra: the whole object at ``path``; StorageError if it holds more than ``limit`` bytes.
@@ -280,7 +291,7 @@ class Storage(Cleanup, abc.ABC):
             return None
         if always_level and highest_level > always_level:
             return None
-        if restart_always_level and now() > highest.timestamp + restart_always_level * 86400:
+        if restart_always_level and layout.now() > highest.timestamp + restart_always_level * 86400:
             return None
         if always_level and highest_level == always_level:
             below = increments.get(highest_level - 1)
@@ -333,7 +344,7 @@ class Storage(Cleanup, abc.ABC):
     def backup_names(self, engine_name: str) -> list[str]:
         """Extra: sorted backup names of ``engine_name`` having at least one complete chain."""
         ename = validate_name(engine_name, "engine name")
-        engine = _NamedEngine(ename)
+        engine = NamedEngine(ename)
         names = []
         parent = path_join(self.storage_path, "metadata", ename)
         for entry in self.listdir(parent):

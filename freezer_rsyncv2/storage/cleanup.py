@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from oslo_log import log
 
@@ -26,6 +26,7 @@ from freezer_rsyncv2.storage import sweep as sweeping
 from freezer_rsyncv2.storage.layout import level_published, path_join
 
 if TYPE_CHECKING:
+    from freezer_rsyncv2.storage.base import Storage
     from freezer_rsyncv2.storage.layout import Backup
 
 LOG = log.getLogger(__name__)
@@ -50,9 +51,10 @@ class Cleanup:
 
     storage_path: str
     # rmtree(path) and the rest of the interface come from Storage.
+    rmtree: Callable[[str], None]
 
     def _run_state(self) -> _RunState:
-        state = self.__dict__.get("_cleanup_state")
+        state: _RunState | None = self.__dict__.get("_cleanup_state")
         if state is None:
             with _STATE_LOCK:
                 state = self.__dict__.setdefault("_cleanup_state", _RunState())
@@ -126,8 +128,8 @@ class Cleanup:
         self.rmtree(backup.data_prefix_path)
         level_dir = backup.data_prefix_path.rsplit("/", 1)[1]
         self.rmtree(path_join(backup.increments_metadata_path, level_dir))
-        self._remove_empty_dir(backup.increments_data_path)
-        self._remove_empty_dir(backup.increments_metadata_path)
+        self.remove_empty_dir(backup.increments_data_path)
+        self.remove_empty_dir(backup.increments_metadata_path)
 
     # -- older runs -----------------------------------------------------------
 
@@ -141,28 +143,28 @@ class Cleanup:
         """
         max_age = sweeping.parse_age(max_age, "sweep age")
         report = sweeping.SweepReport()
-        sweeping.sweep(self, engine, hostname_backup_name, time.time() - max_age, report)
+        sweeping.sweep(cast("Storage", self), engine, hostname_backup_name, time.time() - max_age, report)
         return report
 
     # -- what each storage supplies (defaults: nothing found, nothing removed) --
 
-    def _sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
-                           report: sweeping.SweepReport) -> set[tuple[str, str]]:
+    def sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
+                          report: sweeping.SweepReport) -> set[tuple[str, str]]:
         """Remove temporary objects and incomplete uploads under ``roots``
         last changed before ``cutoff``; return the levels, as (chain, level
         directory) (``sweep.level_key``), holding one that was kept."""
         return set()
 
-    def _subtree_info(self, path: str) -> tuple[float | None, int, int]:
+    def subtree_info(self, path: str) -> tuple[float | None, int, int]:
         """(last change of the objects under ``path``, or None if it holds
         none; their bytes; their number).  The default cannot tell, so the
         sweep never removes anything."""
         return float("inf"), 0, 0
 
-    def _object_paths(self, root: str) -> set[str] | None:
+    def object_paths(self, root: str) -> set[str] | None:
         """The regular files (objects) below ``root``, as paths relative to
         it; None when the storage cannot list them in one go."""
         return None
 
-    def _remove_empty_dir(self, path: str) -> None:
+    def remove_empty_dir(self, path: str) -> None:
         """Remove directory ``path`` if it is empty (no-op where directories are implicit)."""

@@ -1,4 +1,4 @@
-"""Build a storage from command-line or configuration values: a local directory or an S3 bucket."""
+"""Build a storage from command-line or configuration values: a local directory, an S3 bucket, Swift."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from typing import Any, TypedDict
 
 from freezer_rsyncv2.errors import ConfigError
 from freezer_rsyncv2.storage.base import Storage
+from freezer_rsyncv2.storage.layout import DEFAULT_MAX_SEGMENT_SIZE
 
 #: Storage kinds, named as freezer-agent's ``--storage`` values.
-KINDS = ("local", "s3")
-
-DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
+KINDS = ("local", "s3", "swift")
 
 
 class S3Settings(TypedDict):
@@ -63,15 +62,19 @@ def build_storage(kind: str | None, container: str, *,
                   max_segment_size: int | None = None, skip_prepare: bool = False,
                   endpoint: str | None = None, access_key: str | None = None,
                   secret_key: str | None = None, region: str | None = None,
-                  environ: Mapping[str, str] | None = None, **s3_options: Any) -> Storage:
+                  environ: Mapping[str, str] | None = None,
+                  os_options: Mapping[str, Any] | None = None, **options: Any) -> Storage:
     """A storage of ``kind`` ('local' when None) on ``container``.
 
     ``local``: ``container`` is a directory. ``s3``: ``container`` is
     ``BUCKET[/PREFIX]`` and the connection settings come from the arguments
-    or the environment (see ``s3_settings``); ``s3_options`` go to
-    ``S3Storage`` as they are (``retry``, ``part_size``, ``create_bucket``,
-    ``upload_concurrency``, timeouts). Connection settings given for a local
-    storage are a ConfigError rather than silently ignored.
+    or the environment (see ``s3_settings``). ``swift``: ``container`` is
+    ``NAME[/PREFIX]`` and ``os_options`` (the keyword arguments of
+    ``SwiftSettings.from_options``: ``auth_url``, ``username``, ...) are
+    completed from the OS_* variables. ``options`` go to the storage class
+    as they are (``retry``, ``part_size``, ``segment_size``,
+    ``upload_concurrency``, timeouts...). Connection settings given for
+    another kind of storage are a ConfigError rather than silently ignored.
     """
     kind = kind or "local"
     if kind not in KINDS:
@@ -79,15 +82,21 @@ def build_storage(kind: str | None, container: str, *,
     if not container:
         raise ConfigError(f"--container is required for {kind} storage")
     segment = max_segment_size or DEFAULT_MAX_SEGMENT_SIZE
+    s3_given = [name for name, value in (("endpoint", endpoint), ("access key", access_key),
+                                         ("secret key", secret_key), ("region", region)) if value]
+    os_given = sorted(f"os {name.replace('_', ' ')}" for name, value in (os_options or {}).items()
+                      if value not in (None, ""))
+    if kind != "s3" and s3_given:
+        raise ConfigError(f"{', '.join(s3_given)} only apply to --storage s3")
+    if kind != "swift" and os_given:
+        raise ConfigError(f"{', '.join(os_given)} only apply to --storage swift")
     if kind == "local":
-        given = [name for name, value in (("endpoint", endpoint), ("access key", access_key),
-                                          ("secret key", secret_key), ("region", region))
-                 if value]
-        if given or s3_options:
-            names = ", ".join(given + sorted(s3_options))
-            raise ConfigError(f"{names} only apply to --storage s3")
+        if options:
+            raise ConfigError(f"{', '.join(sorted(options))} only apply to --storage s3 or swift")
         from freezer_rsyncv2.storage.local import LocalStorage
         return LocalStorage(container, max_segment_size=segment, skip_prepare=skip_prepare)
+    if kind == "swift":
+        return _swift(container, segment, skip_prepare, os_options or {}, environ, options)
     try:
         from freezer_rsyncv2.storage.s3 import S3Storage
     except ImportError as exc:
@@ -96,4 +105,17 @@ def build_storage(kind: str | None, container: str, *,
     return S3Storage(container, endpoint_url=settings["endpoint_url"],
                      access_key=settings["access_key"], secret_key=settings["secret_key"],
                      region=settings["region"], session_token=settings["session_token"],
-                     max_segment_size=segment, skip_prepare=skip_prepare, **s3_options)
+                     max_segment_size=segment, skip_prepare=skip_prepare, **options)
+
+
+def _swift(container: str, segment: int, skip_prepare: bool, os_options: Mapping[str, Any],
+           environ: Mapping[str, str] | None, options: dict[str, Any]) -> Storage:
+    try:
+        from freezer_rsyncv2.storage.swift import SwiftStorage
+        from freezer_rsyncv2.storage.swift_client import SwiftSettings
+    except ImportError as exc:
+        raise ConfigError(f"--storage swift needs python-swiftclient (pip install "
+                          f"python-swiftclient): {exc}") from exc
+    settings = SwiftSettings.from_options(environ=environ, **os_options)
+    return SwiftStorage(container, settings, max_segment_size=segment, skip_prepare=skip_prepare,
+                        **options)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,9 @@ MAX_LEVEL = 10_000
 #: Highest timestamp of a chain or level: 9999-12-31T23:59:59Z, the last
 #: second ``datetime`` can show, so every listed timestamp can be printed.
 MAX_TIMESTAMP = 253_402_300_799
+#: Freezer's default ``max_segment_size``: the size of the segments Freezer's
+#: storages take (Swift stores each as an object); the one definition of it.
+DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
 #: Largest ``metadata`` object (the level's JSON) we read: ours are < 1 KiB.
 MAX_METADATA_SIZE = 1 << 20
 
@@ -49,6 +53,11 @@ MAX_METADATA_SIZE = 1 << 20
 _INT = r"(?:0|[1-9][0-9]{0,11})"
 _CHAIN_RE = re.compile(_INT)
 _LEVEL_RE = re.compile(rf"({_INT})_({_INT})")
+
+
+def now() -> int:
+    """The clock levels are stamped and aged with, in int seconds (the one clock: tests replace it)."""
+    return int(time.time())
 
 
 class EngineLike(Protocol):
@@ -165,6 +174,23 @@ def level_published(storage: Any, metadata_path: str) -> bool:
         return bool(check(metadata_path))
     head, _, name = metadata_path.rpartition("/")
     return name in storage.listdir(head)
+
+
+def newest_level_timestamps(storage: Any, metadata_dir: str, recent_to_date: int | None) -> dict[int, int]:
+    """Level number -> newest timestamp among the published levels listed in ``metadata_dir``
+    (a chain's metadata directory), none after ``recent_to_date``."""
+    newest: dict[int, int] = {}
+    for name in storage.listdir(metadata_dir):
+        parsed = parse_level_dir(str(name))
+        if parsed is None:
+            continue        # not a level (the storage's listing warned)
+        level, ts = parsed
+        if recent_to_date and ts > recent_to_date:
+            continue
+        if not level_published(storage, path_join(metadata_dir, name, METADATA_NAME)):
+            continue        # no metadata: not a level (docs/storage.rst)
+        newest[level] = max(ts, newest.get(level, ts))
+    return newest
 
 
 class Backup:
@@ -292,7 +318,7 @@ class Backup:
                 f"level={self.level}, timestamp={self.timestamp})")
 
 
-class _NamedEngine:
+class NamedEngine:
     """Stand-in engine when only an engine name is known (``backup_names``)."""
 
     def __init__(self, name: str) -> None:

@@ -26,13 +26,13 @@ from freezer_rsyncv2.errors import StorageError
 from freezer_rsyncv2.storage.localfs import (
     CREATE_FLAGS, READ_FLAGS, EarlyWriteback, SymlinkInside, copy_to_fd, discard, fsync_dir, fsync_fd,
     kind_of, lock_temp, lstat_at, open_dir_at, remove_at, split_path, temp_name, writev_all)
-from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError, warn_ignored
-from freezer_rsyncv2.storage.layout import DATA_NAME, Backup
+from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
+from freezer_rsyncv2.storage.layout import DATA_NAME, DEFAULT_MAX_SEGMENT_SIZE, Backup, warn_ignored
+from freezer_rsyncv2.storage import transfer
 from freezer_rsyncv2.storage.local_sweep import LocalSweep
 
 LOG = log.getLogger(__name__)
 
-DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 
 
@@ -62,8 +62,7 @@ class LocalStorage(LocalSweep, Storage):
                      os.path.join(self.storage_path, "data")):
             self.create_dirs(path)
 
-    def info(self) -> list[dict[str, Any]]:
-        """One entry for the storage directory, in the shape Freezer's info job prints."""
+    def usage(self) -> tuple[int, int]:
         total = count = 0
         for root, _dirs, files in os.walk(self.storage_path):
             for name in files:
@@ -72,9 +71,7 @@ class LocalStorage(LocalSweep, Storage):
                 except OSError:
                     continue
                 count += 1
-        megabytes = max(1, total // (1024 * 1024))
-        size = f"{megabytes} MB" if megabytes < 1024 else f"{megabytes // 1024} GB"
-        return [{"container_name": self.storage_path, "size": size, "objects_count": count}]
+        return total, count
 
     # -- walking the container without following symlinks ---------------------------
 
@@ -141,7 +138,6 @@ class LocalStorage(LocalSweep, Storage):
         head, name = split_path(path)
         return self._open_dir(head), name
 
-
     @contextlib.contextmanager
     def _opened(self, path: str, verb: str, parent: bool = True) -> Iterator[tuple[int, str] | None]:
         """A descriptor on ``path``'s directory and the last name (``parent``), or on ``path``
@@ -163,6 +159,7 @@ class LocalStorage(LocalSweep, Storage):
         finally:
             if opened is not None:
                 os.close(opened[0])
+
     def _open_object(self, path: str) -> tuple[int, os.stat_result]:
         """A descriptor and the fstat of the regular file stored at ``path``.
 
@@ -260,29 +257,23 @@ class LocalStorage(LocalSweep, Storage):
             if st.st_size > self.max_file_size:
                 raise StorageError(f"{from_path} holds {st.st_size} bytes, more than the "
                                    f"{self.max_file_size} a stored file may hold")
-            tmp = temp_name(to_path)
-            try:
-                with open(tmp, "xb") as dst:
-                    copied = 0
-                    while True:
-                        try:
-                            chunk = src.read(COPY_CHUNK)
-                        except OSError as exc:
-                            raise StorageError(f"cannot read {from_path}: {exc}") from exc
-                        if not chunk:
-                            break
-                        copied += len(chunk)
-                        if copied > self.max_file_size:
-                            raise StorageError(f"{from_path} grew past the {self.max_file_size} "
-                                               f"bytes a stored file may hold")
-                        dst.write(chunk)
-                os.replace(tmp, to_path)
-            except OSError as exc:
-                discard(tmp)
-                raise StorageError(f"cannot write {to_path}: {exc}") from exc
-            except BaseException:
-                discard(tmp)
-                raise
+
+            def chunks() -> Iterator[bytes]:
+                copied = 0
+                while True:
+                    try:
+                        chunk = src.read(COPY_CHUNK)
+                    except OSError as exc:
+                        raise StorageError(f"cannot read {from_path}: {exc}") from exc
+                    if not chunk:
+                        return
+                    copied += len(chunk)
+                    if copied > self.max_file_size:
+                        raise StorageError(f"{from_path} grew past the {self.max_file_size} "
+                                           f"bytes a stored file may hold")
+                    yield chunk
+
+            transfer.download(chunks(), to_path)
 
     def read_object(self, path: str, limit: int) -> bytes:
         """The stored regular file at ``path``; StorageError, before reading, past ``limit`` bytes."""

@@ -18,7 +18,6 @@ from typing import Any
 from oslo_log import log
 
 from freezer_rsyncv2.errors import StorageError
-from freezer_rsyncv2.storage.layout import warn_ignored
 from freezer_rsyncv2.storage.localfs import (
     TEMP_NAME_RE, SymlinkInside, fsync_fd, lstat_at, remove_stale_temp, walk_files)
 from freezer_rsyncv2.storage.sweep import SweepReport, level_key
@@ -34,8 +33,8 @@ class LocalSweep:
     _open_parent: Any
     _opened: Any
 
-    def _sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
-                           report: SweepReport) -> set[tuple[str, str]]:
+    def sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
+                          report: SweepReport) -> set[tuple[str, str]]:
         """Remove the stale ``.<name>.tmp-<uuid>`` files below ``roots`` (``remove_stale_temp``)."""
         busy: set[tuple[str, str]] = set()
         for root in roots:
@@ -66,7 +65,7 @@ class LocalSweep:
             if at is not None:
                 yield from walk_files(at[0], root)
 
-    def _subtree_info(self, path: str) -> tuple[float | None, int, int]:
+    def subtree_info(self, path: str) -> tuple[float | None, int, int]:
         """Latest mtime of the files below ``path``, their bytes and their number.
 
         Directories do not count: removing a temporary file changes its
@@ -81,12 +80,12 @@ class LocalSweep:
                 count += 1
         return newest, size, count
 
-    def _object_paths(self, root: str) -> set[str]:
+    def object_paths(self, root: str) -> set[str]:
         """The regular files below ``root``, relative to it (symlinks not followed)."""
         return {path[len(root) + 1:] for _fd, _name, path, st in self._walk(root)
                 if stat.S_ISREG(st.st_mode)}
 
-    def _remove_empty_dir(self, path: str) -> None:
+    def remove_empty_dir(self, path: str) -> None:
         """rmdir ``path`` if it is an empty directory (not a symlink)."""
         try:
             dir_fd, name = self._open_parent(path)

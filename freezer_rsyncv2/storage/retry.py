@@ -11,7 +11,6 @@ from typing import TypeVar
 from botocore import exceptions as boto_errors
 from oslo_log import log
 
-from freezer_rsyncv2.errors import ConfigError
 
 LOG = log.getLogger(__name__)
 
@@ -93,13 +92,13 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) \
                 or self.attempts < 1:
-            raise ConfigError(f"retry attempts must be an int >= 1, got {self.attempts!r}")
+            raise ValueError(f"retry attempts must be an int >= 1, got {self.attempts!r}")
         for name in ("initial_delay", "max_delay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"retry {name} must be a number >= 0, got {value!r}")
+                raise ValueError(f"retry {name} must be a number >= 0, got {value!r}")
         if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
-            raise ConfigError(f"retry multiplier must be >= 1, got {self.multiplier!r}")
+            raise ValueError(f"retry multiplier must be >= 1, got {self.multiplier!r}")
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""

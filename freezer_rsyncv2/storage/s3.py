@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from botocore import exceptions as boto_errors
 from oslo_log import log
 
-from freezer_rsyncv2.errors import BucketNotFoundError, ConfigError, Rsyncv2Error, StorageError
+from freezer_rsyncv2.errors import BucketNotFoundError, Rsyncv2Error, StorageError
 from freezer_rsyncv2.storage import retry as retries
-from freezer_rsyncv2.storage import s3_client
+from freezer_rsyncv2.storage import s3_client, transfer
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
-from freezer_rsyncv2.storage.layout import Backup
+from freezer_rsyncv2.storage.layout import DEFAULT_MAX_SEGMENT_SIZE, Backup
 from freezer_rsyncv2.storage.s3_sweep import S3Sweep
 from freezer_rsyncv2.storage.s3_upload import ObjectWriter, check_part_size
 
@@ -22,7 +20,6 @@ LOG = log.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_MAX_SEGMENT_SIZE = 32 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 DEFAULT_REGION = s3_client.DEFAULT_REGION
 
@@ -59,7 +56,7 @@ class S3Storage(S3Sweep, Storage):
         self.upload_concurrency = upload_concurrency
         self.retry = retry or retries.RetryPolicy()
         if not isinstance(list_page_size, int) or not 1 <= list_page_size <= 1000:
-            raise ConfigError(f"list_page_size must be within 1..1000, got {list_page_size!r}")
+            raise ValueError(f"list_page_size must be within 1..1000, got {list_page_size!r}")
         self.list_page_size = list_page_size
         self.client = s3_client.make_client(
             endpoint_url=self.endpoint_url, region=self.region, access_key=access_key,
@@ -161,7 +158,7 @@ class S3Storage(S3Sweep, Storage):
 
         def reopen(_exc: BaseException) -> None:
             nonlocal body
-            _close(body)
+            transfer.close_quietly(body)
             body = None
 
         try:
@@ -172,7 +169,7 @@ class S3Storage(S3Sweep, Storage):
                 offset += len(chunk)
                 yield chunk
         finally:
-            _close(body)
+            transfer.close_quietly(body)
 
     # -- primitives -------------------------------------------------------------------
 
@@ -198,32 +195,17 @@ class S3Storage(S3Sweep, Storage):
         self.call("CreateBucket", None, create)
         LOG.info("Created S3 bucket %s (%s)", self.bucket, self.where)
 
-    def info(self) -> list[dict[str, Any]]:
+    def usage(self) -> tuple[int, int]:
         total = count = 0
         for obj in self._list(self.key(self.storage_path), delimiter=False):
             total += int(obj.get("Size", 0))
             count += 1
-        megabytes = max(1, total // (1024 * 1024))
-        size = f"{megabytes} MB" if megabytes < 1024 else f"{megabytes // 1024} GB"
-        return [{"container_name": self.storage_path, "size": size, "objects_count": count}]
+        return total, count
 
     def get_file(self, from_path: str, to_path: str) -> None:
         """Download to a temporary sibling of ``to_path``, renamed into place when complete."""
-        key = self.key(from_path)
-        head, tail = os.path.split(to_path)
-        tmp = os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "xb") as out:
-                for chunk in self.iter_object(key, self.max_segment_size, self.max_file_size,
-                                              "a stored file may hold"):
-                    out.write(chunk)
-            os.replace(tmp, to_path)
-        except OSError as exc:
-            _unlink(tmp)
-            raise StorageError(f"cannot write {to_path}: {exc}") from exc
-        except BaseException:
-            _unlink(tmp)
-            raise
+        transfer.download(self.iter_object(self.key(from_path), self.max_segment_size, self.max_file_size,
+                                           "a stored file may hold"), to_path)
 
     def read_object(self, path: str, limit: int) -> bytes:
         """Object ``path`` in memory; StorageError, before its body is read, past ``limit`` bytes."""
@@ -231,21 +213,7 @@ class S3Storage(S3Sweep, Storage):
 
     def put_file(self, from_path: str, to_path: str) -> None:
         """Upload a local file (in parts if large); the object appears only once complete."""
-        writer = self.writer(self.key(to_path))
-        try:
-            with open(from_path, "rb") as src:
-                while True:
-                    data = src.read(self.part_size)
-                    if not data:
-                        break
-                    writer.write(data)
-            writer.close()
-        except OSError as exc:
-            writer.abort()
-            raise StorageError(f"cannot read local file {from_path}: {exc}") from exc
-        except BaseException:
-            writer.abort()
-            raise
+        transfer.upload_file(self.writer(self.key(to_path)), from_path, self.part_size)
 
     def write_backup(self, rich_queue: Any, backup: Backup) -> None:
         """Upload the queue's segments as they come (multipart once past one part).
@@ -257,17 +225,7 @@ class S3Storage(S3Sweep, Storage):
         backup = backup.copy(self)
         writer = self.writer(self.key(backup.data_path))
         with self._writing(rich_queue, backup):     # abandon() can stop it
-            try:
-                for message in rich_queue.get_messages():
-                    for piece in getattr(message, "pieces", (message,)):
-                        writer.write(piece)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                stop = getattr(rich_queue, "force_stop", None)
-                if stop is not None:
-                    stop()
-                raise
+            transfer.upload_queue(writer, rich_queue)
 
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         """The level's data, refused before it is read if larger than its metadata declares.
@@ -356,18 +314,3 @@ class S3Storage(S3Sweep, Storage):
         except StorageError as exc:
             LOG.warning("Could not abort unfinished uploads under %s/%s: %s",
                         self.bucket, prefix, exc)
-
-
-def _close(body: Any) -> None:
-    if body is not None:
-        try:
-            body.close()
-        except Exception:  # noqa: BLE001 - closing a broken stream may fail again
-            pass
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

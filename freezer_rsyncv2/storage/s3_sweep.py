@@ -26,7 +26,7 @@ def _seconds(when: Any) -> float:
     if isinstance(when, datetime.datetime):
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
-        return when.timestamp()
+        return float(when.timestamp())
     return float("inf")     # unknown: never stale
 
 
@@ -67,8 +67,8 @@ class S3Sweep:
                 return newest, size
             args["PartNumberMarker"] = page.get("NextPartNumberMarker", 0)
 
-    def _sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
-                           report: SweepReport) -> set[tuple[str, str]]:
+    def sweep_temporaries(self, roots: tuple[str, ...], cutoff: float,
+                          report: SweepReport) -> set[tuple[str, str]]:
         """Abort the stale incomplete multipart uploads under ``roots``."""
         busy: set[tuple[str, str]] = set()
         for root in roots:
@@ -103,12 +103,12 @@ class S3Sweep:
                 report.upload_bytes += size
         return busy
 
-    def _object_paths(self, root: str) -> set[str]:
+    def object_paths(self, root: str) -> set[str]:
         """The keys below ``root/``, relative to it."""
         prefix = f"{self.key(root)}/"
         return {obj["Key"][len(prefix):] for obj in self._list(self.key(root), delimiter=False)}
 
-    def _subtree_info(self, path: str) -> tuple[float | None, int, int]:
+    def subtree_info(self, path: str) -> tuple[float | None, int, int]:
         """Latest LastModified of the objects under ``path/``, their bytes and number."""
         newest: float | None = None
         size = count = 0

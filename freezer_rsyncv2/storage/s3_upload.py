@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import hashlib
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from oslo_log import log
 
 from freezer_rsyncv2.errors import ConfigError, StorageError
+from freezer_rsyncv2.storage import transfer
 
 LOG = log.getLogger(__name__)
 
@@ -56,23 +55,18 @@ class ObjectWriter:
 
     def __init__(self, client: Any, bucket: str, key: str, call: Caller,
                  part_size: int, concurrency: int = 2, content_md5: bool = False) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError(f"upload concurrency must be an int >= 1, got {concurrency!r}")
         self.client = client
         self.bucket = bucket
         self.key = key
         self.part_size = check_part_size(part_size)
         self._call = call
-        self._concurrency = concurrency
         self._content_md5 = content_md5
         self._pending: list[bytes] = []
         self._pending_len = 0
         self._upload_id: str | None = None
         self._next_part = 1
         self._etags: dict[int, str] = {}
-        self._in_flight: set[concurrent.futures.Future[tuple[int, str]]] = set()
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool = transfer.UploadPool(concurrency, "rsyncv2-s3-part")
         self._closed = False
 
     @property
@@ -110,19 +104,14 @@ class ObjectWriter:
             return
         if self._pending_len:
             self._send_part()
-        self._wait_all()
+        self._etags.update(self._pool.wait())     # raises the first failure of a part
         self._complete()
 
     def abort(self) -> None:
         """Discard everything sent so far; never raises (failures are logged)."""
         self._closed = True
         self._pending, self._pending_len = [], 0
-        for future in self._in_flight:
-            future.cancel()
-        if self._in_flight:
-            concurrent.futures.wait(self._in_flight)
-        self._in_flight.clear()
-        self._shutdown()
+        self._pool.cancel()
         upload_id = self._upload_id
         if upload_id is None:
             return
@@ -154,20 +143,9 @@ class ObjectWriter:
                                   lambda: self.client.create_multipart_upload(
                                       Bucket=self.bucket, Key=self.key))
             self._upload_id = str(response["UploadId"])
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._concurrency, thread_name_prefix="rsyncv2-s3-part")
         number = self._next_part
         self._next_part += 1
-        self._slots.acquire()   # blocks while `concurrency` parts are in flight
-        try:
-            self._collect(block=False)
-            assert self._executor is not None
-            future = self._executor.submit(self._upload_part, number, body)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _f: self._slots.release())
-        self._in_flight.add(future)
+        self._pool.submit(self._upload_part, number, body)    # blocks while all slots are busy
 
     def _upload_part(self, number: int, body: bytes) -> tuple[int, str]:
         upload_id = self._upload_id
@@ -182,26 +160,6 @@ class ObjectWriter:
             return {}
         md5 = hashlib.md5(body, usedforsecurity=False).digest()
         return {"ContentMD5": base64.b64encode(md5).decode("ascii")}
-
-    def _collect(self, block: bool) -> None:
-        """Record finished parts; re-raise the first failure of a part upload."""
-        if block and self._in_flight:
-            concurrent.futures.wait(self._in_flight,
-                                    return_when=concurrent.futures.FIRST_EXCEPTION)
-        for future in [f for f in self._in_flight if f.done()]:
-            self._in_flight.discard(future)
-            number, etag = future.result()     # raises the part's error
-            self._etags[number] = etag
-
-    def _wait_all(self) -> None:
-        while self._in_flight:
-            self._collect(block=True)
-        self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
 
     def _complete(self) -> None:
         parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]

@@ -84,9 +84,9 @@ def parse_age(value: Any, where: str) -> float:
     try:
         age = float(value)
     except (TypeError, ValueError):
-        raise ConfigError("%s must be a number of seconds, got %r" % (where, value)) from None
+        raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
     if not age >= 0 or age == float("inf"):     # also refuses NaN
-        raise ConfigError("%s must be a number of seconds >= 0, got %r" % (where, value))
+        raise ConfigError(f"{where} must be a number of seconds >= 0, got {value!r}")
     return age
 
 
@@ -127,7 +127,7 @@ def sweep(storage: Storage, engine: Any, hostname_backup_name: str, cutoff: floa
           report: SweepReport) -> None:
     """Sweep one backup name's leftovers older than ``cutoff`` (a time)."""
     data_root, meta_root = roots(storage, engine, hostname_backup_name)
-    busy = storage._sweep_temporaries((data_root, meta_root), cutoff, report)
+    busy = storage.sweep_temporaries((data_root, meta_root), cutoff, report)
     _sweep_unfinished(storage, data_root, meta_root, cutoff, report, busy)
 
 
@@ -140,7 +140,7 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
     An object's age is its last change.
     """
     # One listing of the metadata tree instead of a request per level.
-    stored = storage._object_paths(meta_root)
+    stored = storage.object_paths(meta_root)
 
     def published(chain: str, level_dir: str) -> bool:
         if stored is not None:
@@ -149,12 +149,12 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
 
     for chain, level_dir in _old_level_dirs(storage, data_root, cutoff):
         if level_dir is None:
-            storage._remove_empty_dir(path_join(data_root, chain))
+            storage.remove_empty_dir(path_join(data_root, chain))
             continue
         prefix = path_join(data_root, chain, level_dir)
         if (chain, level_dir) in busy or published(chain, level_dir):
             continue
-        newest, size, count = storage._subtree_info(prefix)
+        newest, size, count = storage.subtree_info(prefix)
         if newest is not None and newest > cutoff:
             report.kept += 1
             continue
@@ -163,10 +163,10 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
             report.levels += 1
             report.level_bytes += size
         storage.rmtree(prefix)
-        storage._remove_empty_dir(path_join(meta_root, chain, level_dir))
+        storage.remove_empty_dir(path_join(meta_root, chain, level_dir))
     for chain, level_dir in _old_level_dirs(storage, meta_root, cutoff):
         chain_meta = path_join(meta_root, chain)
-        storage._remove_empty_dir(chain_meta if level_dir is None else path_join(chain_meta, level_dir))
+        storage.remove_empty_dir(chain_meta if level_dir is None else path_join(chain_meta, level_dir))
 
 
 def _old_level_dirs(storage: Storage, root: str, cutoff: float) -> Iterator[tuple[str, str | None]]:

@@ -14,8 +14,7 @@ import hmac
 import os
 import struct
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -25,19 +24,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import frames
 from freezer_rsyncv2.stream import kdf as kdfmod
-from freezer_rsyncv2.stream.kdf import (  # noqa: F401 (re-exported)
-    ARGON2ID_DEFAULT, KDF_ARGON2ID, KDF_NAMES, KDF_SCRYPT, KEY_LEN,
-    SCRYPT_DEFAULT, Argon2id, KdfParams, _cache, default_write_kdf)
+from freezer_rsyncv2.stream.kdf import KEY_LEN, KdfParams, default_write_kdf
 
 PARAMS_VERSION = 1
 
 CIPHER_AES_256_GCM = 1
 CIPHER_CHACHA20_POLY1305 = 2
-CIPHER_NAMES = {CIPHER_AES_256_GCM: "AES-256-GCM",
-                CIPHER_CHACHA20_POLY1305: "ChaCha20-Poly1305"}
+CIPHER_NAMES = {CIPHER_AES_256_GCM: "AES-256-GCM", CIPHER_CHACHA20_POLY1305: "ChaCha20-Poly1305"}
 DEFAULT_CIPHER = CIPHER_AES_256_GCM
-_AEADS: dict[int, Any] = {CIPHER_AES_256_GCM: aead.AESGCM,
-                          CIPHER_CHACHA20_POLY1305: aead.ChaCha20Poly1305}
+_AEADS: dict[int, type[aead.AESGCM] | type[aead.ChaCha20Poly1305]] = {
+    CIPHER_AES_256_GCM: aead.AESGCM, CIPHER_CHACHA20_POLY1305: aead.ChaCha20Poly1305}
 
 SALT_LEN = 16
 STREAM_NONCE_LEN = 16
@@ -77,18 +73,13 @@ class StreamParams:
     def decode(cls, ext: bytes) -> StreamParams:
         """Strict decode: exact length, known version and KDF, bounded costs."""
         if not ext:
-            raise errors.CorruptRecordError(
-                "encrypted stream without cipher parameters")
+            raise errors.CorruptRecordError("encrypted stream without cipher parameters")
         if ext[0] != PARAMS_VERSION:
             raise errors.UnsupportedVersionError(
-                "cipher parameters version %d is not supported (this "
-                "library reads version %d)" % (ext[0], PARAMS_VERSION))
+                f"cipher parameters version {ext[0]} is not supported (this library reads version {PARAMS_VERSION})")
         if len(ext) != _EXT.size:
-            raise errors.CorruptRecordError(
-                "cipher parameters are %d bytes, expected %d"
-                % (len(ext), _EXT.size))
-        (_v, kdf_id, cost1, cost2, cost3, salt, stream_nonce,
-         key_check) = _EXT.unpack(ext)
+            raise errors.CorruptRecordError(f"cipher parameters are {len(ext)} bytes, expected {_EXT.size}")
+        (_v, kdf_id, cost1, cost2, cost3, salt, stream_nonce, key_check) = _EXT.unpack(ext)
         kdf = KdfParams(kdf_id, cost1, cost2, cost3)
         kdf.check()
         return cls(kdf, salt, stream_nonce, key_check)
@@ -99,8 +90,7 @@ class AeadCipher:
 
     overhead = TAG_LEN
 
-    def __init__(self, cipher_id: int, params: StreamParams, master: bytes
-                 ) -> None:
+    def __init__(self, cipher_id: int, params: StreamParams, master: bytes) -> None:
         self.id = cipher_id
         self.name = CIPHER_NAMES[cipher_id]
         self._params = params.encode()
@@ -113,17 +103,15 @@ class AeadCipher:
         return self._params
 
     def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
-        return self._aead.encrypt(self._prefix + _INDEX.pack(index), data,
-                                  aad)
+        return self._aead.encrypt(self._prefix + _INDEX.pack(index), data, aad)
 
-    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
+    def open(self, index: int, aad: bytes, sealed: frames.Piece) -> bytes:
         try:      # a payload shorter than the tag fails here too
-            return self._aead.decrypt(self._prefix + _INDEX.pack(index),
-                                      sealed, aad)
+            return self._aead.decrypt(self._prefix + _INDEX.pack(index), sealed, aad)
         except InvalidTag:
             raise errors.AuthenticationError(
-                "%s authentication failed: the passphrase is right, so the "
-                "backup was tampered with or damaged" % self.name) from None
+                f"{self.name} authentication failed: the passphrase is right, so the backup was tampered with "
+                "or damaged") from None
 
 
 class WritingCipher:
@@ -134,10 +122,9 @@ class WritingCipher:
 
     overhead = TAG_LEN
 
-    def __init__(self, keyring: Keyring, cipher_id: int,
-                 chain: Sequence[str]) -> None:
+    def __init__(self, keyring: Keyring, cipher_id: int, chain: Sequence[str]) -> None:
         if cipher_id not in _AEADS:
-            raise errors.ConfigError("unknown cipher id %d" % cipher_id)
+            raise ValueError(f"unknown cipher id {cipher_id}")
         self.id = cipher_id
         self.name = CIPHER_NAMES[cipher_id]
         self._keyring = keyring
@@ -155,7 +142,7 @@ class WritingCipher:
     def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
         return self._cipher().seal(index, aad, data)
 
-    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
+    def open(self, index: int, aad: bytes, sealed: frames.Piece) -> bytes:
         return self._cipher().open(index, aad, sealed)
 
 
@@ -203,18 +190,15 @@ class Keyring:
                 return                # and writing: the chain's salt
         self.prefetch(WRITE_KDF, self._fresh_salt())
 
-    def writing_cipher(self, chain: Sequence[str] = (),
-                       cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
+    def writing_cipher(self, chain: Sequence[str] = (), cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
         """A cipher for a new stream; ``chain`` lists manifests it extends."""
         return WritingCipher(self, cipher_id, chain)
 
-    def new_stream(self, cipher_id: int, chain: Sequence[str] = ()
-                   ) -> AeadCipher:
+    def new_stream(self, cipher_id: int, chain: Sequence[str] = ()) -> AeadCipher:
         kdf = WRITE_KDF
         salt = self._write_salt(kdf, chain)
         master = self.master(kdf, salt)
-        params = StreamParams(kdf, salt, os.urandom(STREAM_NONCE_LEN),
-                              _key_check(master))
+        params = StreamParams(kdf, salt, os.urandom(STREAM_NONCE_LEN), _key_check(master))
         return AeadCipher(cipher_id, params, master)
 
     def _write_salt(self, kdf: KdfParams, chain: Sequence[str]) -> bytes:
@@ -242,8 +226,7 @@ class Keyring:
             return None
         return params.salt if params.kdf == kdf else None
 
-    def _verified(self, cipher_id: int, ext: bytes
-                  ) -> tuple[StreamParams, bytes]:
+    def _verified(self, cipher_id: int, ext: bytes) -> tuple[StreamParams, bytes]:
         if cipher_id == frames.NullCipher.id:
             raise errors.AuthenticationError(
                 "this stream is not encrypted but a pass file was given: "
@@ -251,8 +234,7 @@ class Keyring:
                 "encryption restores without the pass file; a chain cannot "
                 "mix both: start a new level 0 to switch)")
         if cipher_id not in _AEADS:
-            raise errors.UnsupportedVersionError(
-                "unknown cipher id %d in stream header" % cipher_id)
+            raise errors.UnsupportedVersionError(f"unknown cipher id {cipher_id} in stream header")
         params = StreamParams.decode(ext)
         master = self.master(params.kdf, params.salt)
         if not hmac.compare_digest(_key_check(master), params.key_check):
@@ -273,39 +255,20 @@ def read_passphrase(path: str) -> bytes:
         with open(path, "rb") as f:
             line = f.readline(MAX_PASSPHRASE + 2)
     except OSError as err:
-        raise errors.ConfigError("cannot read the pass file %s: %s"
-                                 % (path, err.strerror or err)) from None
+        raise errors.ConfigError(f"cannot read the pass file {path}: {err.strerror or err}") from None
     if line.endswith(b"\n"):
         line = line[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
     if len(line) > MAX_PASSPHRASE:
-        raise errors.ConfigError(
-            "the first line of the pass file %s is longer than %d bytes"
-            % (path, MAX_PASSPHRASE))
+        raise errors.ConfigError(f"the first line of the pass file {path} is longer than {MAX_PASSPHRASE} bytes")
     if not line:
-        raise errors.ConfigError(
-            "the pass file %s is empty: its first line must hold the "
-            "passphrase" % path)
+        raise errors.ConfigError(f"the pass file {path} is empty: its first line must hold the passphrase")
     return line
 
 
-def cipher_for_writing(passphrase_path: str, chain: Sequence[str] = (),
-                       cipher_id: int = DEFAULT_CIPHER) -> WritingCipher:
-    """A cipher for a new stream, keyed by the pass file's passphrase."""
-    return Keyring.from_pass_file(passphrase_path).writing_cipher(
-        chain, cipher_id)
-
-
-def cipher_factory(passphrase_path: str) -> Callable[[int, bytes], AeadCipher]:
-    """The ``cipher_factory(cipher_id, params)`` for ``frames.decode_frames``."""
-    return Keyring.from_pass_file(passphrase_path).open_cipher
-
-
-def _hkdf(master: bytes, salt: bytes | None, info: bytes, length: int
-          ) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt,
-                info=info).derive(master)
+def _hkdf(master: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(master)
 
 
 def _key_check(master: bytes) -> bytes:
@@ -328,8 +291,7 @@ def _peek_params(path: str) -> tuple[int, bytes] | None:
 
     try:
         with open(path, "rb") as f:
-            next(frames.decode_frames([f.read(_PEEK)], frames.KIND_MANIFEST,
-                                      capture))
+            next(frames.decode_frames([f.read(_PEEK)], frames.KIND_MANIFEST, capture))
     except (errors.Rsyncv2Error, OSError, StopIteration):
         pass
     return found[0] if found else None

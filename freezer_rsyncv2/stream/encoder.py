@@ -16,11 +16,12 @@ import collections
 import os
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
-from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression, frames
+from freezer_rsyncv2.stream.compression import Piece
 
 _SMALL = 16 << 10              # record bytes below this are coalesced
 _COMPRESS_THREADS = min(4, os.cpu_count() or 1)
@@ -30,10 +31,10 @@ _codecs = threading.local()     # codec objects are not all thread-safe
 
 def _compress(codec_id: int, plain: bytes) -> bytes:
     """Compress one frame's plaintext with this thread's codec object."""
-    codec = getattr(_codecs, "c%d" % codec_id, None)
+    codec = getattr(_codecs, f"c{codec_id}", None)
     if codec is None:
         codec = compression.by_id(codec_id)
-        setattr(_codecs, "c%d" % codec_id, codec)
+        setattr(_codecs, f"c{codec_id}", codec)
     return codec.compress(plain)
 
 
@@ -48,14 +49,13 @@ class StreamEncoder:
     which stays in order on the caller's thread.
     """
 
-    def __init__(self, kind: int, codec: compression.Codec,
-                 cipher=None) -> None:
+    def __init__(self, kind: int, codec: compression.Codec, cipher: frames.Cipher | None = None) -> None:
         self._writer = frames.FrameWriter(kind, codec, cipher)
         self._buf = bytearray()         # small pieces being coalesced
-        self._pieces: collections.deque = collections.deque()
+        self._pieces: collections.deque[Piece] = collections.deque()
         self._size = 0                  # bytes in _pieces
         self._started = False
-        self._inflight: collections.deque = collections.deque()
+        self._inflight: collections.deque[tuple[Future[bytes], int, bool]] = collections.deque()
         self._pool = None if type(codec) is compression.NoCompression \
             else ThreadPoolExecutor(_COMPRESS_THREADS, "rsyncv2-zip")
 
@@ -65,14 +65,13 @@ class StreamEncoder:
     def close(self) -> Iterator[bytes]:
         return (b"".join(frame) for frame in self._frames((), final=True))
 
-    def write_many(self, pieces: Iterable) -> Iterator:
+    def write_many(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
         return (p for frame in self._frames(pieces) for p in frame)
 
-    def close_many(self) -> Iterator:
+    def close_many(self) -> Iterator[Piece]:
         return (p for frame in self._frames((), final=True) for p in frame)
 
-    def _frames(self, pieces: Iterable, final: bool = False
-                ) -> Iterator[list]:
+    def _frames(self, pieces: Iterable[Piece], final: bool = False) -> Iterator[list[Piece]]:
         if not self._started:
             self._started = True
             yield [self._writer.header()]
@@ -93,7 +92,7 @@ class StreamEncoder:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
 
-    def _take(self, piece) -> None:     # coalesced small pieces first
+    def _take(self, piece: Piece) -> None:     # coalesced small pieces first
         if self._buf:
             self._pieces.append(bytes(self._buf))
             self._size += len(self._buf)
@@ -102,11 +101,12 @@ class StreamEncoder:
             self._pieces.append(piece)
             self._size += len(piece)
 
-    def _frame(self, final: bool) -> Iterator[list]:
+    def _frame(self, final: bool) -> Iterator[list[Piece]]:
         """Make the next frame: whole pending pieces up to FRAME_PLAIN bytes
         or just past it (all of them if ``final``: fewer than FRAME_PLAIN);
         yield the frames (as lists of pieces) that are ready."""
-        out, got = [], 0
+        out: list[Piece] = []
+        got = 0
         while self._pieces and (final or got < frames.FRAME_PLAIN):
             piece = self._pieces.popleft()
             n = len(piece)
@@ -122,8 +122,7 @@ class StreamEncoder:
         if self._pool is None:
             yield self._writer.frame_pieces(out, size, final)
             return
-        self._inflight.append((self._pool.submit(
-            _compress, self._writer.codec.id, b"".join(out)), size, final))
+        self._inflight.append((self._pool.submit(_compress, self._writer.codec.id, b"".join(out)), size, final))
         while self._inflight and (final or len(self._inflight) > _AHEAD):
             future, plain_len, last = self._inflight.popleft()
             yield self._writer.seal_pieces(future.result(), plain_len, last)
@@ -140,7 +139,7 @@ class Segment:
 
     __slots__ = ("pieces", "size")
 
-    def __init__(self, pieces: list, size: int) -> None:
+    def __init__(self, pieces: list[Piece], size: int) -> None:
         self.pieces = pieces
         self.size = size
 
@@ -162,7 +161,7 @@ MESSAGE_FORMS = (PIECES, STREAM, FILES, BYTES)
 CHUNK = 1 << 20
 
 
-def messages(pieces: Iterable, form: str, max_size: int) -> Iterator:
+def messages(pieces: Iterable[Piece], form: str, max_size: int) -> Iterator[Any]:
     """The stream's pieces as a storage of the given form takes them.
 
     Memory held here: a segment's pieces (PIECES), a segment joined
@@ -177,17 +176,17 @@ def messages(pieces: Iterable, form: str, max_size: int) -> Iterator:
         return segments(pieces, max_size)
     if form == BYTES:
         return (bytes(s) for s in segments(pieces, max_size))
-    raise errors.ConfigError("unknown storage message form %r" % (form,))
+    raise ValueError(f"unknown storage message form {form!r}")
 
 
-def chunks(pieces: Iterable, size: int = CHUNK) -> Iterator:
+def chunks(pieces: Iterable[Piece], size: int = CHUNK) -> Iterator[Piece]:
     """The pieces as messages of at most ``size`` bytes, in order.
 
     Small pieces (frame heads, small frames) are joined; a piece of
     ``size`` or more goes on uncopied, in ``size`` views.
     """
     if size <= 0:
-        raise errors.ConfigError("chunk size must be positive")
+        raise ValueError("chunk size must be positive")
     buf = bytearray()
     for piece in pieces:
         n = len(piece)
@@ -219,7 +218,7 @@ class SpooledSegment:
     closed or garbage collected (it has no name on disk).
     """
 
-    def __init__(self, file, size: int) -> None:
+    def __init__(self, file: IO[bytes], size: int) -> None:
         self._file = file
         self.size = size
         self._pos = 0
@@ -243,7 +242,7 @@ class SpooledSegment:
         self._pos += len(data)
         return data
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: bytearray | memoryview) -> int:
         view = memoryview(buf).cast("B")
         n = min(len(view), self.size - self._pos)
         if n <= 0:
@@ -259,8 +258,7 @@ class SpooledSegment:
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos,
-                os.SEEK_END: self.size}[whence]
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
         self._pos = base + offset
@@ -272,8 +270,7 @@ class SpooledSegment:
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The segment's bytes in pieces of at most ``size``, from the start."""
         for offset in range(0, self.size, size):
-            yield os.pread(self._file.fileno(), min(size, self.size - offset),
-                           offset)
+            yield os.pread(self._file.fileno(), min(size, self.size - offset), offset)
 
     @property
     def closed(self) -> bool:
@@ -285,12 +282,11 @@ class SpooledSegment:
     def __enter__(self) -> "SpooledSegment":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def spooled_segments(pieces: Iterable, max_size: int,
-                     directory: str | None = None) -> Iterator[SpooledSegment]:
+def spooled_segments(pieces: Iterable[Piece], max_size: int, directory: str | None = None) -> Iterator[SpooledSegment]:
     """Regroup byte pieces into segments of exactly max_size (last shorter),
     each written to its own temporary file as the pieces come.
 
@@ -298,7 +294,7 @@ def spooled_segments(pieces: Iterable, max_size: int,
     the storage may still be reading the previous one.
     """
     if max_size <= 0:
-        raise errors.ConfigError("max_segment_size must be positive")
+        raise ValueError("max_segment_size must be positive")
     spool = None
     size = 0
     try:
@@ -306,8 +302,7 @@ def spooled_segments(pieces: Iterable, max_size: int,
             view = memoryview(piece).cast("B")
             while len(view):
                 if spool is None:
-                    spool = tempfile.TemporaryFile(prefix="rsyncv2-segment-",
-                                                   dir=directory)
+                    spool = tempfile.TemporaryFile(prefix="rsyncv2-segment-", dir=directory)
                     size = 0
                 cut = min(len(view), max_size - size)
                 spool.write(view[:cut])
@@ -327,15 +322,15 @@ def spooled_segments(pieces: Iterable, max_size: int,
             spool.close()
 
 
-def segments(pieces: Iterable, max_size: int) -> Iterator[Segment]:
+def segments(pieces: Iterable[Piece], max_size: int) -> Iterator[Segment]:
     """Regroup byte pieces into segments of exactly max_size (last shorter).
 
     Nothing is copied: a piece that straddles two segments is cut into two
     views.  A segment holds its pieces until the storage has written it.
     """
     if max_size <= 0:
-        raise errors.ConfigError("max_segment_size must be positive")
-    held: list = []
+        raise ValueError("max_segment_size must be positive")
+    held: list[Piece] = []
     size = 0
     for piece in pieces:
         n = len(piece)

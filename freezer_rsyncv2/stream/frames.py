@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import xxhash
 
@@ -53,6 +54,8 @@ _AAD = struct.Struct(">QBII")
 _CRC = struct.Struct(">I")
 _XXH = struct.Struct(">Q")
 
+Piece = compression.Piece
+
 
 class _Crc32:
     """Version 1's frame checksum."""
@@ -62,7 +65,7 @@ class _Crc32:
     def __init__(self, aad: bytes) -> None:
         self._crc = zlib.crc32(aad)
 
-    def update(self, data) -> None:
+    def update(self, data: Piece) -> None:
         self._crc = zlib.crc32(data, self._crc)
 
     def digest(self) -> bytes:
@@ -77,14 +80,34 @@ class _Xxh3:
     def __init__(self, aad: bytes) -> None:
         self._h = xxhash.xxh3_64(aad)
 
-    def update(self, data) -> None:
+    def update(self, data: Piece) -> None:
         self._h.update(data)
 
     def digest(self) -> bytes:
         return _XXH.pack(self._h.intdigest())
 
 
-_CHECKSUMS = {1: _Crc32, 2: _Xxh3, 3: _Xxh3}
+_CHECKSUMS: dict[int, type[_Crc32 | _Xxh3]] = {1: _Crc32, 2: _Xxh3, 3: _Xxh3}
+
+
+class Cipher(Protocol):
+    """What frames need of a stream's cipher (see ``NullCipher``)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def overhead(self) -> int: ...
+
+    def params(self) -> bytes: ...
+
+    def seal(self, index: int, aad: bytes, data: bytes) -> bytes: ...
+
+    def open(self, index: int, aad: bytes, sealed: Piece) -> Piece: ...
+
+
+#: ``cipher_factory(cipher_id, params)``: the cipher a stored stream names.
+CipherFactory = Callable[[int, bytes], Cipher]
 
 
 class NullCipher:
@@ -107,7 +130,7 @@ class NullCipher:
     def params(self) -> bytes:
         return b""
 
-    def sum(self, aad: bytes, pieces: Iterable) -> bytes:
+    def sum(self, aad: bytes, pieces: Iterable[Piece]) -> bytes:
         """The checksum of the associated data, then the pieces."""
         check = self.checksum(aad)
         for piece in pieces:
@@ -117,7 +140,7 @@ class NullCipher:
     def seal(self, index: int, aad: bytes, data: bytes) -> bytes:
         return data + self.sum(aad, (data,))
 
-    def open(self, index: int, aad: bytes, sealed: bytes) -> bytes:
+    def open(self, index: int, aad: bytes, sealed: Piece) -> Piece:
         size = self.overhead
         if len(sealed) < size:
             raise errors.CorruptRecordError("frame shorter than its checksum")
@@ -132,22 +155,19 @@ def null_cipher_for(cipher_id: int, params: bytes) -> NullCipher:
     if cipher_id == NullCipher.id:
         return NullCipher()
     raise errors.ConfigError(
-        "this backup is encrypted (cipher id %d); give the pass file "
-        "(--encrypt-pass-file)" % cipher_id)
+        f"this backup is encrypted (cipher id {cipher_id}); give the pass file (--encrypt-pass-file)")
 
 
 class FrameWriter:
     """Turns plaintext blocks into a header and sealed, compressed frames."""
 
-    def __init__(self, kind: int, codec: compression.Codec,
-                 cipher=None) -> None:
+    def __init__(self, kind: int, codec: compression.Codec, cipher: Cipher | None = None) -> None:
         self.codec = codec
-        self.cipher = cipher or NullCipher()
+        self.cipher: Cipher = cipher or NullCipher()
         ext = self.cipher.params()
         if len(ext) > MAX_EXT:
             raise ValueError("cipher parameters too long")
-        self._header = _HEAD.pack(MAGIC, VERSION, kind, codec.id,
-                                  self.cipher.id, len(ext)) + ext
+        self._header = _HEAD.pack(MAGIC, VERSION, kind, codec.id, self.cipher.id, len(ext)) + ext
         self._index = 0
         self._done = False
 
@@ -161,35 +181,30 @@ class FrameWriter:
             raise ValueError("frame plaintext too large")
         return self.seal(self.codec.compress(plain), len(plain), final)
 
-    def seal(self, packed: bytes, plain_len: int, final: bool = False
-             ) -> bytes:
+    def seal(self, packed: bytes, plain_len: int, final: bool = False) -> bytes:
         """The next frame, from its already compressed plaintext."""
         return b"".join(self.seal_pieces(packed, plain_len, final))
 
-    def seal_pieces(self, packed: bytes, plain_len: int, final: bool = False
-                    ) -> list:
+    def seal_pieces(self, packed: bytes, plain_len: int, final: bool = False) -> list[Piece]:
         """``seal`` as [frame head, sealed payload]: not joined."""
         if self._done:
             raise ValueError("stream already finished")
         flags = FLAG_FINAL if final else 0
         stored_len = len(packed) + self.cipher.overhead
-        aad = self._header + _AAD.pack(self._index, flags, stored_len,
-                                       plain_len)
+        aad = self._header + _AAD.pack(self._index, flags, stored_len, plain_len)
         sealed = self.cipher.seal(self._index, aad, packed)
         self._index += 1
         self._done = final
         return [_FRAME.pack(flags, stored_len, plain_len), sealed]
 
-    def frame_pieces(self, pieces: list, size: int, final: bool = False
-                     ) -> list:
+    def frame_pieces(self, pieces: list[Piece], size: int, final: bool = False) -> list[Piece]:
         """The frame of the concatenated ``pieces`` (``size`` bytes), as pieces.
 
         Same bytes as ``frame(b"".join(pieces))``.  Without compression and
         encryption nothing is copied: the pieces are passed on between the
         frame head and the checksum.
         """
-        if type(self.codec) is not compression.NoCompression \
-                or type(self.cipher) is not NullCipher:
+        if type(self.codec) is not compression.NoCompression or type(self.cipher) is not NullCipher:
             if size > MAX_PLAIN:
                 raise ValueError("frame plaintext too large")
             plain = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -201,8 +216,7 @@ class FrameWriter:
         flags = FLAG_FINAL if final else 0
         stored_len = size + self.cipher.overhead
         head = _FRAME.pack(flags, stored_len, size)
-        check = self.cipher.sum(self._header + _AAD.pack(
-            self._index, flags, stored_len, size), pieces)
+        check = self.cipher.sum(self._header + _AAD.pack(self._index, flags, stored_len, size), pieces)
         self._index += 1
         self._done = final
         return [head, *pieces, check]
@@ -215,7 +229,7 @@ class _Buffer:
     must not be changed once yielded; only reads across chunks are joined.
     """
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[Piece]) -> None:
         self._chunks = iter(chunks)
         self._view = memoryview(b"")    # unread part of the current chunk
         self.consumed = 0
@@ -227,7 +241,8 @@ class _Buffer:
             self._view = view[n:]
             self.consumed += n
             return view[:n]
-        parts, need = [], n
+        parts: list[Piece] = []
+        need = n
         while len(view) < need:
             # A copy of the tail, so this chunk is let go before the next is
             # asked for (the producer may read the one after meanwhile).
@@ -254,8 +269,7 @@ class _Buffer:
         return True
 
 
-def read_header(buf: _Buffer, kind: int
-                ) -> tuple[bytes, int, int, int, bytes]:
+def read_header(buf: _Buffer, kind: int) -> tuple[bytes, int, int, int, bytes]:
     """Parse and check a header:
     (raw header, version, codec id, cipher id, params)."""
     head = buf.read(_HEAD.size)
@@ -263,26 +277,23 @@ def read_header(buf: _Buffer, kind: int
         raise errors.TruncatedError("stream ends inside its header")
     magic, version, got_kind, codec_id, cipher_id, ext_len = _HEAD.unpack(head)
     if magic != MAGIC:
-        raise errors.BadMagicError(
-            "not a freezer_rsyncv2 stream (magic %r)" % magic)
+        raise errors.BadMagicError(f"not a freezer_rsyncv2 stream (magic {magic!r})")
     if version not in READ_VERSIONS:
         raise errors.UnsupportedVersionError(
-            "stream format version %d is not supported (this library reads "
-            "versions %s)" % (version, ", ".join(map(str, READ_VERSIONS))))
+            f"stream format version {version} is not supported (this library reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})")
     if got_kind != kind:
-        raise errors.CorruptRecordError(
-            "expected a %s, found kind %d" % (KIND_NAMES.get(kind), got_kind))
+        raise errors.CorruptRecordError(f"expected a {KIND_NAMES.get(kind)}, found kind {got_kind}")
     if ext_len > MAX_EXT:
-        raise errors.CorruptRecordError("header ext_len %d too large" % ext_len)
+        raise errors.CorruptRecordError(f"header ext_len {ext_len} too large")
     ext = buf.read(ext_len)
     if ext is None:
         raise errors.TruncatedError("stream ends inside its header")
     return bytes(head) + bytes(ext), version, codec_id, cipher_id, bytes(ext)
 
 
-def decode_frames(chunks: Iterable[bytes], kind: int,
-                  cipher_factory=null_cipher_for,
-                  info: dict | None = None) -> Iterator[bytes]:
+def decode_frames(chunks: Iterable[Piece], kind: int, cipher_factory: CipherFactory = null_cipher_for,
+                  info: dict[str, int] | None = None) -> Iterator[Piece]:
     """Yield the plaintext of each frame; strict about every length and flag.
 
     Plaintexts are bytes-like (views of the input when nothing had to be
@@ -305,31 +316,25 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
         where = buf.consumed
         head = buf.read(_FRAME.size)
         if head is None:
-            raise errors.TruncatedError(
-                "stream ends after %d frames (%d bytes) without its final "
-                "frame" % (index, where))
+            raise errors.TruncatedError(f"stream ends after {index} frames ({where} bytes) without its final frame")
         flags, stored_len, plain_len = _FRAME.unpack(head)
         head = None     # a view: the chunk may end here (see sealed, below)
         if flags & ~_KNOWN_FLAGS:
-            raise errors.CorruptRecordError(
-                "frame %d at byte %d has unknown flags 0x%02x"
-                % (index, where, flags))
+            raise errors.CorruptRecordError(f"frame {index} at byte {where} has unknown flags 0x{flags:02x}")
         if stored_len > MAX_STORED or plain_len > MAX_PLAIN:
             raise errors.CorruptRecordError(
-                "frame %d at byte %d declares %d stored / %d plain bytes, "
-                "over the limits" % (index, where, stored_len, plain_len))
+                f"frame {index} at byte {where} declares {stored_len} stored / {plain_len} plain bytes, "
+                "over the limits")
         sealed = buf.read(stored_len)
         if sealed is None:
-            raise errors.TruncatedError(
-                "stream ends inside frame %d (byte %d)" % (index, where))
+            raise errors.TruncatedError(f"stream ends inside frame {index} (byte {where})")
         aad = header + _AAD.pack(index, flags, stored_len, plain_len)
         try:
             packed = cipher.open(index, aad, sealed)
         except errors.IntegrityError as err:
-            raise type(err)("frame %d at byte %d: %s"
-                            % (index, where, err)) from err
+            raise type(err)(f"frame {index} at byte {where}: {err}") from err
         plain = codec.decompress(packed, plain_len)
-        sealed = packed = None      # no view of this chunk kept meanwhile
+        del sealed, packed          # no view of this chunk kept meanwhile
         if flags & FLAG_FINAL:
             # Checked before the last plaintext is handed on: a consumer
             # stops at the END record and never resumes this generator, so
@@ -337,10 +342,9 @@ def decode_frames(chunks: Iterable[bytes], kind: int,
             # chunk is asked for here; it may hold the stray bytes.
             if not buf.at_end():
                 raise errors.CorruptRecordError(
-                    "unexpected bytes after the final frame (frame %d, "
-                    "byte %d)" % (index, buf.consumed))
+                    f"unexpected bytes after the final frame (frame {index}, byte {buf.consumed})")
             yield plain
             return
         yield plain
-        plain = None
+        del plain
         index += 1

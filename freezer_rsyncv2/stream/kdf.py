@@ -63,8 +63,7 @@ class KdfParams:
     def check(self) -> None:
         """Refuse unknown KDFs and costs out of bounds (hostile headers)."""
         if self.kdf not in KDF_NAMES:
-            raise errors.UnsupportedVersionError(
-                "unknown KDF id %d in the cipher parameters" % self.kdf)
+            raise errors.UnsupportedVersionError(f"unknown KDF id {self.kdf} in the cipher parameters")
         if self.kdf == KDF_ARGON2ID:
             ok = (1 <= self.cost3 <= MAX_LANES
                   and 8 * self.cost3 <= self.cost1
@@ -75,8 +74,8 @@ class KdfParams:
                   and 1 <= self.cost3 <= MAX_LANES)
         if not ok or self.memory_bytes() > MAX_KDF_MEMORY:
             raise errors.CorruptRecordError(
-                "%s costs %d, %d, %d out of bounds (see docs/encryption.rst)"
-                % (KDF_NAMES[self.kdf], self.cost1, self.cost2, self.cost3))
+                f"{KDF_NAMES[self.kdf]} costs {self.cost1}, {self.cost2}, {self.cost3} out of bounds "
+                "(see docs/encryption.rst)")
 
     def derive(self, passphrase: bytes, salt: bytes) -> bytes:
         if self.kdf == KDF_ARGON2ID:
@@ -88,9 +87,9 @@ class KdfParams:
                                 iterations=self.cost2, lanes=self.cost3,
                                 memory_cost=self.cost1)
         else:
-            kdf = Scrypt(salt=salt, length=KEY_LEN, n=1 << self.cost1,
-                         r=self.cost2, p=self.cost3)
-        return kdf.derive(passphrase)
+            kdf = Scrypt(salt=salt, length=KEY_LEN, n=1 << self.cost1, r=self.cost2, p=self.cost3)
+        master: bytes = kdf.derive(passphrase)
+        return master
 
 
 # RFC 9106's second recommended option; scrypt as in its RFC 7914 advice.
@@ -106,7 +105,7 @@ def default_write_kdf() -> KdfParams:
 _CACHE_SIZE = 32
 # (passphrase, KDF costs, salt) -> Future of the master key; a failed
 # derivation leaves the cache, so a later use derives again.
-_cache: collections.OrderedDict = collections.OrderedDict()
+_cache: collections.OrderedDict[tuple[bytes, KdfParams, bytes], Future[bytes]] = collections.OrderedDict()
 _cache_lock = threading.Lock()
 # One derivation at a time, whatever the thread: memory stays bounded.
 _derive_gate = threading.Lock()
@@ -115,7 +114,13 @@ _stats = {"derivations": 0, "derive_seconds": 0.0, "wait_seconds": 0.0}
 _waiting = {"callers": 0, "since": 0.0}
 
 
-def stats() -> dict:
+def clear_cache() -> None:
+    """Forget every derived key, as a fresh process would (tests use it)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def stats() -> dict[str, float]:
     """This process's key derivations so far: how many, their seconds, and
     the seconds during which some caller of ``derive_cached`` waited for a
     key (the cost on the critical path; a prefetch that finished in time
@@ -145,8 +150,7 @@ def _waited() -> Iterator[None]:
                 _stats["wait_seconds"] += time.perf_counter() - _waiting["since"]
 
 
-def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
-           ) -> tuple[Future, bool]:
+def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes) -> tuple[Future[bytes], bool]:
     """The cached future of a master key, and whether the caller must run it."""
     key = (passphrase, kdf, salt)
     with _cache_lock:
@@ -154,7 +158,7 @@ def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
         if future is not None:
             _cache.move_to_end(key)
             return future, False
-        future = Future()
+        future = Future[bytes]()
         future.set_running_or_notify_cancel()
         _cache[key] = future
         while len(_cache) > _CACHE_SIZE:
@@ -162,8 +166,7 @@ def _claim(passphrase: bytes, kdf: KdfParams, salt: bytes
         return future, True
 
 
-def _fulfil(future: Future, passphrase: bytes, kdf: KdfParams, salt: bytes
-            ) -> None:
+def _fulfil(future: Future[bytes], passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:
     """Run one derivation into its future (never raises)."""
     try:
         with _derive_gate:
@@ -205,5 +208,4 @@ def prefetch(passphrase: bytes, kdf: KdfParams, salt: bytes) -> None:
         return
     future, mine = _claim(passphrase, kdf, salt)
     if mine:
-        threading.Thread(target=_fulfil, name="rsyncv2-kdf", daemon=True,
-                         args=(future, passphrase, kdf, salt)).start()
+        threading.Thread(target=_fulfil, name="rsyncv2-kdf", daemon=True, args=(future, passphrase, kdf, salt)).start()

@@ -46,12 +46,10 @@ class Place:
 
     def fields(self) -> dict[str, Any]:
         """The BEGIN fields that name this place."""
-        return {LEVEL: self.level, NAME: self.name, CHAIN: self.chain,
-                TIME: self.time}
+        return {LEVEL: self.level, NAME: self.name, CHAIN: self.chain, TIME: self.time}
 
 
-def check(begin: dict, expected: Place | None, what: str,
-          required: bool) -> None:
+def check(begin: dict[str, Any], expected: Place | None, what: str, required: bool) -> None:
     """Refuse a stream whose BEGIN names another place than ``expected``.
 
     ``required``: the stream's format names its place (version 3 on);
@@ -69,20 +67,15 @@ def check(begin: dict, expected: Place | None, what: str,
         if key == NAME:
             ok = isinstance(value, str) and len(value) <= _MAX_NAME
         else:
-            ok = isinstance(value, int) and not isinstance(value, bool) \
-                and 0 <= value <= _MAX_INT
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT
         if not ok:
-            raise errors.IntegrityError(
-                "%s: its BEGIN record does not name its %s (%r)"
-                % (what, key, value))
+            raise errors.IntegrityError(f"{what}: its BEGIN record does not name its {key} ({value!r})")
         if value != want[key]:
             raise errors.IntegrityError(
-                "%s belongs elsewhere: it names %s, the storage holds it as "
-                "%s (a stream moved or replayed from another place)"
-                % (what, _show(named), _show(want)))
+                f"{what} belongs elsewhere: it names {_show(named)}, the storage holds it as {_show(want)} "
+                "(a stream moved or replayed from another place)")
 
 
 def _show(fields: dict[str, Any]) -> str:
-    return "backup %r, chain %s, level %s, time %s" % (
-        fields.get(NAME), fields.get(CHAIN), fields.get(LEVEL),
-        fields.get(TIME))
+    return (f"backup {fields.get(NAME)!r}, chain {fields.get(CHAIN)}, level {fields.get(LEVEL)}, "
+            f"time {fields.get(TIME)}")

@@ -14,7 +14,9 @@ import msgpack
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs import safepath
 from freezer_rsyncv2.rsync import signature as rsig
+from freezer_rsyncv2.stream.compression import Piece
 
 BEGIN = 1        # [1, {meta}]                 first record of a stream
 ENTRY = 2        # [2, {entry}]                one tree entry (data stream)
@@ -43,13 +45,12 @@ DATA_KINDS = (DATA_NONE, DATA_FULL, DATA_DELTA, DATA_META)
 
 # How a MANIFEST record's signature travels (version 3, key ``sg``).
 SIG_FULL = "f"          # SIGBLOCKS records follow: the data blocks
-SIG_DELTA = "d"         # SIGBLOCKS/SIGZERO records follow: the blocks that
-                        # changed since the path's entry in an earlier level
+SIG_DELTA = "d"         # SIGBLOCKS/SIGZERO records follow: blocks changed since the path's entry in an earlier level
 SIG_KINDS = (SIG_FULL, SIG_DELTA)
 
-MAX_PATH = 4096
+MAX_PATH = safepath.MAX_PATH
 MAX_LITERAL = 1 << 20
-MAX_NAME = 255
+MAX_NAME = safepath.MAX_COMPONENT
 MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16
 MAX_INT = (1 << 63) - 1
@@ -129,10 +130,11 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
-def begin(meta: dict) -> bytes:
+def begin(meta: dict[str, Any]) -> bytes:
     return pack([BEGIN, meta])
 
 
@@ -192,11 +194,11 @@ def tombstone(path: bytes) -> bytes:
     return pack([TOMBSTONE, path])
 
 
-def end(totals: dict) -> bytes:
+def end(totals: dict[str, Any]) -> bytes:
     return pack([END, totals])
 
 
-def entry_map(e: fsentry.Entry, extra: dict | None = None) -> dict:
+def entry_map(e: fsentry.Entry, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The msgpack map of an entry; None-valued and default fields left out."""
     out: dict[str, Any] = {}
     for key, (attr, _typ, required) in _ENTRY_FIELDS.items():
@@ -211,77 +213,63 @@ def entry_map(e: fsentry.Entry, extra: dict | None = None) -> dict:
 
 
 def check_path(path: Any, what: str = "path") -> bytes:
-    """A stored path: relative, normalized, bounded; raises UnsafePathError."""
+    """A stored path: relative, normalized, bounded (``fs.safepath.check_path``); raises
+    UnsafePathError naming ``what``, or CorruptRecordError for a value that is not bytes."""
     if not isinstance(path, bytes):
-        raise errors.CorruptRecordError("%s is not bytes: %r" % (what, path))
-    if not path or len(path) > MAX_PATH:
-        raise errors.UnsafePathError("%s has bad length %d" % (what, len(path)))
-    if b"\0" in path or path.startswith(b"/"):
-        raise errors.UnsafePathError("%s %r is not a relative path" % (what, path))
-    for part in path.split(b"/"):
-        if part in (b"", b".", b"..") or len(part) > MAX_NAME:
-            raise errors.UnsafePathError(
-                "%s %r has a bad component %r" % (what, path, part))
+        raise errors.CorruptRecordError(f"{what} is not bytes: {path!r}")
+    try:
+        safepath.check_path(path)
+    except errors.UnsafePathError as err:
+        raise errors.UnsafePathError(f"{what}: {err}") from None
     return path
 
 
-def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict]:
+def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict[str, Any]]:
     """Validate an entry map: (Entry, extra fields). Raises CorruptRecordError."""
     if not isinstance(m, dict):
-        raise errors.CorruptRecordError("entry is not a map: %r" % type(m))
+        raise errors.CorruptRecordError(f"entry is not a map: {type(m)!r}")
     kwargs: dict[str, Any] = {}
     path = m.get("p")
     for key, (attr, typ, required) in _ENTRY_FIELDS.items():
         if key not in m:
             if required:
-                raise errors.CorruptRecordError(
-                    "entry %r lacks field %r" % (path, key))
+                raise errors.CorruptRecordError(f"entry {path!r} lacks field {key!r}")
             kwargs[attr] = None if typ is not int else 0
             continue
         value = m[key]
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise errors.CorruptRecordError(
-                "entry %r field %r has type %s"
-                % (path, key, type(value).__name__))
-        if typ is int:
+            raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
+        if typ is int and isinstance(value, int):
             _check_bounds(path, key, value)
-        if typ is bytes and len(value) > MAX_PATH:
-            raise errors.CorruptRecordError(
-                "entry %r field %r too long" % (path, key))
+        if typ is bytes and isinstance(value, bytes) and len(value) > MAX_PATH:
+            raise errors.CorruptRecordError(f"entry {path!r} field {key!r} too long")
         kwargs[attr] = value
     check_path(kwargs["path"])
     if kwargs["kind"] not in fsentry.KINDS:
-        raise errors.CorruptRecordError(
-            "entry %r has unknown kind %r" % (path, kwargs["kind"]))
+        raise errors.CorruptRecordError(f"entry {path!r} has unknown kind {kwargs['kind']!r}")
     extra: dict[str, Any] = {}
     for key, value in m.items():
         if key in _ENTRY_FIELDS:
             continue
-        typ = _EXTRA_FIELDS.get(key)
-        if typ is None:
-            raise errors.CorruptRecordError(
-                "entry %r has unknown field %r" % (path, key))
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise errors.CorruptRecordError(
-                "entry %r field %r has type %s"
-                % (path, key, type(value).__name__))
-        if typ is int:
+        extra_type = _EXTRA_FIELDS.get(key)
+        if extra_type is None:
+            raise errors.CorruptRecordError(f"entry {path!r} has unknown field {key!r}")
+        if not isinstance(value, extra_type) or (extra_type is int and isinstance(value, bool)):
+            raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
+        if extra_type is int and isinstance(value, int):
             _check_bounds(path, key, value)
         extra[key] = value
     kwargs["xattrs"] = _check_xattrs(path, extra.pop("x", {}))
     data = extra.get("data", DATA_NONE)
     if data not in DATA_KINDS:
-        raise errors.CorruptRecordError(
-            "entry %r has unknown data kind %r" % (path, data))
+        raise errors.CorruptRecordError(f"entry {path!r} has unknown data kind {data!r}")
     if "pn" in extra:
         check_path(extra["pn"], "basis path")
     if "sg" in extra and (extra["sg"] not in SIG_KINDS
                           or kwargs["kind"] != fsentry.KIND_FILE
                           or not isinstance(extra.get("B"), int)
                           or "w" in extra):
-        raise errors.CorruptRecordError(
-            "entry %r has a malformed signature kind %r"
-            % (path, extra["sg"]))
+        raise errors.CorruptRecordError(f"entry {path!r} has a malformed signature kind {extra['sg']!r}")
     return fsentry.Entry(**kwargs), extra
 
 
@@ -289,35 +277,30 @@ def _check_bounds(path: Any, key: str, value: int) -> None:
     """Refuse an integer field outside ``INT_BOUNDS``, naming it."""
     lo, hi = INT_BOUNDS[key]
     if not lo <= value <= hi:
-        form = "%#o" if key == "m" else "%d"    # modes read best in octal
+        spec = "#o" if key == "m" else "d"    # modes read best in octal
         raise errors.CorruptRecordError(
-            ("entry %%r field %%r out of range: %s (allowed %s..%s)"
-             % (form, form, form)) % (path, key, value, lo, hi))
+            f"entry {path!r} field {key!r} out of range: {value:{spec}} (allowed {lo:{spec}}..{hi:{spec}})")
 
 
-def _check_xattrs(path: Any, x: dict) -> dict[bytes, bytes]:
+def _check_xattrs(path: Any, x: dict[Any, Any]) -> dict[bytes, bytes]:
     if len(x) > MAX_XATTRS:
-        raise errors.CorruptRecordError("entry %r has too many xattrs" % path)
+        raise errors.CorruptRecordError(f"entry {path!r} has too many xattrs")
     for k, v in x.items():
         if (not isinstance(k, bytes) or not isinstance(v, bytes)
                 or not k or len(k) > MAX_NAME or b"\0" in k
                 or len(v) > MAX_XATTR_VALUE):
-            raise errors.CorruptRecordError(
-                "entry %r has a malformed xattr %r" % (path, k))
+            raise errors.CorruptRecordError(f"entry {path!r} has a malformed xattr {k!r}")
     return x
 
 
-def _int(rec: list, i: int, lo: int = 0) -> int:
+def _int(rec: list[Any], i: int, lo: int = 0) -> int:
     value = rec[i]
-    if not isinstance(value, int) or isinstance(value, bool) \
-            or not lo <= value <= MAX_INT:
-        raise errors.CorruptRecordError(
-            "%s record field %d is not an integer in range: %r"
-            % (NAMES[rec[0]], i, value))
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= MAX_INT:
+        raise errors.CorruptRecordError(f"{NAMES[rec[0]]} record field {i} is not an integer in range: {value!r}")
     return value
 
 
-def _check(rec: Any) -> tuple:
+def _check(rec: Any) -> tuple[Any, ...]:
     """Validate one raw record's shape; returns it as a tuple."""
     if not isinstance(rec, list) or not rec:
         raise errors.CorruptRecordError("record is not a non-empty array")
@@ -326,13 +309,11 @@ def _check(rec: Any) -> tuple:
              DELETE: 2, END: 2, MANIFEST: 2, TOMBSTONE: 2, SIGBLOCKS: 4,
              SIGZERO: 3}
     if not isinstance(rtype, int) or rtype not in arity:
-        raise errors.CorruptRecordError("unknown record type %r" % (rtype,))
+        raise errors.CorruptRecordError(f"unknown record type {rtype!r}")
     if len(rec) != arity[rtype]:
-        raise errors.CorruptRecordError(
-            "%s record has %d fields, expected %d"
-            % (NAMES[rtype], len(rec), arity[rtype]))
+        raise errors.CorruptRecordError(f"{NAMES[rtype]} record has {len(rec)} fields, expected {arity[rtype]}")
     if rtype in (BEGIN, END) and not isinstance(rec[1], dict):
-        raise errors.CorruptRecordError("%s record is not a map" % NAMES[rtype])
+        raise errors.CorruptRecordError(f"{NAMES[rtype]} record is not a map")
     elif rtype in (ENTRY, MANIFEST):
         e, extra = entry_from_map(rec[1])
         return (rtype, e, extra)
@@ -356,11 +337,9 @@ def _check(rec: Any) -> tuple:
         if not isinstance(weak, bytes) or not isinstance(strong, bytes):
             raise errors.CorruptRecordError("SIGBLOCKS hashes are not bytes")
         count = len(weak) // WEAK_LEN
-        if not 1 <= count <= MAX_SIG_RUN or len(weak) != count * WEAK_LEN \
-                or len(strong) != count * STRONG_LEN:
+        if not 1 <= count <= MAX_SIG_RUN or len(weak) != count * WEAK_LEN or len(strong) != count * STRONG_LEN:
             raise errors.CorruptRecordError(
-                "SIGBLOCKS record has %d weak and %d strong hash bytes"
-                % (len(weak), len(strong)))
+                f"SIGBLOCKS record has {len(weak)} weak and {len(strong)} strong hash bytes")
     elif rtype == SIGZERO:
         _int(rec, 1)
         _int(rec, 2, lo=1)
@@ -384,7 +363,7 @@ class _Reader:
     every other record is unpacked by msgpack from just its own bytes.
     """
 
-    def __init__(self, plain_frames: Iterable[bytes]) -> None:
+    def __init__(self, plain_frames: Iterable[Piece]) -> None:
         self._frames = iter(plain_frames)
         self._view = memoryview(b"")
         self._pos = 0
@@ -404,8 +383,7 @@ class _Reader:
         """The next raw record (the stream must not be at its end)."""
         view, pos = self._view, self._pos
         if view[pos:pos + 2] == _LIT_HEAD:
-            size_len = _BIN_LEN.get(view[pos + 2]) if pos + 2 < len(view) \
-                else None
+            size_len = _BIN_LEN.get(view[pos + 2]) if pos + 2 < len(view) else None
             start = pos + 3 + (size_len or 0)
             if size_len and start <= len(view):
                 size = int.from_bytes(view[pos + 3:start], "big")
@@ -444,8 +422,7 @@ class _Reader:
                 raw = unpacker.unpack()
             except msgpack.OutOfData:
                 if fed > _MAX_RECORD:
-                    raise errors.CorruptRecordError(
-                        "record larger than %d bytes" % _MAX_RECORD) from None
+                    raise errors.CorruptRecordError(f"record larger than {_MAX_RECORD} bytes") from None
                 self._pos = start + len(piece)
                 step = min(step * 4, _MAX_RECORD)
                 continue
@@ -453,7 +430,7 @@ class _Reader:
             return raw
 
 
-def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
+def decode(plain_frames: Iterable[Piece]) -> Iterator[tuple[Any, ...]]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
@@ -469,11 +446,9 @@ def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
         except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
                 msgpack.exceptions.StackError, msgpack.exceptions.BufferFull,
                 ValueError, TypeError) as err:
-            raise errors.CorruptRecordError(
-                "undecodable record: %s" % err) from err
+            raise errors.CorruptRecordError(f"undecodable record: {err}") from err
         if first and rec[0] != BEGIN:
-            raise errors.CorruptRecordError(
-                "stream does not open with BEGIN (%s)" % NAMES.get(rec[0]))
+            raise errors.CorruptRecordError(f"stream does not open with BEGIN ({NAMES.get(rec[0])})")
         if not first and rec[0] == BEGIN:
             raise errors.CorruptRecordError("second BEGIN record")
         first = False
@@ -483,8 +458,7 @@ def decode(plain_frames: Iterable[bytes]) -> Iterator[tuple]:
             # frames to their end, so the frame layer's own checks (a final
             # frame, nothing after it) run here too.
             if not reader.at_end():
-                raise errors.CorruptRecordError(
-                    "trailing bytes after END record")
+                raise errors.CorruptRecordError("trailing bytes after END record")
             yield rec
             return
         yield rec

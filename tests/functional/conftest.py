@@ -3,9 +3,8 @@ import os
 
 import pytest
 
-from freezer_rsyncv2.engine import base as engine_base
 from freezer_rsyncv2.engine import rsyncv2
-from freezer_rsyncv2.storage import base as storage_base
+from freezer_rsyncv2.storage import layout
 from freezer_rsyncv2.storage import local
 
 
@@ -24,8 +23,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(engine_base, "now", c)
-    monkeypatch.setattr(storage_base, "now", lambda: c.last or 0)
+    monkeypatch.setattr(layout, "now", c)
     return c
 
 

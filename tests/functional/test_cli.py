@@ -121,13 +121,13 @@ def test_bad_option_value_exits_2(env, capsys):
 
 
 def test_warnings_exit_3(env, capsys, monkeypatch):
-    original = file_reader._read_range
+    original = file_reader.read_range
 
     def shrinking(fd, offset, length, step, path, warn):
         for chunk in original(fd, offset, length, step, path, warn):
             os.truncate(os.path.join(env["src"], "d/b.bin"), 10)
             yield chunk
-    monkeypatch.setattr(file_reader, "_read_range", shrinking)
+    monkeypatch.setattr(file_reader, "read_range", shrinking)
     assert run(*backup_args(env)) == 3
     assert "PARTIAL" in capsys.readouterr().out
 

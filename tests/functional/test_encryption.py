@@ -12,7 +12,7 @@ import xxhash
 from freezer_rsyncv2 import cli, errors, treehash
 from freezer_rsyncv2.fs import filedata
 from freezer_rsyncv2.fs import walk as fswalk
-from freezer_rsyncv2.stream import crypto
+from freezer_rsyncv2.stream import crypto, kdf
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -82,7 +82,7 @@ def test_three_levels_round_trip(make_engine, src, restore_dir, passfile,
     for path in stored(make_engine.container, "metadata"):
         assert json.loads(read(path))["encryption"] is True
     # A fresh process would pay the KDF once for the whole chain.
-    crypto._cache.clear()
+    kdf.clear_cache()
     calls = []
     real = crypto.KdfParams.derive
     monkeypatch.setattr(crypto.KdfParams, "derive",
@@ -104,7 +104,7 @@ def test_backups_derive_their_key_once_in_the_background(
         crypto.KdfParams, "derive", lambda self, p, s: calls.append(
             (s, threading.current_thread().name)) or real(self, p, s))
     for level in (0, 1):
-        crypto._cache.clear()       # as in a fresh process
+        kdf.clear_cache()       # as in a fresh process
         calls.clear()
         treeutil.write(os.path.join(src, "a.txt"), b"a%d" % level,
                        T0 + level)
@@ -136,7 +136,7 @@ def test_level_one_walks_while_the_key_is_derived(
 
     monkeypatch.setattr(fswalk, "walk", walk)
     monkeypatch.setattr(crypto.KdfParams, "derive", derive)
-    crypto._cache.clear()
+    kdf.clear_cache()
     treeutil.write(os.path.join(src, "f05"), b"changed", T0 + 1)
     assert backup(make_engine(encrypt_key=passfile), src) == 1
 

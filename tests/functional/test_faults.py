@@ -69,14 +69,14 @@ def test_full_disk_on_restore_then_rerun(make_engine, src, restore_dir,
         treeutil.write(os.path.join(src, "f%d" % i), rnd(300000))
     backup(make_engine(), src)
     calls = []
-    real = filedata._write_all
+    real = filedata.write_all
 
     def enospc(fd, data):
         calls.append(1)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data)
-    monkeypatch.setattr(filedata, "_write_all", enospc)
+    monkeypatch.setattr(filedata, "write_all", enospc)
     dest = restore_dir()
     with pytest.raises(errors.RestoreError, match="No space left"):
         restore(make_engine(), dest)

@@ -56,13 +56,13 @@ sys.exit(cli.main(sys.argv[1:]))
 SLOW_CLEANUP = """
 import os, sys, time
 from freezer_rsyncv2 import cli
-from freezer_rsyncv2.engine import queue
-real = queue.RichQueue.force_stop
+from freezer_rsyncv2 import handoff
+real = handoff.RichQueue.force_stop
 def slow(self, *args, **kwargs):
     open(os.environ["MARK"], "w").close()
     time.sleep(%d)
     return real(self, *args, **kwargs)
-queue.RichQueue.force_stop = slow   # the first step of an interrupted backup's cleanup
+handoff.RichQueue.force_stop = slow   # the first step of an interrupted backup's cleanup
 sys.exit(cli.main(sys.argv[1:]))
 """ % HANG
 

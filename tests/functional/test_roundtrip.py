@@ -234,7 +234,8 @@ class _RecordingStorage(local.LocalStorage):
 
     def __init__(self, *args, takes_segments, **kwargs):
         super().__init__(*args, **kwargs)
-        self.takes_segments = takes_segments
+        if not takes_segments:
+            self.message_form = encoder.BYTES
         self.kinds = set()
         self.sizes = []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import random
 import types
 
@@ -13,7 +12,7 @@ import pytest
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.fs import regular
-from freezer_rsyncv2.fs.restore import TMP_PREFIX
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
 from freezer_rsyncv2.stream import records
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
@@ -31,12 +30,12 @@ def small_stage(monkeypatch):
 def in_place(monkeypatch):
     """Counts the in-place patches restores make."""
     calls = []
-    real = regular.RegularFiles._patch_in_place
+    real = regular.RegularFiles.patch_in_place
 
     def counting(self, entry, *args):
         calls.append(entry.path)
         return real(self, entry, *args)
-    monkeypatch.setattr(regular.RegularFiles, "_patch_in_place", counting)
+    monkeypatch.setattr(regular.RegularFiles, "patch_in_place", counting)
     return calls
 
 
@@ -101,8 +100,7 @@ def _restore_crafted(dest: str, levels: list[bytes]) -> None:
         for level, stream in enumerate(levels):
             backup_ = types.SimpleNamespace(level=level,
                                             hostname_backup_name="crafted")
-            engine.restore_level(dest, sk.FakePipe(stream), backup_,
-                                 queue.Queue())
+            engine.restore_level(dest, sk.FakePipe(stream), backup_)
 
 
 def _in_place_level(path: bytes, old: bytes, digest: bytes) -> bytes:

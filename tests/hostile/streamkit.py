@@ -69,12 +69,7 @@ def restore_stream(dest: str, data: bytes, level: int = 0,
     """Apply one crafted level to dest the way the engine restores a level."""
     engine = rsyncv2.Rsyncv2Engine()
     backup = types.SimpleNamespace(level=level, hostname_backup_name="crafted")
-    errors: list = []
-
-    class Q:
-        def put(self, item):
-            errors.append(item)
-    engine.restore_level(dest, FakePipe(data, chunk), backup, Q())
+    engine.restore_level(dest, FakePipe(data, chunk), backup)
 
 
 def tree_state(root: str) -> dict:

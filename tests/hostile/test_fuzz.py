@@ -183,9 +183,8 @@ hostile_fields = st.lists(st.tuples(
     st.sampled_from(INT_KEYS),
     st.one_of(st.sampled_from(EDGES), st.integers(-(1 << 63), (1 << 64) - 1))),
     min_size=1, max_size=3, unique_by=lambda t: t[0])
-fair_fields = st.lists(st.sampled_from(INT_KEYS).flatmap(
-    lambda key: st.tuples(st.just(key),
-                          st.integers(*records.INT_BOUNDS[key]))),
+fair_fields = st.lists(
+    st.sampled_from(INT_KEYS).flatmap(lambda key: st.tuples(st.just(key), st.integers(*records.INT_BOUNDS[key]))),
     max_size=2).map(dict)
 
 

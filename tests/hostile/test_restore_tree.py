@@ -198,8 +198,7 @@ def test_hardlinks_made_by_the_restore_stay_one_inode(arena, outside):
         for level, data in enumerate((level0, level1)):
             backup = types.SimpleNamespace(level=level,
                                            hostname_backup_name="crafted")
-            engine.restore_level(arena.root, sk.FakePipe(data), backup,
-                                 None)
+            engine.restore_level(arena.root, sk.FakePipe(data), backup)
     a, b = (os.lstat(os.path.join(arena.root, n)) for n in ("a", "b"))
     assert a.st_ino == b.st_ino and a.st_nlink == 2
     assert (a.st_uid, stat.S_IMODE(a.st_mode)) == (OWNER, 0o640)

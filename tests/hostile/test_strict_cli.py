@@ -173,8 +173,7 @@ def _one_error_line(out: str, err: str, says: str) -> str:
 
 @pytest.mark.parametrize("command", ["restore", "verify"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cli_prints_one_line_and_exits_1(crafted, capfd, monkeypatch, case,
-                                        command):
+def test_cli_prints_one_line_and_exits_1(crafted, capfd, monkeypatch, case, command):
     crafted.put(case)
     raised: list = []
     real = cli.COMMANDS[command]

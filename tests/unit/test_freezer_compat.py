@@ -124,7 +124,7 @@ def test_freezers_put_file_is_replaced_on_the_engines_storage_only(freezer_s3, t
     storage, other = freezer_s3("bucket/pre", client), freezer_s3("bucket/pre", client)
     original = freezer_s3.put_file
     engine = Rsyncv2Engine(storage=storage)
-    assert engine.storage is storage
+    assert engine.storage.inner is storage      # wrapped once (storage.foreign)
     assert "put_file" in vars(storage) and "stored_size" in vars(storage)
     assert freezer_s3.put_file is original and not hasattr(freezer_s3, "stored_size")
     assert "put_file" not in vars(other)

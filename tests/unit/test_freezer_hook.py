@@ -102,10 +102,10 @@ def test_block_size_left_at_freezers_default_means_automatic(monkeypatch):
 
     monkeypatch.setattr(freezer_engine, "left_at_default", lambda name: True)
     engine = freezer_engine.Rsyncv2Engine(storage=None, rsync_block_size=4096)
-    assert engine.cfg.block_size is None
+    assert engine.config.block_size is None
     monkeypatch.setattr(freezer_engine, "left_at_default", lambda name: False)
     engine = freezer_engine.Rsyncv2Engine(storage=None, rsync_block_size=4096)
-    assert engine.cfg.block_size == 4096
+    assert engine.config.block_size == 4096
 
 
 def test_everything_else_is_untouched(fake_freezer):

@@ -51,3 +51,35 @@ def test_min_zero_blocks():
     assert extents.min_zero_blocks(131072) == 8
     assert extents.min_zero_blocks(16 << 20) == 1
     assert extents.min_zero_blocks(700) == -(-(1 << 20) // 700)
+
+
+MiB = 1 << 20
+BLOCK = 4096
+
+
+def test_file_pieces_reads_only_the_data_ranges():
+    size = 4 * MiB
+    asked = []
+
+    def read(offset, length):
+        asked.append((offset, length))
+        yield b"x" * length
+    pieces = list(extents.file_pieces(read, [(10, 5), (3 * MiB, 1)], size, BLOCK))
+    assert asked == [(0, BLOCK), (3 * MiB, BLOCK)]
+    assert pieces == [extents.Piece(b"x" * BLOCK), extents.Piece(zeros=3 * MiB - BLOCK),
+                      extents.Piece(b"x" * BLOCK), extents.Piece(bytes(MiB - BLOCK))]    # short: data
+
+
+def test_file_pieces_sends_short_zero_runs_as_data():
+    data = b"d" * BLOCK + bytes(2 * BLOCK) + b"e" * BLOCK
+    pieces = list(extents.file_pieces(lambda offset, length: [data], [(0, len(data))], len(data), BLOCK))
+    assert pieces == [extents.Piece(data)]     # too small a file to scan for zero blocks
+    big = b"d" * BLOCK + bytes(2 * BLOCK) + b"e" * (MiB - 3 * BLOCK)
+    pieces = list(extents.file_pieces(lambda offset, length: [big], [(0, len(big))], len(big), BLOCK))
+    assert pieces == [extents.Piece(b"d" * BLOCK), extents.Piece(bytes(2 * BLOCK)),
+                      extents.Piece(b"e" * (MiB - 3 * BLOCK))]
+
+
+def test_file_pieces_stop_at_a_short_read():
+    pieces = list(extents.file_pieces(lambda offset, length: [b"x" * 100], [(0, 8 * MiB)], 8 * MiB, BLOCK))
+    assert pieces == [extents.Piece(b"x" * 100)]

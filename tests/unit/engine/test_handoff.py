@@ -11,7 +11,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.engine import base
-from freezer_rsyncv2.engine.queue import QueuePipe
+from freezer_rsyncv2.handoff import QueuePipe
 from freezer_rsyncv2.engine.rsyncv2 import Rsyncv2Engine
 
 JOIN = 5.0
@@ -67,7 +67,7 @@ class Engine(base.BackupEngine):
             yield b"%06d" % i
 
     def restore_level(self, restore_path: str, read_pipe: Any, backup: Any,
-                      except_queue: Any) -> None:
+                      except_queue: Any = None) -> None:
         self.pipe = read_pipe
         while True:
             try:
@@ -92,12 +92,12 @@ class Backup:
 
 
 def restore_one(engine: Engine) -> None:
-    """_restore_one on a thread, so that a hang fails the test instead of blocking it."""
+    """restore_one on a thread, so that a hang fails the test instead of blocking it."""
     box: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            engine._restore_one("/nonexistent", Backup(engine.storage))
+            engine.restore_one("/nonexistent", Backup(engine.storage))
         except BaseException as err:   # noqa: BLE001 - inspected below
             box["error"] = err
 
@@ -158,7 +158,7 @@ def test_restore_level_that_stops_reading_early_does_not_hang() -> None:
     storage = Storage(10_000)
 
     class Quitter(Engine):
-        def restore_level(self, restore_path, read_pipe, backup, except_queue):
+        def restore_level(self, restore_path, read_pipe, backup, except_queue=None):
             read_pipe.recv_bytes()
 
     restore_one(Quitter(storage))

@@ -19,8 +19,8 @@ def test_get_sign_delta_queues_records_and_writes_the_manifest(tmp_path):
     batches = []
     while not q.empty():
         batches.append(q.get_nowait())
-    assert all(isinstance(b, bytes) for b in batches)
-    recs = list(records.decode(batches))
+    assert all(isinstance(piece, bytes) for b in batches for piece in b)
+    recs = list(records.decode(b"".join(b) for b in batches))
     entries = [r[1].path for r in recs if r[0] == records.ENTRY]
     assert entries == [b"d", b"d/a.txt"]
     data = b"".join(r[1] for r in recs if r[0] == records.LITERAL)

@@ -53,7 +53,6 @@ def test_hash_fd_of_a_sparse_file_reads_only_its_data(tmp_path, monkeypatch,
     expected.update(b"end")
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert filehash.hash_fd(fd, "blake3-tree") == (expected.digest(),
-                                                        size)
+        assert filehash.hash_fd(fd, "blake3-tree") == (expected.digest(), size)
     finally:
         os.close(fd)

@@ -11,7 +11,8 @@ import pytest
 from freezer_rsyncv2.errors import IntegrityError, UnsafePathError
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs import regular
-from freezer_rsyncv2.fs.restore import TMP_PREFIX, RestoreTree
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
+from freezer_rsyncv2.fs.restore import RestoreTree
 
 STAGE = 64 << 10
 

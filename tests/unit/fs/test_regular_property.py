@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs import regular
-from freezer_rsyncv2.fs.restore import TMP_PREFIX, RestoreTree
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
+from freezer_rsyncv2.fs.restore import RestoreTree
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

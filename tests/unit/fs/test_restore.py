@@ -14,7 +14,8 @@ import pytest
 from freezer_rsyncv2.errors import (
     CorruptRecordError, IntegrityError, RestoreError, UnsupportedVersionError)
 from freezer_rsyncv2.fs import entry as E
-from freezer_rsyncv2.fs.restore import TMP_PREFIX, RestoreTree
+from freezer_rsyncv2.fs.filedata import TMP_PREFIX
+from freezer_rsyncv2.fs.restore import RestoreTree
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")

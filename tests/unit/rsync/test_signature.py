@@ -11,8 +11,8 @@ import xxhash
 from freezer_rsyncv2.errors import CorruptRecordError
 from freezer_rsyncv2.rsync.rollsum import weak_hash
 from freezer_rsyncv2.rsync.signature import (
-    MAX_BLOCK,
-    MIN_BLOCK,
+    MAX_AUTO_BLOCK,
+    MIN_AUTO_BLOCK,
     STRONG_LEN,
     Signature,
     SignatureBuilder,
@@ -42,9 +42,9 @@ def test_strong_hash() -> None:
 @pytest.mark.parametrize(
     ("size", "expected"),
     [
-        (0, MIN_BLOCK),
-        (1, MIN_BLOCK),
-        (700 * 700, MIN_BLOCK),
+        (0, MIN_AUTO_BLOCK),
+        (1, MIN_AUTO_BLOCK),
+        (700 * 700, MIN_AUTO_BLOCK),
         (1 << 20, 1024),
         (10**6, 1000),
         (1001 * 1001, 1000),  # sqrt 1001 rounds down to a multiple of 8
@@ -53,15 +53,15 @@ def test_strong_hash() -> None:
         (4096 * 4096, 4096),
         (8 << 30, 65536),  # sqrt 92681: a power of two from 4096 on
         (512 << 20, 16384),
-        (MAX_BLOCK * MAX_BLOCK, MAX_BLOCK),
-        (1 << 40, MAX_BLOCK),
+        (MAX_AUTO_BLOCK * MAX_AUTO_BLOCK, MAX_AUTO_BLOCK),
+        (1 << 40, MAX_AUTO_BLOCK),
     ],
 )
 def test_block_size_rule(size: int, expected: int) -> None:
     got = block_size_for(size)
     assert got == expected
-    assert got % 8 == 4 or got % 8 == 0  # MIN_BLOCK is 700
-    assert MIN_BLOCK <= got <= MAX_BLOCK
+    assert got % 8 == 4 or got % 8 == 0  # MIN_AUTO_BLOCK is 700
+    assert MIN_AUTO_BLOCK <= got <= MAX_AUTO_BLOCK
 
 
 def test_block_size_fixed() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from freezer_rsyncv2.errors import BackupNotFoundError, StorageError
-from freezer_rsyncv2.storage import base, layout
+from freezer_rsyncv2.storage import layout
 from freezer_rsyncv2.storage.base import LevelZeroNotFoundError, Storage
 
 
@@ -21,10 +21,4 @@ def test_storage_is_abstract() -> None:
 
 
 def test_now_is_int_seconds() -> None:
-    assert isinstance(base.now(), int)
-
-
-def test_layout_names_are_reexported() -> None:
-    for name in ("Backup", "EngineLike", "path_join", "validate_name", "parse_level_dir",
-                 "METADATA_NAME", "DATA_NAME", "ENGINE_METADATA_NAME"):
-        assert getattr(base, name) is getattr(layout, name)
+    assert isinstance(layout.now(), int)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
+from freezer_rsyncv2.handoff import QueueStopped, RichQueue
 from freezer_rsyncv2.errors import BackupNotFoundError, FormatError, StorageError
-from freezer_rsyncv2.storage import base
+from freezer_rsyncv2.storage import base, layout
 from freezer_rsyncv2.storage.base import Backup, Storage
 from freezer_rsyncv2.storage.local import LocalStorage
 
@@ -148,7 +148,7 @@ class StorageContract:
             list(storage.backup_blocks(backup))
 
     def test_failed_queue_leaves_no_data_under_final_name(self, storage: Storage) -> None:
-        rich = RichQueue(size=2, poll_interval=0.05)
+        rich = RichQueue(size=2)
         backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)
 
         def produce() -> None:
@@ -170,7 +170,7 @@ class StorageContract:
             yield b"x" * 10
             raise RuntimeError("source vanished")
 
-        rich = RichQueue(size=1, poll_interval=0.05)
+        rich = RichQueue(size=1)
         errors: list[BaseException] = []
 
         def produce() -> None:
@@ -322,7 +322,7 @@ class StorageContract:
         """Levels 0, 1, 2 of one chain; the clock sits just after level 2."""
         for ts, level in ((1000, 0), (2000, 1), (3000, 2)):
             write_level(storage, tmp, 1000, ts, level)
-        monkeypatch.setattr(base, "now", lambda: 3001)
+        monkeypatch.setattr(layout, "now", lambda: 3001)
         return storage
 
     def previous(self, storage: Storage, incremental: bool = True, max_level: int | None = None,
@@ -363,9 +363,9 @@ class StorageContract:
 
     def test_previous_restart_always_level_expiry(self, chain: Storage,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(base, "now", lambda: 3000 + 86400)
+        monkeypatch.setattr(layout, "now", lambda: 3000 + 86400)
         assert self.previous(chain, restart_always_level=1).level == 2
-        monkeypatch.setattr(base, "now", lambda: 3000 + 86400 + 1)
+        monkeypatch.setattr(layout, "now", lambda: 3000 + 86400 + 1)
         assert self.previous(chain, restart_always_level=1) is None
         assert self.previous(chain, restart_always_level=2).level == 2
         assert self.previous(chain, restart_always_level=0).level == 2
@@ -528,7 +528,7 @@ class StorageContract:
             yield b"half of level 1"
             raise RuntimeError("source vanished")
 
-        rich = RichQueue(size=1, poll_interval=0.05)
+        rich = RichQueue(size=1)
 
         def produce() -> None:
             try:
@@ -584,7 +584,6 @@ class StorageContract:
                 assert read_all(storage, backup) == b"".join(segments[level::2])
                 assert backup.metadata() == {"name": name, "level": level}
         assert storage.backup_names(ENGINE.name) == ["alpha", "beta"]
-
 
     # -- a hostile container: names, publication, sizes --------------------------------------
 
@@ -677,8 +676,8 @@ class StorageContract:
     def test_metadata_past_its_bound_is_refused(self, storage: Storage, tmp: Path) -> None:
         backup = write_level(storage, tmp, 100, 100, 0, complete=False)
         self.put_bytes(storage, tmp, backup.metadata_path,
-                       b"{" + b" " * base.MAX_METADATA_SIZE + b"}")
-        with pytest.raises(StorageError, match=f"more than the {base.MAX_METADATA_SIZE}") as info:
+                       b"{" + b" " * layout.MAX_METADATA_SIZE + b"}")
+        with pytest.raises(StorageError, match=f"more than the {layout.MAX_METADATA_SIZE}") as info:
             backup.metadata()
         assert type(info.value) is StorageError and "\n" not in str(info.value)
         assert backup.metadata_path in str(info.value)

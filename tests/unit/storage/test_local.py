@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from freezer_rsyncv2.engine.queue import QueueStopped, RichQueue
-from freezer_rsyncv2.errors import ConfigError, StorageError
+from freezer_rsyncv2.handoff import QueueStopped, RichQueue
+from freezer_rsyncv2.errors import StorageError
 from freezer_rsyncv2.storage import local, localfs
 from freezer_rsyncv2.storage.base import Backup, StorageFileNotFoundError
 from freezer_rsyncv2.storage.local import LocalStorage
@@ -45,7 +45,7 @@ def test_relative_path_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("size", [0, -1, 1.5, None, True])
 def test_bad_segment_size(tmp_path: Path, size: object) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         LocalStorage(tmp_path, max_segment_size=size)  # type: ignore[arg-type]
 
 
@@ -67,7 +67,7 @@ def test_on_disk_layout_is_freezers(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "c")
-    rich = RichQueue(size=4, poll_interval=0.05)
+    rich = RichQueue(size=4)
     rich.put(b"abc")
     rich.force_stop()
     backup = Backup(ENGINE, NAME, 10, 10, 0, storage=storage)

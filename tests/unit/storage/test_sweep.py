@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from freezer_rsyncv2.engine.queue import RichQueue
+from freezer_rsyncv2.handoff import RichQueue
 from freezer_rsyncv2.errors import ConfigError
 from freezer_rsyncv2.storage import sweep
 from freezer_rsyncv2.storage.base import Backup, Storage
@@ -141,8 +141,7 @@ def test_abandon_removes_only_its_engines_unpublished_levels(local: LocalStorage
     mine, theirs = FakeEngine(), FakeEngine()
     done = write_level(local, tmp_path, OLD, OLD, 0, [b"done"])
     local.write_backup(queue_of([b"mine"]), Backup(mine, NAME, OLD, OLD + 1, 1, storage=local))
-    local.write_backup(queue_of([b"theirs"]), Backup(theirs, NAME, OLD, OLD + 2, 1,
-                                                      storage=local))
+    local.write_backup(queue_of([b"theirs"]), Backup(theirs, NAME, OLD, OLD + 2, 1, storage=local))
     assert local.abandon(mine)
     assert not level_dir(local, NAME, OLD, 1, OLD + 1).exists()
     assert level_dir(local, NAME, OLD, 1, OLD + 2).is_dir()
@@ -260,10 +259,10 @@ def test_s3_abandon_aborts_the_running_upload(s3: S3Storage, s3_server: S3Server
 def test_storages_without_the_hooks_never_remove_anything(tmp_path: Path) -> None:
     """A Storage subclass that supplies none of the sweep hooks (the defaults)."""
     class Minimal(LocalStorage):
-        _sweep_temporaries = Storage._sweep_temporaries
-        _subtree_info = Storage._subtree_info
-        _object_paths = Storage._object_paths
-        _remove_empty_dir = Storage._remove_empty_dir
+        sweep_temporaries = Storage.sweep_temporaries
+        subtree_info = Storage.subtree_info
+        object_paths = Storage.object_paths
+        remove_empty_dir = Storage.remove_empty_dir
 
     store = Minimal(tmp_path / "store", max_segment_size=64)
     write_level(store, tmp_path, OLD, OLD, 0, [b"orphan"], complete=False)

@@ -7,6 +7,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression, crypto, encoder, frames
+from freezer_rsyncv2.stream import kdf as kdfmod
 
 pytestmark = pytest.mark.usefixtures("cheap_kdf")
 
@@ -246,18 +247,18 @@ def ext_with(keys, **changes):
 
 
 @pytest.mark.parametrize("changes", [
-    dict(kdf=crypto.KDF_ARGON2ID, c1=100 << 20, c2=3, c3=4),  # 100 GiB
-    dict(kdf=crypto.KDF_ARGON2ID, c1=(1 << 20) + 1, c2=1, c3=1),
-    dict(kdf=crypto.KDF_ARGON2ID, c1=65536, c2=1_000_000, c3=1),
-    dict(kdf=crypto.KDF_ARGON2ID, c1=65536, c2=0, c3=1),
-    dict(kdf=crypto.KDF_ARGON2ID, c1=65536, c2=3, c3=0),
-    dict(kdf=crypto.KDF_ARGON2ID, c1=65536, c2=3, c3=4096),
-    dict(kdf=crypto.KDF_ARGON2ID, c1=8, c2=1, c3=2),
-    dict(kdf=crypto.KDF_SCRYPT, c1=40, c2=8, c3=1),
-    dict(kdf=crypto.KDF_SCRYPT, c1=20, c2=32, c3=1),
-    dict(kdf=crypto.KDF_SCRYPT, c1=14, c2=8, c3=10_000),
-    dict(kdf=crypto.KDF_SCRYPT, c1=0, c2=8, c3=1),
-    dict(kdf=crypto.KDF_SCRYPT, c1=0xFFFFFFFF, c2=0xFFFFFFFF, c3=1),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=100 << 20, c2=3, c3=4),  # 100 GiB
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=(1 << 20) + 1, c2=1, c3=1),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=65536, c2=1_000_000, c3=1),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=65536, c2=0, c3=1),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=65536, c2=3, c3=0),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=65536, c2=3, c3=4096),
+    dict(kdf=kdfmod.KDF_ARGON2ID, c1=8, c2=1, c3=2),
+    dict(kdf=kdfmod.KDF_SCRYPT, c1=40, c2=8, c3=1),
+    dict(kdf=kdfmod.KDF_SCRYPT, c1=20, c2=32, c3=1),
+    dict(kdf=kdfmod.KDF_SCRYPT, c1=14, c2=8, c3=10_000),
+    dict(kdf=kdfmod.KDF_SCRYPT, c1=0, c2=8, c3=1),
+    dict(kdf=kdfmod.KDF_SCRYPT, c1=0xFFFFFFFF, c2=0xFFFFFFFF, c3=1),
 ])
 def test_hostile_kdf_params_are_refused_before_deriving(
         keys, monkeypatch, changes):
@@ -286,23 +287,23 @@ def test_unknown_params_version_kdf_and_bad_lengths(keys):
 
 def test_scrypt_streams_round_trip(keys, monkeypatch):
     monkeypatch.setattr(crypto, "WRITE_KDF",
-                        crypto.KdfParams(crypto.KDF_SCRYPT, 4, 1, 1))
+                        crypto.KdfParams(kdfmod.KDF_SCRYPT, 4, 1, 1))
     data = encode([b"scrypt data"], keys.writing_cipher())
-    assert data[16] == crypto.KDF_SCRYPT
+    assert data[16] == kdfmod.KDF_SCRYPT
     assert decode(data, crypto.Keyring(b"correct horse battery staple")
                   .open_cipher) == b"scrypt data"
 
 
 def test_production_kdf_parameters_are_strong():
-    argon, scrypt = crypto.ARGON2ID_DEFAULT, crypto.SCRYPT_DEFAULT
-    assert argon.kdf == crypto.KDF_ARGON2ID
+    argon, scrypt = kdfmod.ARGON2ID_DEFAULT, kdfmod.SCRYPT_DEFAULT
+    assert argon.kdf == kdfmod.KDF_ARGON2ID
     assert argon.memory_bytes() >= 64 << 20 and argon.cost2 >= 3
-    assert scrypt.kdf == crypto.KDF_SCRYPT
+    assert scrypt.kdf == kdfmod.KDF_SCRYPT
     assert scrypt.cost1 >= 17 and scrypt.memory_bytes() >= 128 << 20
     for params in (argon, scrypt):
         params.check()            # readable within the reader's bounds
-    expected = argon if crypto.Argon2id is not None else scrypt
-    assert crypto.default_write_kdf() == expected
+    expected = argon if kdfmod.Argon2id is not None else scrypt
+    assert kdfmod.default_write_kdf() == expected
 
 
 def write_manifest(path, cipher):
@@ -352,9 +353,7 @@ def test_bad_pass_files_are_config_errors(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(errors.ConfigError, match="pass file"):
-        crypto.cipher_for_writing(str(path))
-    with pytest.raises(errors.ConfigError, match="pass file"):
-        crypto.cipher_factory(str(path))
+        crypto.Keyring.from_pass_file(str(path))
     with pytest.raises(errors.ConfigError, match="pass file"):
         crypto.read_passphrase(str(tmp_path))      # a directory
 
@@ -362,5 +361,6 @@ def test_bad_pass_files_are_config_errors(tmp_path, content):
 def test_module_level_helpers_round_trip(tmp_path):
     path = tmp_path / "pass"
     path.write_bytes(b"helper pass\n")
-    data = encode([b"via helpers"], crypto.cipher_for_writing(str(path)))
-    assert decode(data, crypto.cipher_factory(str(path))) == b"via helpers"
+    keyring = crypto.Keyring.from_pass_file(str(path))
+    data = encode([b"via helpers"], keyring.writing_cipher())
+    assert decode(data, crypto.Keyring.from_pass_file(str(path)).open_cipher) == b"via helpers"

@@ -101,7 +101,7 @@ def test_segments_regroup_exactly():
     assert b"".join(bytes(s) for s in segs) == b"".join(pieces)
     assert all(len(s) == 4096 for s in segs[:-1])
     assert 0 < len(segs[-1]) <= 4096
-    with pytest.raises(errors.ConfigError):
+    with pytest.raises(ValueError):
         list(encoder.segments([b"x"], 0))
     data = os.urandom(frames.FRAME_PLAIN)
     enc = encoder.StreamEncoder(frames.KIND_DATA, compression.by_name("none"))

@@ -17,9 +17,9 @@ WAIT = 10       # seconds: a test that would hang fails instead
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    crypto._cache.clear()
+    kdfmod.clear_cache()
     yield
-    crypto._cache.clear()
+    kdfmod.clear_cache()
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_background_error_surfaces_on_use_and_is_not_cached(monkeypatch):
 
 
 def test_prefetch_of_bad_costs_does_nothing_and_use_reports_them(calls):
-    hostile = crypto.KdfParams(crypto.KDF_ARGON2ID, 1 << 30, 3, 4)
+    hostile = crypto.KdfParams(kdfmod.KDF_ARGON2ID, 1 << 30, 3, 4)
     keys = crypto.Keyring(PASS)
     keys.prefetch(hostile, b"s" * crypto.SALT_LEN)
     assert not kdf_threads()
@@ -172,7 +172,7 @@ def test_prefetch_chain_uses_the_salt_of_level_zero(tmp_path, calls):
     level0 = str(tmp_path / "m0")
     with open(level0, "wb") as out:
         out.write(b"".join(encode_manifest(crypto.Keyring(PASS))))
-    crypto._cache.clear()
+    kdfmod.clear_cache()
     calls.clear()
     keys = crypto.Keyring(PASS)
     keys.prefetch_chain(level0)
@@ -180,7 +180,7 @@ def test_prefetch_chain_uses_the_salt_of_level_zero(tmp_path, calls):
         keys.writing_cipher([level0]).params())
     assert calls == [(params.salt, "rsyncv2-kdf")]
     # Unreadable or unencrypted: the writer's own fresh salt instead.
-    crypto._cache.clear()
+    kdfmod.clear_cache()
     calls.clear()
     keys.prefetch_chain(str(tmp_path / "missing"))
     join_kdf_threads()

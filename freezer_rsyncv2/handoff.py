@@ -15,13 +15,9 @@ from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2.errors import ConfigError, Rsyncv2Error
+from freezer_rsyncv2.errors import Rsyncv2Error
 
 LOG = log.getLogger(__name__)
-
-#: Most seconds a blocked side waits before it checks the queue's state again
-#: (a change wakes it at once).
-DEFAULT_POLL_INTERVAL = 0.2
 
 
 class QueueStopped(Rsyncv2Error):
@@ -34,10 +30,9 @@ class RichQueue:
     Interface of ``freezer.utils.streaming.RichQueue`` so Freezer's storages'
     ``write_backup(rich_queue, backup)`` can consume it. Invariants: every
     state change (a message put or taken, ``finish()``, ``force_stop()``)
-    wakes the other side at once, so the end of the stream is seen without
-    delay and ``force_stop()`` from either side makes the other raise
-    QueueStopped instead of hanging; blocked waits also re-check at least
-    every ``poll_interval`` seconds.  ``finish()`` is only called after the
+    wakes the other side at once (no polling), so the end of the stream is
+    seen without delay and ``force_stop()`` from either side makes the other
+    raise QueueStopped instead of hanging.  ``finish()`` is only called after the
     last ``put`` returned, so "finished and empty" means "drained".
 
     ``size`` is how many messages may wait between the two sides.  With
@@ -47,13 +42,10 @@ class RichQueue:
     ``size + 2``.
     """
 
-    def __init__(self, size: int = 2, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+    def __init__(self, size: int = 2) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ConfigError(f"queue size must be an int >= 0, got {size!r}")
-        if not poll_interval > 0:
-            raise ConfigError(f"poll_interval must be > 0, got {poll_interval!r}")
+            raise ValueError(f"queue size must be an int >= 0, got {size!r}")
         self.size = size
-        self.poll_interval = poll_interval
         self._items: collections.deque[Any] = collections.deque()
         self._room = max(size, 1)
         self._put_count = 0         # messages put so far
@@ -103,11 +95,8 @@ class RichQueue:
         return not self._finished or bool(self._items)
 
     def _wait(self, deadline: float | None = None) -> None:
-        """Wait (lock held) for a change, at most poll_interval or to deadline."""
-        wait = self.poll_interval
-        if deadline is not None:
-            wait = max(0.0, min(wait, deadline - time.monotonic()))
-        self._changed.wait(wait)
+        """Wait (lock held) for a change, or until ``deadline``."""
+        self._changed.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # -- producer ----------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from freezer_rsyncv2.engine.queue import QueuePipe, QueueStopped, RichQueue
-from freezer_rsyncv2.errors import ConfigError, Rsyncv2Error, StorageError
+from freezer_rsyncv2.handoff import QueuePipe, QueueStopped, RichQueue
+from freezer_rsyncv2.errors import Rsyncv2Error, StorageError
 
 POLL = 0.05
 JOIN = 5.0
@@ -51,21 +51,12 @@ def test_queue_stopped_is_library_error_not_storage_error() -> None:
 
 @pytest.mark.parametrize("size", [-1, True, 1.5, None])
 def test_bad_size(size: object) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         RichQueue(size)  # type: ignore[arg-type]
 
 
-def test_bad_poll_interval() -> None:
-    with pytest.raises(ConfigError):
-        RichQueue(2, poll_interval=0)
-
-
-def test_default_poll_interval_in_range() -> None:
-    assert 0.1 <= RichQueue().poll_interval <= 1
-
-
 def test_transfer_in_order_between_threads() -> None:
-    rich = RichQueue(size=2, poll_interval=POLL)
+    rich = RichQueue(size=2)
     messages = [bytes([i % 256]) * (i % 13) for i in range(500)]
     producer = started(lambda: rich.put_messages(messages))
     consumer = started(lambda: list(rich.get_messages()))
@@ -76,7 +67,7 @@ def test_transfer_in_order_between_threads() -> None:
 
 
 def test_slow_producer_does_not_end_consumer_early() -> None:
-    rich = RichQueue(size=1, poll_interval=POLL)
+    rich = RichQueue(size=1)
 
     def produce() -> None:
         for i in range(3):
@@ -99,7 +90,7 @@ def test_get_messages_of_finished_empty_queue() -> None:
 
 
 def test_get_timeout() -> None:
-    rich = RichQueue(poll_interval=POLL)
+    rich = RichQueue()
     start = time.monotonic()
     with pytest.raises(queue.Empty):
         rich.get(timeout=0.15)
@@ -107,7 +98,7 @@ def test_get_timeout() -> None:
 
 
 def test_consumer_stop_unblocks_producer() -> None:
-    rich = RichQueue(size=1, poll_interval=POLL)
+    rich = RichQueue(size=1)
     producer = started(lambda: rich.put_messages(iter(lambda: b"x", None)))  # endless
     assert rich.get() == b"x"
     rich.force_stop()
@@ -116,7 +107,7 @@ def test_consumer_stop_unblocks_producer() -> None:
 
 
 def test_producer_stop_unblocks_consumer() -> None:
-    rich = RichQueue(size=2, poll_interval=POLL)
+    rich = RichQueue(size=2)
     consumer = started(lambda: list(rich.get_messages()))
     rich.put(b"one")
     time.sleep(3 * POLL)  # the consumer is now blocked waiting for more
@@ -125,7 +116,7 @@ def test_producer_stop_unblocks_consumer() -> None:
 
 
 def test_stop_wins_over_queued_messages() -> None:
-    rich = RichQueue(size=4, poll_interval=POLL)
+    rich = RichQueue(size=4)
     rich.put(b"a")
     rich.put(b"b")
     rich.force_stop()
@@ -140,7 +131,7 @@ def test_stop_wins_over_queued_messages() -> None:
 
 
 def test_failing_producer_iterable_stops_consumer() -> None:
-    rich = RichQueue(size=2, poll_interval=POLL)
+    rich = RichQueue(size=2)
 
     def messages():
         yield b"ok"
@@ -162,7 +153,7 @@ def test_put_after_finish_is_an_error() -> None:
 
 def test_freezer_style_consumer_loop() -> None:
     """The loop Freezer's fslike/swift write_backup use: iterate get_messages()."""
-    rich = RichQueue(size=2, poll_interval=POLL)
+    rich = RichQueue(size=2)
     producer = started(lambda: rich.put_messages([b"a", b"bc", b""]))
     received = bytearray()
     for message in rich.get_messages():
@@ -174,7 +165,7 @@ def test_freezer_style_consumer_loop() -> None:
 
 def test_hand_off_put_returns_once_taken() -> None:
     """size=0: nothing waits in the queue; put() returns when the consumer took it."""
-    rich = RichQueue(size=0, poll_interval=POLL)
+    rich = RichQueue(size=0)
     producer = started(lambda: rich.put(b"a"))
     time.sleep(3 * POLL)
     assert producer.is_alive()          # nobody took it yet
@@ -184,7 +175,7 @@ def test_hand_off_put_returns_once_taken() -> None:
 
 
 def test_hand_off_put_without_consumer_stops_on_force_stop() -> None:
-    rich = RichQueue(size=0, poll_interval=POLL)
+    rich = RichQueue(size=0)
     producer = started(lambda: rich.put(b"a"))
     time.sleep(3 * POLL)
     rich.force_stop()
@@ -194,7 +185,7 @@ def test_hand_off_put_without_consumer_stops_on_force_stop() -> None:
 @pytest.mark.parametrize("size", [0, 1, 3])
 def test_producer_is_at_most_size_plus_one_ahead(size: int) -> None:
     """What the two sides hold: the consumer's message, ``size`` queued, one being put."""
-    rich = RichQueue(size=size, poll_interval=POLL)
+    rich = RichQueue(size=size)
     produced = []
 
     def messages():
@@ -213,7 +204,7 @@ def test_producer_is_at_most_size_plus_one_ahead(size: int) -> None:
 
 
 def test_queue_pipe_reads_like_a_pipe() -> None:
-    rich = RichQueue(size=0, poll_interval=POLL)
+    rich = RichQueue(size=0)
     pipe = QueuePipe(rich)
     blocks = [b"one", b"", b"three"]
     producer = started(lambda: rich.put_messages(blocks))
@@ -227,7 +218,7 @@ def test_queue_pipe_reads_like_a_pipe() -> None:
 
 
 def test_queue_pipe_ends_when_the_producer_stops() -> None:
-    rich = RichQueue(size=0, poll_interval=POLL)
+    rich = RichQueue(size=0)
     pipe = QueuePipe(rich)
     rich.force_stop()
     with pytest.raises(EOFError):
@@ -235,7 +226,7 @@ def test_queue_pipe_ends_when_the_producer_stops() -> None:
 
 
 def test_queue_pipe_close_stops_the_producer() -> None:
-    rich = RichQueue(size=0, poll_interval=POLL)
+    rich = RichQueue(size=0)
     pipe = QueuePipe(rich)
     producer = started(lambda: rich.put_messages(iter(lambda: b"x", None)))  # endless
     assert pipe.recv_bytes() == b"x"
@@ -244,20 +235,17 @@ def test_queue_pipe_close_stops_the_producer() -> None:
 
 
 def test_queue_pipe_maxlength() -> None:
-    rich = RichQueue(size=1, poll_interval=POLL)
+    rich = RichQueue(size=1)
     rich.put(b"abcd")
     with pytest.raises(OSError):
         QueuePipe(rich).recv_bytes(maxlength=3)
     assert rich.is_force_stop
 
 
-SLOW_POLL = 30.0    # a side that waited for its poll would make these tests fail
-
-
 @pytest.mark.parametrize("size", [0, 2])
 def test_consumer_sees_the_end_at_once(size: int) -> None:
-    """The last get() returns when finish() is called, not a poll interval later."""
-    rich = RichQueue(size=size, poll_interval=SLOW_POLL)
+    """The last get() returns when finish() is called (a wake-up, not a poll)."""
+    rich = RichQueue(size=size)
     consumer = started(lambda: list(rich.get_messages()))
     rich.put(b"a")
     time.sleep(0.05)            # the consumer now waits for the next message
@@ -268,10 +256,10 @@ def test_consumer_sees_the_end_at_once(size: int) -> None:
 
 
 def test_force_stop_wakes_both_sides_at_once() -> None:
-    full = RichQueue(size=1, poll_interval=SLOW_POLL)
+    full = RichQueue(size=1)
     full.put(b"a")
     producer = started(lambda: full.put(b"b"))       # blocks: no room
-    empty = RichQueue(size=1, poll_interval=SLOW_POLL)
+    empty = RichQueue(size=1)
     consumer = started(empty.get)                     # blocks: nothing queued
     time.sleep(0.05)
     start = time.monotonic()
