@@ -7,8 +7,10 @@ resident set size is the agent process's own ``VmHWM`` (read from its
 is held in memory (docs/freezer-agent.rst, "Memory"), so the peak does not
 grow with the file: a level 0, a level 1 and a restore each stay under
 RSS_LIMIT_MB with the local storage and with Swift.  With S3 the agent
-itself starts higher (botocore's S3 model), and the bound checked is the
-one docs/freezer-agent.rst gives for it.
+reaches our engine about 10 MB higher (what Python keeps of the botocore
+clients Freezer built before our engine was loaded, and the one lean
+client the engine keeps), and the bound checked is the one
+docs/freezer-agent.rst gives for it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ MIB = 1 << 20
 SEGMENT = 32 * MIB                  # freezer-agent's default --max-segment-size
 BIG = 4 * SEGMENT + 9 * MIB         # more than four segments
 RSS_LIMIT_MB = 150.0                # local and Swift (issue 18)
-S3_RSS_LIMIT_MB = 170.0             # S3: see docs/freezer-agent.rst, "Memory"
+S3_RSS_LIMIT_MB = 155.0             # S3: see docs/freezer-agent.rst, "Memory"
 TIMEOUT = 240
 
 
@@ -108,3 +110,7 @@ def test_swift_memory_is_bounded(agent, swift, tmp_path):  # noqa: F811
 def test_s3_memory_is_bounded(agent, s3, tmp_path):  # noqa: F811
     round_trip(agent, s3, tmp_path / "src", tmp_path / "restored",
                S3_RSS_LIMIT_MB)
+    # Each level's data is one object, uploaded in parts of the default size.
+    data = [key for key in s3.keys("data", "mem") if key.endswith("/data")]
+    assert len(data) == 2, data
+    assert max(s3.size(key) for key in data) > 4 * SEGMENT

@@ -7,6 +7,7 @@ upload and checks its data upload (``freezer_rsyncv2.freezer_compat``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -119,3 +120,54 @@ def test_lost_data_upload_fails_the_backup(agent, s3, tmp_path):
     assert s3.keys("metadata", "lost") == []
     # No level is listed (no metadata), nor any of its engine metadata.
     assert s3.keys("data", "lost") == []
+
+
+#: Builds Freezer's S3 client and ours (freezer_s3.lean_client) for the
+#: same storage, each measured by tracemalloc while alive, and uses both.
+LEAN_CLIENT = """
+import gc, json, os, tracemalloc
+from freezer.storage import s3
+from freezer_rsyncv2 import freezer_s3
+
+storage = s3.S3Storage(os.environ["KEY"], os.environ["SECRET"], os.environ["ENDPOINT"],
+                       os.environ["BUCKET"] + "/lean", 32 << 20, skip_prepare=True)
+
+def held(make):
+    gc.collect()
+    tracemalloc.start()
+    client = make()
+    gc.collect()
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return client, size
+
+theirs, their_size = held(storage.get_s3_connection)
+ours, our_size = held(lambda: freezer_s3.lean_client(
+    storage.access_key, storage.secret_key, storage.endpoint))
+ours.create_bucket(Bucket=os.environ["BUCKET"])
+ours.put_object(Bucket=os.environ["BUCKET"], Key="lean/x", Body=b"written by ours")
+body = theirs.get_object(Bucket=os.environ["BUCKET"], Key="lean/x")["Body"].read()
+doc = lambda client: client.meta.service_model.operation_model("PutObject").documentation
+print(json.dumps({"theirs": their_size, "ours": our_size, "body": body.decode(),
+                  "their_doc": len(doc(theirs)), "our_doc": len(doc(ours)),
+                  "same_operations": sorted(theirs.meta.method_to_api_mapping)
+                  == sorted(ours.meta.method_to_api_mapping)}))
+"""
+
+
+def test_lean_client_holds_less_and_works(agent, s3):
+    """The client the engine gives Freezer's S3 storage holds a third of Freezer's.
+
+    Same operations and settings, talking to the same server; botocore's
+    endpoint data of other services and the model's documentation are
+    not kept (docs/freezer-agent.rst, "Memory").
+    """
+    done = agent.venv_python(LEAN_CLIENT, env={
+        "KEY": s3.server.access_key, "SECRET": s3.server.secret_key,
+        "ENDPOINT": s3.server.endpoint, "BUCKET": s3.bucket})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["body"] == "written by ours"
+    assert got["same_operations"]
+    assert got["their_doc"] > 0 and got["our_doc"] == 0
+    assert got["ours"] < got["theirs"] / 3, got
