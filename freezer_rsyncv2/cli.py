@@ -1,4 +1,4 @@
-"""freezer-rsyncv2 command line: backup, restore, verify, list, cleanup; thin over the engine.
+"""freezer-rsyncv2 command line: backup, restore, verify, list, ls, diff, cleanup; thin over the engine.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 finished with warnings
 (entries skipped or changed while read), 128 + the signal's number when
@@ -9,11 +9,10 @@ the run had written (``interrupt``).
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -21,174 +20,33 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log
 
-import freezer_rsyncv2
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import interrupt
+from freezer_rsyncv2 import inventory
 from freezer_rsyncv2 import opts
 from freezer_rsyncv2 import verify
+from freezer_rsyncv2.cli_parser import OS_OPTIONS, build_parser
 from freezer_rsyncv2.cli_output import (
-    OneLineLogFilter, PrintableFormatter, TtyProgress, describe_sweep, human_size,
-    printable)
+    OneLineLogFilter, PrintableFormatter, TtyProgress, change_json, describe_sweep, entry_json, human_size,
+    iso_time, level_json, long_line, print_json, printable)
 from freezer_rsyncv2.engine import rsyncv2
+from freezer_rsyncv2.fs.walk import show_path
 from freezer_rsyncv2.storage import factory
 from freezer_rsyncv2.storage import sweep as sweeping
-from freezer_rsyncv2.stream import compression
 
 LOG = log.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_WARNINGS = (
     errors.EXIT_OK, errors.EXIT_FAILURE, errors.EXIT_USAGE, errors.EXIT_WARNINGS)
 
-EPILOG = """exit codes:
-  0  success
-  1  failure (the reason is printed on one line)
-  2  usage error (bad or missing option)
-  3  finished with warnings (entries skipped or changed while read)
-  130, 143, 129  stopped by SIGINT, SIGTERM or SIGHUP (128 + the signal's
-     number) after removing what the run had written; a second signal
-     ends it at once
-"""
 
-
-def _date(text: str) -> int:
-    """A date as freezer-agent reads it: UTC unless it names its zone."""
-    try:
-        when = datetime.datetime.fromisoformat(text)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        return int(when.timestamp())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected YYYY-MM-DDThh:mm:ss, got {text!r}") from None
-
-
-def _sweep_age(text: str) -> float:
-    try:
-        return sweeping.parse_age(text, "--sweep-age")
-    except errors.ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="freezer-rsyncv2", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"rsync-algorithm incremental backups (freezer_rsyncv2 {freezer_rsyncv2.__version__})")
-    parser.add_argument("--version", action="version",
-                        version=freezer_rsyncv2.__version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        common(p)
-        return p
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--container", required=True,
-                       help="local: directory holding the backups; "
-                            "s3: BUCKET[/PREFIX]; swift: NAME[/PREFIX]")
-        p.add_argument("--storage", choices=factory.KINDS, default="local",
-                       help="where the backups live (default: local)")
-        p.add_argument("--endpoint", metavar="URL",
-                       help="s3: endpoint URL (default: $AWS_ENDPOINT_URL, "
-                            "else AWS)")
-        p.add_argument("--access-key", metavar="KEY",
-                       help="s3: access key (default: $AWS_ACCESS_KEY_ID)")
-        p.add_argument("--secret-key", metavar="KEY",
-                       help="s3: secret key (default: "
-                            "$AWS_SECRET_ACCESS_KEY)")
-        _add_os_options(p)
-        p.add_argument("--hostname", default=socket.gethostname(),
-                       help="host part of the backup name (default: this "
-                            "host, as freezer-agent does)")
-        p.add_argument("--config-file", action="append", default=[],
-                       help="oslo.config file with an [rsyncv2] section")
-        p.add_argument("--debug", action="store_true",
-                       help="log debug messages")
-
-    b = command("backup", "back up a directory or a file")
-    b.add_argument("--path-to-backup", required=True)
-    b.add_argument("--backup-name", required=True)
-    b.add_argument("--compression", choices=compression.NAMES)
-    b.add_argument("--encrypt-pass-file")
-    b.add_argument("--max-level", type=int)
-    b.add_argument("--always-level", type=int)
-    b.add_argument("--restart-always-level", type=float, metavar="DAYS")
-    b.add_argument("--no-incremental", action="store_true",
-                   help="force a new level 0")
-    b.add_argument("--exclude", action="append",
-                   help="glob pattern to leave out (repeatable)")
-    b.add_argument("--dereference-symlink", action="store_true")
-    b.add_argument("--rsync-block-size", type=int)
-    b.add_argument("--max-segment-size", type=int)
-    b.add_argument("--dry-run", action="store_true",
-                   help="read and delta everything, store nothing")
-    _add_sweep_age(b)
-
-    r = command("restore", "restore a backup into a directory")
-    r.add_argument("--backup-name", required=True)
-    r.add_argument("--restore-abs-path", required=True)
-    r.add_argument("--restore-from-date", type=_date,
-                   metavar="YYYY-MM-DDThh:mm:ss",
-                   help="newest level not after this time (UTC unless a "
-                        "zone such as +02:00 is given, as freezer-agent)")
-    r.add_argument("--overwrite", action="store_true")
-    r.add_argument("--encrypt-pass-file")
-
-    v = command("verify", "read a whole chain, check every record and "
-                "file digest")
-    v.add_argument("--backup-name", required=True)
-    v.add_argument("--restore-from-date", type=_date,
-                   metavar="YYYY-MM-DDThh:mm:ss",
-                   help="verify the chain as restored at this time (UTC)")
-    v.add_argument("--encrypt-pass-file")
-
-    ls = command("list", "list chains, levels and sizes")
-    ls.add_argument("--backup-name")
-
-    c = command("cleanup", "remove what interrupted runs of a backup left: "
-                "temporary objects, incomplete uploads, unfinished levels")
-    c.add_argument("--backup-name", required=True)
-    _add_sweep_age(c)
-    return parser
-
-
-#: Swift's identity options: (option, OS_* variable, help).
-OS_OPTIONS = (
-    ("auth-url", "OS_AUTH_URL", "identity endpoint (v1: the tempauth URL)"),
-    ("username", "OS_USERNAME", "user name"),
-    ("password", "OS_PASSWORD", "password (v1: the key)"),
-    ("project-name", "OS_PROJECT_NAME", "project (tenant) name"),
-    ("user-domain-name", "OS_USER_DOMAIN_NAME", "user's domain (default: Default)"),
-    ("project-domain-name", "OS_PROJECT_DOMAIN_NAME",
-     "project's domain (default: Default)"),
-    ("region-name", "OS_REGION_NAME", "region of the object-store endpoint"),
-    ("auth-version", "OS_AUTH_VERSION",
-     "identity API version: 3 (Keystone, default), 2, or 1 (tempauth)"),
-)
-
-
-def _add_os_options(p: argparse.ArgumentParser) -> None:
-    for name, variable, text in OS_OPTIONS:
-        p.add_argument("--os-" + name, metavar="VALUE",
-                       help=f"swift: {text} (default: ${variable})")
-
-
-def _add_sweep_age(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sweep-age", type=_sweep_age, metavar="SECONDS",
-                   help="remove leftovers of interrupted runs of the backup "
-                        "older than this (default: $%s, else the config "
-                        "file's sweep_age, else %d: a day)"
-                        % (sweeping.AGE_VARIABLE, sweeping.DEFAULT_AGE))
-
-
-def _setup_logging(debug: bool) -> None:
+def _setup_logging(debug: bool, stderr: bool = False) -> None:
+    """oslo.log's handlers, every line escaped; ``stderr``: log there, not on stdout."""
     conf = cfg.ConfigOpts()
     log.register_options(conf)
     conf(args=[], project="freezer-rsyncv2")
     conf.set_override("debug", debug)
+    conf.set_override("use_stderr", stderr)
     theirs = set(logging.getLogger().handlers)     # e.g. a test runner's
     log.setup(conf, "freezer-rsyncv2")
     for handler in logging.getLogger().handlers:
@@ -306,15 +164,53 @@ def cmd_list(args: argparse.Namespace, progress) -> int:
         storage.backup_names(engine.name)
     if args.backup_name and not storage.list_chains(engine, names[0]):
         raise errors.BackupNotFoundError(f"no backup named {names[0]} in {args.container}")
+    if args.json:
+        backups = []
+        for name in names:
+            chains = [{"level_zero_timestamp": chain[min(chain)].level_zero_timestamp,
+                       "levels": [level_json(chain[lvl], storage.level_size(chain[lvl])) for lvl in sorted(chain)]}
+                      for chain in storage.list_chains(engine, name)]
+            backups.append({"name": name, "chains": chains})
+        print_json({"backups": backups})
+        return EXIT_OK
     for name in names:
         print(printable(name))       # names a storage lists: attacker data
         for chain in storage.list_chains(engine, name):
             first = chain[min(chain)]
-            print(f"  chain {_iso(first.level_zero_timestamp)}")
+            print(f"  chain {iso_time(first.level_zero_timestamp)}")
             for level in sorted(chain):
                 b = chain[level]
                 size = human_size(storage.level_size(b))
-                print("    level %d  %s  %s" % (level, _iso(b.timestamp), size))
+                print("    level %d  %s  %s" % (level, iso_time(b.timestamp), size))
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace, progress) -> int:
+    """The tree a restore at --restore-from-date gives, one entry a line (``inventory``)."""
+    engine = _engine(args, _storage(args, skip_prepare=True), None)
+    with inventory.tree_at(engine, _name(args), args.restore_from_date) as tree:
+        entries = inventory.select(tree.entries(), args.paths)
+        if args.json:
+            print_json({"backup": _name(args), **level_json(tree.top),
+                        "entries": [entry_json(me.entry) for me in entries]})
+            return EXIT_OK
+        for me in entries:
+            print(long_line(me.entry) if args.long else show_path(me.entry.path))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace, progress) -> int:
+    """What changed from the tree at --from-date to the one at --to-date, restic's letters."""
+    engine = _engine(args, _storage(args, skip_prepare=True), None)
+    with inventory.tree_at(engine, _name(args), args.from_date) as old, \
+            inventory.tree_at(engine, _name(args), args.to_date) as new:
+        changes = inventory.diff(old.entries(), new.entries())
+        if args.json:
+            print_json({"backup": _name(args), "from": level_json(old.top), "to": level_json(new.top),
+                        "changes": [change_json(c) for c in changes]})
+            return EXIT_OK
+        for change in changes:
+            print(f"{change.letter}  {show_path(change.path)}")
     return EXIT_OK
 
 
@@ -343,20 +239,16 @@ def cmd_cleanup(args: argparse.Namespace, progress) -> int:
     return EXIT_WARNINGS if report.failed else EXIT_OK
 
 
-def _iso(ts: int) -> str:
-    return datetime.datetime.fromtimestamp(
-        int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list,
-            "verify": cmd_verify, "cleanup": cmd_cleanup}
+            "ls": cmd_ls, "diff": cmd_diff, "verify": cmd_verify, "cleanup": cmd_cleanup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.debug)
-    progress = TtyProgress() if sys.stderr.isatty() else None
+    quiet = args.command in ("ls", "diff") or getattr(args, "json", False)
+    _setup_logging(args.debug, stderr=quiet)
+    progress = TtyProgress() if sys.stderr.isatty() and not quiet else None
     # SIGINT, SIGTERM and SIGHUP raise Interrupted from here on: the run
     # unwinds through its cleanup (temporary files, uploads, staged files).
     try:
@@ -373,6 +265,10 @@ def _run(args: argparse.Namespace, progress) -> int:
         return _failed(err, err.exit_code, args.debug)
     except cfg.Error as err:        # a configuration file's bad value
         return _failed(err, EXIT_USAGE, args.debug)
+    except BrokenPipeError:         # ``ls | head``: the reader has what it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 128 + signal.SIGPIPE
     except OSError as err:
         return _failed(err, EXIT_FAILURE, args.debug)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
 import logging
+import stat
 import sys
 import time
+from typing import Any
 
 from freezer_rsyncv2 import progress as prog
+from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs.safepath import escape
 
 
@@ -139,3 +145,87 @@ def human_size(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return str(n)
+
+
+#: The name of each entry kind in JSON documents.
+KIND_NAMES = {fsentry.KIND_FILE: "file", fsentry.KIND_DIR: "dir", fsentry.KIND_SYMLINK: "symlink",
+              fsentry.KIND_FIFO: "fifo", fsentry.KIND_CHR: "chr", fsentry.KIND_BLK: "blk",
+              fsentry.KIND_HARDLINK: "hardlink"}
+_KIND_BITS = {fsentry.KIND_FILE: stat.S_IFREG, fsentry.KIND_HARDLINK: stat.S_IFREG, fsentry.KIND_DIR: stat.S_IFDIR,
+              fsentry.KIND_SYMLINK: stat.S_IFLNK, fsentry.KIND_FIFO: stat.S_IFIFO, fsentry.KIND_CHR: stat.S_IFCHR,
+              fsentry.KIND_BLK: stat.S_IFBLK}
+
+
+def iso_time(seconds: int) -> str:
+    """A UTC time as ``2026-01-31T12:00:00Z``; the number itself when out of the calendar's range."""
+    try:
+        return datetime.datetime.fromtimestamp(int(seconds), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(int(seconds))
+
+
+def json_text(fields: dict[str, Any], name: str, raw: bytes | None) -> None:
+    """Put raw bytes (a path, a link target) into a JSON document under ``name``.
+
+    Valid UTF-8 goes as the string it is.  Anything else goes as its
+    escaped form (``safepath.escape``, for display) with the exact bytes
+    beside it in ``<name>_base64``; consumers check that key first.
+    """
+    if raw is None:
+        fields[name] = None
+        return
+    try:
+        fields[name] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fields[name] = escape(raw)
+        fields[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
+
+
+def entry_json(e: fsentry.Entry) -> dict[str, Any]:
+    """The stable JSON fields of one entry (docs/options.rst, "JSON output")."""
+    fields: dict[str, Any] = {}
+    json_text(fields, "path", e.path)
+    fields.update(type=kind_name(e.kind), mode=e.mode, uid=e.uid, gid=e.gid, user=e.uname, group=e.gname,
+                  size=e.size, mtime=iso_time(e.mtime_ns // 10**9), mtime_ns=e.mtime_ns)
+    json_text(fields, "link_target", e.link_target)
+    json_text(fields, "hardlink_to", e.hardlink_to)
+    return fields
+
+
+def kind_name(kind: str) -> str:
+    return KIND_NAMES.get(kind, kind)
+
+
+def long_line(e: fsentry.Entry) -> str:
+    """``ls -l``'s columns for one entry: type and mode, owner/group, size, mtime, path (and target)."""
+    owner = f"{e.uname or e.uid}/{e.gname or e.gid}"
+    line = (f"{stat.filemode(_KIND_BITS.get(e.kind, 0) | e.mode)}  {escape(owner)}  {e.size:>12}  "
+            f"{iso_time(e.mtime_ns // 10**9)}  {escape(e.path)}")
+    if e.link_target is not None:
+        line += f" -> {escape(e.link_target)}"
+    if e.hardlink_to is not None:
+        line += f" link to {escape(e.hardlink_to)}"
+    return line
+
+
+def level_json(backup: Any, size: int | None = None) -> dict[str, Any]:
+    """The JSON fields of one level (a storage ``Backup``); ``size``: its stored bytes, when known."""
+    fields = {"level": backup.level, "level_zero_timestamp": backup.level_zero_timestamp,
+              "timestamp": backup.timestamp, "date": iso_time(backup.timestamp)}
+    if size is not None:
+        fields["size"] = size
+    return fields
+
+
+def change_json(change: Any) -> dict[str, Any]:
+    """The JSON fields of one ``inventory.Change``."""
+    fields: dict[str, Any] = {"change": change.letter}
+    json_text(fields, "path", change.path)
+    fields["old_type"] = kind_name(change.old.kind) if change.old is not None else None
+    fields["new_type"] = kind_name(change.new.kind) if change.new is not None else None
+    return fields
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """One JSON document on stdout: ASCII only (nothing in it can drive a terminal)."""
+    print(json.dumps(document, indent=1, sort_keys=True))

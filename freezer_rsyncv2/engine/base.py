@@ -271,7 +271,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
         backups = self.storage.get_latest_level_zero_increments(
             engine=self, hostname_backup_name=hostname_backup_name,
             recent_to_date=recent_to_date)
-        backups = _newest_per_level(self, backups, recent_to_date)
+        backups = newest_per_level(self, backups, recent_to_date)
         top = max(backups)
         for level in range(top + 1):
             if level not in backups:
@@ -323,7 +323,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
             read_pipe.close()       # the storage thread stops if blocks remain
 
 
-def _newest_per_level(engine: BackupEngine, backups: dict, recent_to_date: int | None) -> dict:
+def newest_per_level(engine: BackupEngine, backups: dict, recent_to_date: int | None) -> dict:
     """With --always-level a chain holds several entries for one level;
     Freezer's storages keep whichever they list last: take the newest."""
     sample = next(iter(backups.values()))

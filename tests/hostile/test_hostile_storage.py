@@ -246,7 +246,7 @@ def test_odd_level_names_are_ignored_with_one_warning(box: Container, name: str)
 
 
 # The engine's restore re-reads the chain directory itself to pick the newest
-# entry of each level (``engine/base.py``, ``_newest_per_level``): it parses
+# entry of each level (``engine/base.py``, ``newest_per_level``): it parses
 # names with str.isdigit() and does not check that the entry is published.
 @pytest.mark.parametrize("name", [
     "100000000000_5", f"{layout.MAX_LEVEL + 1}_5", "١٢_5", "+2_5", "2_5\n", "02_5",
