@@ -24,6 +24,7 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import inventory
 from freezer_rsyncv2 import opts
+from freezer_rsyncv2 import retention
 from freezer_rsyncv2 import verify
 from freezer_rsyncv2.cli_parser import OS_OPTIONS, build_parser
 from freezer_rsyncv2.cli_output import (
@@ -239,8 +240,36 @@ def cmd_cleanup(args: argparse.Namespace, progress) -> int:
     return EXIT_WARNINGS if report.failed else EXIT_OK
 
 
-COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list,
-            "ls": cmd_ls, "diff": cmd_diff, "verify": cmd_verify, "cleanup": cmd_cleanup}
+def cmd_remove(args: argparse.Namespace, progress) -> int:
+    """Remove the chains ``retention.plan`` picks (``--dry-run``: print them only)."""
+    storage = _storage(args, skip_prepare=True)
+    engine = rsyncv2.Rsyncv2Engine(storage=storage)
+    if args.remove_from_date is not None:
+        cutoff = args.remove_from_date
+    else:
+        cutoff = int(time.time() - args.remove_older_than * 86400)
+    names = [_name(args)] if args.backup_name else storage.backup_names(engine.name)
+    if args.backup_name and not storage.list_chains(engine, names[0]):
+        raise errors.BackupNotFoundError(f"no backup named {names[0]} in {args.container}")
+    removals = retention.plan(storage, engine, names, cutoff)
+    for removal in removals:
+        if not args.dry_run:
+            retention.remove(storage, engine, removal)
+        if not args.json:
+            print(f"{'would remove' if args.dry_run else 'removed'} {printable(removal.name)} chain "
+                  f"{iso_time(removal.chain)}: {removal.levels} levels, newest {iso_time(removal.newest)}, "
+                  f"{human_size(removal.stored_bytes)}")
+    if args.json:
+        print_json({"dry_run": args.dry_run, "cutoff": cutoff, "removed": [
+            {"name": r.name, "level_zero_timestamp": r.chain, "levels": r.levels, "newest_timestamp": r.newest,
+             "size": r.stored_bytes} for r in removals]})
+    elif not removals:
+        print(f"nothing to remove: no chain but the newest of each backup ends before {iso_time(cutoff)}")
+    return EXIT_OK
+
+
+COMMANDS = {"backup": cmd_backup, "restore": cmd_restore, "list": cmd_list, "ls": cmd_ls, "diff": cmd_diff,
+            "verify": cmd_verify, "cleanup": cmd_cleanup, "remove": cmd_remove}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,16 @@ def _date(text: str) -> int:
             f"expected YYYY-MM-DDThh:mm:ss, got {text!r}") from None
 
 
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not days >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return days
+
+
 def _sweep_age(text: str) -> float:
     try:
         return sweeping.parse_age(text, "--sweep-age")
@@ -118,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="YYYY-MM-DDThh:mm:ss",
                    help="verify the chain as restored at this time (UTC)")
     v.add_argument("--encrypt-pass-file")
+
+    rm = command("remove", "remove whole chains whose newest level is older than a cut-off "
+                           "(never a backup's newest chain)")
+    rm.add_argument("--backup-name", help="only this backup (default: every backup in the container)")
+    when = rm.add_mutually_exclusive_group(required=True)
+    when.add_argument("--remove-older-than", type=_days, metavar="DAYS",
+                      help="chains whose newest level is older than this many days")
+    when.add_argument("--remove-from-date", type=_date, metavar="YYYY-MM-DDThh:mm:ss",
+                      help="chains whose newest level is older than this time (UTC unless a zone is given)")
+    rm.add_argument("--dry-run", action="store_true", help="print what would go, remove nothing")
+    _add_json(rm)
 
     ls = command("list", "list chains, levels and sizes")
     ls.add_argument("--backup-name")

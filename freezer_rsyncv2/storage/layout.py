@@ -245,8 +245,11 @@ class Backup:
                       timestamp=self.timestamp, level=self.level, storage=storage)
 
     def remove(self) -> None:
-        """Delete the whole chain: metadata first, so it disappears before its data does."""
+        """Delete the whole chain: its level 0's ``metadata`` object first (from then on the
+        chain is listed nowhere), then the rest of its metadata, then its data."""
         storage = self._require_storage()
+        storage.rmtree(path_join(self.increments_metadata_path, f"0_{self.level_zero_timestamp}",
+                                 METADATA_NAME))
         storage.rmtree(self.increments_metadata_path)
         storage.rmtree(self.increments_data_path)
 

@@ -135,6 +135,9 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
                       report: SweepReport, busy: set[tuple[str, str]]) -> None:
     """Remove levels whose data is stored but whose metadata is not, and empty directories.
 
+    A level of a chain whose level 0 has no metadata is not listed either
+    (``remove`` deletes that object first): it goes too, metadata included.
+
     A directory's age is the timestamp in its name (a level's, or its
     chain's level 0): a running backup's directories carry its start time.
     An object's age is its last change.
@@ -152,7 +155,8 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
             storage.remove_empty_dir(path_join(data_root, chain))
             continue
         prefix = path_join(data_root, chain, level_dir)
-        if (chain, level_dir) in busy or published(chain, level_dir):
+        orphan = not published(chain, f"0_{chain}")
+        if (chain, level_dir) in busy or (published(chain, level_dir) and not orphan):
             continue
         newest, size, count = storage.subtree_info(prefix)
         if newest is not None and newest > cutoff:
@@ -163,6 +167,8 @@ def _sweep_unfinished(storage: Storage, data_root: str, meta_root: str, cutoff: 
             report.levels += 1
             report.level_bytes += size
         storage.rmtree(prefix)
+        if orphan:
+            storage.rmtree(path_join(meta_root, chain, level_dir))
         storage.remove_empty_dir(path_join(meta_root, chain, level_dir))
     for chain, level_dir in _old_level_dirs(storage, meta_root, cutoff):
         chain_meta = path_join(meta_root, chain)
