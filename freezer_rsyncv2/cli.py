@@ -9,6 +9,7 @@ the run had written (``interrupt``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import logging
 import os
@@ -29,7 +30,7 @@ from freezer_rsyncv2 import verify
 from freezer_rsyncv2.cli_parser import OS_OPTIONS, build_parser
 from freezer_rsyncv2.cli_output import (
     OneLineLogFilter, PrintableFormatter, TtyProgress, change_json, describe_sweep, entry_json, human_size,
-    iso_time, level_json, long_line, print_json, printable)
+    iso_time, level_json, long_line, print_json, printable, summary_json)
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.fs.walk import show_path
 from freezer_rsyncv2.storage import factory
@@ -120,6 +121,12 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
     s = engine.last_summary
     if progress is not None:
         progress.close()
+    if args.json:
+        sweep = engine.last_sweep
+        print_json({"backup": _name(args), "level": level, "dry_run": bool(args.dry_run),
+                    "summary": summary_json(s) if s is not None else None,
+                    "swept": dataclasses.asdict(sweep) if sweep else None})
+        return EXIT_WARNINGS if s is not None and s.partial else EXIT_OK
     print("%s level %d of %s%s" % ("dry run:" if args.dry_run else "backup",
                                    level, _name(args),
                                    " (nothing stored)" if args.dry_run else ""))
@@ -222,6 +229,10 @@ def cmd_verify(args: argparse.Namespace, progress) -> int:
     report = verify.verify(engine, _name(args), args.restore_from_date)
     if progress is not None:
         progress.close()
+    if args.json:
+        print_json({"backup": report.name, "levels": report.levels, "manifest_entries": report.manifest_entries,
+                    "seconds": round(time.monotonic() - start, 3)})
+        return EXIT_OK
     print("verified %s levels %d..%d: every record decoded, every file "
           "digest checked (%d manifest entries), %.2f s"
           % (report.name, report.levels[0], report.levels[-1],

@@ -181,6 +181,18 @@ def json_text(fields: dict[str, Any], name: str, raw: bytes | None) -> None:
         fields[f"{name}_base64"] = base64.b64encode(raw).decode("ascii")
 
 
+def summary_json(summary: Any) -> dict[str, Any]:
+    """The JSON fields of a backup's ``progress.Summary``, its warnings as {path, message}."""
+    fields = summary.as_dict()
+    warnings = []
+    for warning in summary.warnings:
+        item: dict[str, Any] = {"message": warning.message}
+        json_text(item, "path", warning.path)
+        warnings.append(item)
+    fields["warnings"] = warnings
+    return fields
+
+
 def entry_json(e: fsentry.Entry) -> dict[str, Any]:
     """The stable JSON fields of one entry (docs/options.rst, "JSON output")."""
     fields: dict[str, Any] = {}

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true",
                    help="read and delta everything, store nothing")
     _add_sweep_age(b)
+    _add_json(b)
 
     r = command("restore", "restore a backup into a directory")
     r.add_argument("--backup-name", required=True)
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="YYYY-MM-DDThh:mm:ss",
                    help="verify the chain as restored at this time (UTC)")
     v.add_argument("--encrypt-pass-file")
+    _add_json(v)
 
     rm = command("remove", "remove whole chains whose newest level is older than a cut-off "
                            "(never a backup's newest chain)")
