@@ -143,7 +143,7 @@ class FileRead:
     def _records(self, fd: int, st: os.stat_result) -> Iterator[bytes]:
         e = _refresh(self._entry, st)
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
-        ranges = fswalk.data_ranges(fd, st.st_size)
+        ranges = fswalk.data_ranges(fd, st.st_size, keep_offset=False)     # read with pread only
         out = file_records.for_basis(self._basis, self._prev_name)
         yield records.entry(e, **out.fields(sparse=sum(length for _o, length in ranges) < st.st_size))
         hasher = self._reader.hasher(block_len, st.st_size)

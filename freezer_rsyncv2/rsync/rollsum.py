@@ -37,6 +37,7 @@ BASE_INV: int = pow(BASE, -1, 1 << 32)
 SEED: int = 1
 
 _MASK = 0xFFFFFFFF
+SMALL_BLOCKS_MAX = 1 << 16  # largest block length of small_block_weak_hashes
 _CHUNK = 1 << 20  # offsets (or bytes) handled per vectorized pass in the public helpers
 
 #: Offsets processed side by side by RollingHasher (see its docstring).
@@ -142,6 +143,40 @@ def block_weak_hashes(data: BytesLike, block_len: int) -> NDArray[np.uint32]:
         out[:n_full] += np.uint32(seed_term(block_len))
     if rem:
         out[-1] = weak_hash(arr[n_full * block_len :])
+    return out
+
+
+def _seed_terms(block_len: int, n_full: int, rem: int) -> NDArray[np.uint32]:
+    """``seed_term`` of each block of a buffer of ``n_full`` whole blocks and a short one of ``rem`` bytes."""
+    terms = [seed_term(block_len)] * n_full + ([seed_term(rem)] if rem else [])
+    out = np.array(terms, dtype=np.uint32)
+    out.flags.writeable = False     # shared by every caller
+    return out
+
+
+_few_seed_terms = functools.lru_cache(maxsize=4096)(_seed_terms)   # for buffers of a few blocks
+_FEW_BLOCKS = 64
+
+
+def small_block_weak_hashes(data: bytes, block_len: int) -> NDArray[np.uint32]:
+    """``block_weak_hashes`` of a small buffer (block_len <= SMALL_BLOCKS_MAX) in a few numpy calls.
+
+    The short last block is laid out right-aligned behind zeros, so one
+    weighted row sum hashes it over its own length like any whole block.
+    """
+    if not 0 < block_len <= SMALL_BLOCKS_MAX:
+        raise ValueError(f"block_len must be in [1, {SMALL_BLOCKS_MAX}], got {block_len}")
+    n_full, rem = divmod(len(data), block_len)
+    n = n_full + (1 if rem else 0)
+    if not n:
+        return np.empty(0, dtype=np.uint32)
+    if rem:
+        cut = n_full * block_len
+        data = data[:cut] + bytes(block_len - rem) + data[cut:]
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(n, block_len)
+    # uint8 * uint32 and the uint32 sums wrap mod 2**32, like the general path
+    out: NDArray[np.uint32] = np.add.reduce(rows * _block_weights(block_len), axis=1, dtype=np.uint32)
+    out += (_few_seed_terms if n <= _FEW_BLOCKS else _seed_terms)(block_len, n_full, rem)
     return out
 
 

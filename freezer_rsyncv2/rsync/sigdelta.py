@@ -71,7 +71,19 @@ def _emit(
 def runs(sig: Signature, max_blocks: int = MAX_RUN_BLOCKS) -> Iterator[SigRun]:
     """The whole signature as data runs of at most ``max_blocks`` blocks, in block order (zero blocks implicit)."""
     _check_max(max_blocks)
+    if sig.is_dense:
+        return _dense_runs(sig, max_blocks)
     return _emit(sig, sig.block_numbers(), np.arange(sig.data_count, dtype=np.int64), max_blocks)
+
+
+def _dense_runs(sig: Signature, max_blocks: int) -> Iterator[SigRun]:
+    """``runs`` of a signature without zero blocks: slices of its blobs, what ``_emit`` makes of them."""
+    weak = sig.weak_bytes()
+    strong = sig.strong
+    n = sig.data_count
+    for s in range(0, n, max_blocks):
+        c = min(max_blocks, n - s)
+        yield SigRun(s, c, weak[4 * s : 4 * (s + c)], strong[s * STRONG_LEN : (s + c) * STRONG_LEN])
 
 
 def diff(old: Signature, new: Signature, max_blocks: int = MAX_RUN_BLOCKS) -> Iterator[SigRun]:

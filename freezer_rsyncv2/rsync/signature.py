@@ -15,7 +15,8 @@ import xxhash
 from numpy.typing import NDArray
 
 from freezer_rsyncv2.errors import CorruptRecordError
-from freezer_rsyncv2.rsync.rollsum import BytesLike, block_weak_hashes, byte_view
+from freezer_rsyncv2.rsync.rollsum import (SMALL_BLOCKS_MAX, BytesLike, block_weak_hashes, byte_view,
+                                           small_block_weak_hashes)
 
 STRONG_LEN = 16
 # Bounds of the block length block_size_for() picks from a file's size.
@@ -29,6 +30,8 @@ MAX_FIXED_BLOCK = 1 << 24
 MAX_FILE_SIZE = (1 << 63) - 1  # largest file offset a filesystem accepts
 
 _BATCH = 8 << 20  # bytes of whole blocks hashed per vectorized batch in the builder
+#: a stream given in one chunk of at most this many bytes is signed in one go at finish() (_small_signature)
+SMALL_FILE = 64 << 10
 
 
 def strong_hash(data: BytesLike) -> bytes:
@@ -258,6 +261,7 @@ class SignatureBuilder:
         self._strong: list[bytes] = []
         #: block numbers per batch: an int starts a run of len(weak batch) blocks, an array lists them
         self._numbers: list[int | NDArray[np.int64]] = []
+        self._small: bytes | None = None  # the only chunk so far, while it may be signed in one go
         self._done = False
 
     def _whole_blocks(self, view: memoryview) -> None:
@@ -292,6 +296,23 @@ class SignatureBuilder:
         """Add the next chunk of the file."""
         self._check_open("update")
         view = byte_view(data)
+        if self._small is not None:
+            self._unsmall()
+        elif not self._size and len(view) <= SMALL_FILE and self.block_len <= SMALL_BLOCKS_MAX:
+            # Maybe the whole file: kept (bytes are not copied) until the next call says.
+            self._small = data if type(data) is bytes else view.tobytes()
+            self._size = len(view)
+            return
+        self._update(view)
+
+    def _unsmall(self) -> None:
+        """Feed the kept first chunk to the general path."""
+        small, self._small = self._small, None
+        assert small is not None
+        self._size = 0
+        self._update(memoryview(small))
+
+    def _update(self, view: memoryview) -> None:
         self._size += len(view)
         L = self.block_len
         if self._partial:
@@ -311,6 +332,8 @@ class SignatureBuilder:
     def zeros(self, length: int) -> None:
         """Add ``length`` zero bytes (a hole): O(1) for the whole blocks they cover, whatever the length."""
         self._check_open("zeros")
+        if self._small is not None:
+            self._unsmall()
         if not is_int(length) or length < 0:
             raise ValueError(f"zeros() length must be a non-negative int, got {length!r}")
         if self._size + length > MAX_FILE_SIZE:
@@ -337,6 +360,11 @@ class SignatureBuilder:
         if self._done:
             raise RuntimeError("SignatureBuilder.finish() called twice")
         self._done = True
+        if self._small is not None:
+            sig = _small_signature(self._small, self.block_len)
+            if sig is not None:
+                return sig
+            self._unsmall()
         if self._partial:
             tail = bytes(self._partial)
             self._weak.append(block_weak_hashes(tail, self.block_len))
@@ -378,6 +406,21 @@ def _list_short_zero_runs(
     zero_strong = np.tile(np.frombuffer(strong_hash(zero), dtype=np.uint8), (len(fill), 1))
     rows = np.concatenate((np.frombuffer(strong, dtype=np.uint8).reshape(-1, STRONG_LEN), zero_strong))
     return numbers[order], np.concatenate((weak, zero_weak))[order], rows[order].tobytes()
+
+
+def _small_signature(data: bytes, block_len: int) -> Signature | None:
+    """The signature of a small file given whole, as SignatureBuilder makes it; None if it may hold a zero block.
+
+    A run of block_len zero bytes anywhere sends the file to the general path,
+    which decides whether it is a block (and whether it is listed); without
+    one, every block is a data block (a dense signature).
+    """
+    size = len(data)
+    if size >= block_len and bytes(block_len) in data:
+        return None
+    digest = xxhash.xxh3_128_digest
+    strong = b"".join([digest(data[i : i + block_len]) for i in range(0, size, block_len)])
+    return Signature(block_len, size, small_block_weak_hashes(data, block_len), strong)
 
 
 def compute_signature(data: BytesLike, block_len: int) -> Signature:

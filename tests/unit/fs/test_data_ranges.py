@@ -100,3 +100,15 @@ def test_unsupported_fd_falls_back_to_whole(tmp_path):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_offset_kept_unless_told(tmp_path):
+    size = 4 * MIB
+    fd = _open(tmp_path / 'f', [(0, b'a' * 4096), (size - 4096, b'z' * 4096)], size)
+    try:
+        os.lseek(fd, 123, os.SEEK_SET)
+        kept = data_ranges(fd, size)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 123
+        assert data_ranges(fd, size, keep_offset=False) == kept
+    finally:
+        os.close(fd)
