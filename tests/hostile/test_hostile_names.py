@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import logging
 import os
 import socket
@@ -191,16 +190,7 @@ def craft(box, recs: list) -> None:
     with open(data, "rb") as f:
         begin = next(records.decode(frames.decode_frames(
             [f.read()], frames.KIND_DATA)))[1]
-    level = sk.encode(recs, **begin)
-    with open(data, "wb") as f:
-        f.write(level)
-    with open(meta) as f:
-        info = json.load(f)
-    summary = info.get("summary")
-    if isinstance(summary, dict) and "stored_bytes" in summary:
-        summary["stored_bytes"] = len(level)
-        with open(meta, "w") as f:
-            json.dump(info, f)
+    sk.replace_level(data, meta, sk.encode(recs, **begin))
 
 
 def test_restore_warnings_and_errors_naming_nasty_paths(box):

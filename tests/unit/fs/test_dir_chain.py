@@ -12,6 +12,7 @@ import hashlib
 import os
 import resource
 import stat
+from typing import Any
 
 import pytest
 
@@ -23,15 +24,11 @@ from freezer_rsyncv2.fs.removal import remove_at
 from freezer_rsyncv2.fs.restore import RestoreTree
 from freezer_rsyncv2.fs.safepath import open_dir
 from tests.unprivileged import run_unprivileged
+from tests.unit.fs import entrykit
 
 
-def entry(path: bytes, kind: str = E.KIND_FILE, **kw) -> E.Entry:
-    fields = dict(path=path, kind=kind, mode=0o755, uid=os.getuid(),
-                  gid=os.getgid(), uname=None, gname=None, size=0,
-                  mtime_ns=10**18, atime_ns=10**18, ctime_ns=0, ino=0,
-                  dev=0, nlink=1)
-    fields.update(kw)
-    return E.Entry(**fields)
+def entry(path: bytes, kind: str = E.KIND_FILE, **kw: Any) -> E.Entry:
+    return entrykit.entry(path, kind, **{"mode": 0o755, **kw})
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pwd
 import stat
+from typing import Any
 
 import blake3
 import pytest
@@ -16,6 +17,7 @@ from freezer_rsyncv2.errors import (
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs.filedata import TMP_PREFIX
 from freezer_rsyncv2.fs.restore import RestoreTree
+from tests.unit.fs import entrykit
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
@@ -24,13 +26,8 @@ MTIME = 1_234_567_890_123_456_789
 ATIME = 1_111_111_111_222_222_222
 
 
-def entry(path: bytes, kind: str = E.KIND_FILE, **kw) -> E.Entry:
-    fields = dict(path=path, kind=kind, mode=0o644, uid=os.getuid(),
-                  gid=os.getgid(), uname=None, gname=None, size=0,
-                  mtime_ns=MTIME, atime_ns=ATIME, ctime_ns=0, ino=0, dev=0,
-                  nlink=1)
-    fields.update(kw)
-    return E.Entry(**fields)
+def entry(path: bytes, kind: str = E.KIND_FILE, **kw: Any) -> E.Entry:
+    return entrykit.entry(path, kind, **{"mtime_ns": MTIME, "atime_ns": ATIME, **kw})
 
 
 def put(tree: RestoreTree, path: bytes, data: bytes, **kw) -> E.Entry:

@@ -13,21 +13,13 @@ from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs.restore import RestoreTree
 from freezer_rsyncv2.fs.removal import remove_at
 from freezer_rsyncv2.fs.safepath import check_path
+from tests.unit.fs.entrykit import entry
 
 BAD_PATHS = [
     b'', b'/abs', b'/', b'..', b'../x', b'a/../../x', b'a/..', b'.', b'./a',
     b'a/./b', b'a//b', b'a/', b'a\0b', b'\0', b'x' * 256, b'a/' + b'y' * 256,
     b'a/' * 2048 + b'b',
 ]
-
-
-def entry(path: bytes, kind: str = E.KIND_FILE, **kw) -> E.Entry:
-    fields = dict(path=path, kind=kind, mode=0o644, uid=os.getuid(),
-                  gid=os.getgid(), uname=None, gname=None, size=0,
-                  mtime_ns=10**18, atime_ns=10**18, ctime_ns=0, ino=0,
-                  dev=0, nlink=1)
-    fields.update(kw)
-    return E.Entry(**fields)
 
 
 def put(tree: RestoreTree, path: bytes, data: bytes) -> None:

@@ -18,18 +18,10 @@ from freezer_rsyncv2.errors import RestoreError
 from freezer_rsyncv2.fs import entry as E
 from freezer_rsyncv2.fs.meta import MetaApplier
 from freezer_rsyncv2.fs.restore import RestoreTree
+from tests.unit.fs.entrykit import entry
 
 ROOT = os.geteuid() == 0
 OWNER = 4321
-
-
-def entry(path: bytes, kind: str = E.KIND_FILE, **kw) -> E.Entry:
-    fields = dict(path=path, kind=kind, mode=0o644, uid=os.getuid(),
-                  gid=os.getgid(), uname=None, gname=None, size=0,
-                  mtime_ns=10**18, atime_ns=10**18, ctime_ns=0, ino=0,
-                  dev=0, nlink=1)
-    fields.update(kw)
-    return E.Entry(**fields)
 
 
 def put(tree: RestoreTree, path: bytes, data: bytes, **kw) -> None:
