@@ -104,7 +104,7 @@ class SwiftServer:
         (self.root / "run").mkdir()
         user = getpass.getuser()
         common = (f"[DEFAULT]\nbind_ip = 127.0.0.1\nswift_dir = {etc}\ndevices = {devices}\n"
-                  f"mount_check = false\nuser = {user}\nworkers = 1\nlog_level = INFO\n"
+                  f"mount_check = false\nfallocate_reserve = 0\nuser = {user}\nworkers = 1\nlog_level = INFO\n"
                   f"log_udp_host = 127.0.0.1\nlog_udp_port = {free_port()}\n")
         _write(etc / "swift.conf", """
 [swift-hash]
