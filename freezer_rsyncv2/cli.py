@@ -25,6 +25,7 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import inventory
 from freezer_rsyncv2 import opts
+from freezer_rsyncv2 import partial
 from freezer_rsyncv2 import retention
 from freezer_rsyncv2 import verify
 from freezer_rsyncv2.cli_parser import OS_OPTIONS, build_parser
@@ -153,10 +154,14 @@ def cmd_restore(args: argparse.Namespace, progress) -> int:
     storage = _storage(args, skip_prepare=True)
     engine = _engine(args, storage, progress)
     start = time.monotonic()
-    level = engine.restore(_name(args), os.path.abspath(args.restore_abs_path),
-                           overwrite=args.overwrite,
-                           recent_to_date=args.restore_from_date,
-                           backup_media="fs")
+    if args.include:
+        level = partial.restore(engine, _name(args), os.path.abspath(args.restore_abs_path), args.include,
+                                args.restore_from_date, overwrite=args.overwrite)
+    else:
+        level = engine.restore(_name(args), os.path.abspath(args.restore_abs_path),
+                               overwrite=args.overwrite,
+                               recent_to_date=args.restore_from_date,
+                               backup_media="fs")
     if progress is not None:
         progress.close()
     print("restored %s up to level %d into %s in %.2f s"

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "zone such as +02:00 is given, as freezer-agent)")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--encrypt-pass-file")
+    r.add_argument("--include", action="append", metavar="PATTERN",
+                   help="restore only this path, or the paths this glob matches (relative to the backed-up "
+                        "root; a directory brings what is below it); repeatable.  Reads only what they need")
 
     v = command("verify", "read a whole chain, check every record and "
                 "file digest")

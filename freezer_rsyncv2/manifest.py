@@ -10,7 +10,9 @@ chain and the tree walk merge as sorted streams with bounded memory.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -68,9 +70,12 @@ class ManifestWriter:
     """Writes one level's manifest; records must arrive in sort order.
 
     Records go to a spill file as they come (bounded memory); ``late`` records
-    (files decided after the main pass) are merged in by ``close``.  An
-    entry with a signature is one MANIFEST record followed by its SIGBLOCKS
-    (and, for a delta, SIGZERO) records, each under the record size cap.
+    (files decided after the main pass) are merged in by ``close``, which
+    writes the paths prefix-coded in their final order.  An entry with a
+    signature is one MANIFEST record followed by its SIGBLOCKS (and, for a
+    delta, SIGZERO) records, each under the record size cap.  ``frames``,
+    set before ``close`` by whoever encoded the level's data, is written as
+    FRAMES records: the index a partial restore reads the data by.
     """
 
     def __init__(self, path: str, codec: compression.Codec, cipher: frames.Cipher | None = None,
@@ -80,70 +85,102 @@ class ManifestWriter:
         self._cipher = cipher
         self._begin = where.fields() if where is not None else {place.LEVEL: level}
         self._spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path)))
-        self._late: list[tuple[tuple[bytes, ...], list[bytes]]] = []
+        self._late: list[tuple[tuple[bytes, ...], list[Any]]] = []
         self._last: tuple[bytes, ...] | None = None
         self.count = 0
+        self.frames: frames.FrameTable | None = None
 
-    def _record(self, path: bytes, packed: list[bytes], late: bool) -> None:
+    def _record(self, path: bytes, fields: dict[str, Any] | None, packed: list[bytes], late: bool) -> None:
+        """One entry: its map (None: a tombstone) without ``p``, then its signature records."""
         key = sort_key(path)
         self.count += 1
         if late:
-            self._late.append((key, packed))
+            self._late.append((key, [path, fields, packed]))
             return
         if self._last is not None and key <= self._last:
             raise ValueError(f"manifest records out of order at {path!r}")
         self._last = key
-        self._spill.write(records.pack([path, len(packed)]))
+        self._spill.write(records.pack([path, fields, len(packed)]))
         for piece in packed:
             self._spill.write(records.pack(piece))
 
-    def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None) -> None:
+    def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None,
+            at: int | None = None, data: str | None = None, below: fsentry.Entry | None = None,
+            prev_name: bytes | None = None) -> None:
         """Record ``me``; with its signature if it has one.
 
         ``basis``: the signature of this path's entry in the chain below;
         when it has the same block length only the blocks that differ
-        from it are stored (a delta), else the whole signature.
+        from it are stored (a delta), else the whole signature.  ``at``:
+        where the entry's records start in the level's data plaintext;
+        ``data``: how a file's content travelled there (``records.DATA_FULL``
+        or ``DATA_DELTA``, against ``prev_name`` for a rename).  ``below``:
+        the path's entry in the chain below; an entry without a signature is
+        then written as its changes over it.
         """
+        extra: dict[str, Any] = {} if at is None else {"o": at}
         if not me.has_signature:
-            extra = {} if me.digest is None else {"dg": me.digest}
-            self._record(me.entry.path, [records.manifest(me.entry, **extra)], late)
+            fields = records.change_map(me.entry, below) if below is not None else None
+            if fields is None:
+                fields = records.entry_map(me.entry)
+            if me.digest is not None:
+                fields["dg"] = me.digest
+            fields.update(extra)
+            del fields["p"]
+            self._record(me.entry.path, fields, [], late)
             return
         sig = me.signature()
         if basis is not None and basis.block_len == sig.block_len:
             kind, runs = records.SIG_DELTA, sigdelta.diff(basis, sig, records.MAX_SIG_RUN)
         else:
             kind, runs = records.SIG_FULL, sigdelta.runs(sig, records.MAX_SIG_RUN)
-        packed = [records.manifest(me.entry, dg=me.digest, B=sig.block_len, sg=kind)]
+        if data is not None:
+            extra["da"] = data
+        if prev_name is not None:
+            extra["pn"] = prev_name
+        fields = records.entry_map(me.entry, {"dg": me.digest, "B": sig.block_len, "sg": kind, **extra})
+        del fields["p"]
+        packed = []
         for run in runs:
             if run.weak is None or run.strong is None:       # zero blocks: both None
                 packed.append(records.sig_zero(run.first, run.count))
             else:
                 packed.append(records.sig_blocks(run.first, run.weak, run.strong))
-        self._record(me.entry.path, packed, late)
+        self._record(me.entry.path, fields, packed, late)
 
     def tombstone(self, path: bytes) -> None:
-        self._record(path, [records.tombstone(path)], False)
+        self._record(path, None, [], False)
 
     def _merged(self) -> Iterator[bytes]:
         self._spill.seek(0)
         unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
 
-        def main() -> Iterator[tuple[tuple[bytes, ...], list[bytes]]]:
-            for path, count in unpacker:
-                yield sort_key(path), [next(unpacker) for _ in range(count)]
+        def main() -> Iterator[tuple[tuple[bytes, ...], list[Any]]]:
+            for path, fields, count in unpacker:
+                yield sort_key(path), [path, fields, [next(unpacker) for _ in range(count)]]
 
         late = sorted(self._late, key=lambda item: item[0])
-        for _key, packed in heapq.merge(main(), late, key=lambda i: i[0]):
+        last = b""
+        for _key, (path, fields, packed) in heapq.merge(main(), late, key=lambda i: i[0]):
+            if fields is None:
+                yield records.tombstone(path)
+            else:
+                shared = _shared(last, path)
+                head = {"pp": shared, "p": path[shared:]} if shared else {"p": path}
+                yield records.pack([records.MANIFEST, {**head, **fields}])
+            last = path
             yield from packed
 
     def close(self) -> int:
         """Encode everything to the manifest path; returns its size."""
         enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec, self._cipher)
         tmp = self._path + ".tmp"
+        table = self.frames
+        tail = [] if table is None else list(records.frame_runs(table.header_len, table.stored, table.plain))
         with open(tmp, "wb") as out:
             for piece in enc.write(records.begin(self._begin)):
                 out.write(piece)
-            for packed in self._merged():
+            for packed in itertools.chain(self._merged(), tail):
                 for piece in enc.write(packed):
                     out.write(piece)
             for piece in enc.write(records.end({"entries": self.count})):
@@ -153,6 +190,15 @@ class ManifestWriter:
         self._spill.close()
         os.replace(tmp, self._path)
         return os.path.getsize(self._path)
+
+
+def _shared(a: bytes, b: bytes) -> int:
+    """Bytes ``b`` shares with ``a`` at their start (at most 255: one msgpack byte)."""
+    n = min(len(a), len(b), 255)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:
@@ -165,19 +211,23 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 
 
 def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_for,
-         where: place.Place | None = None) -> Iterator[tuple[Any, ...]]:
+         where: place.Place | None = None, index: list[frames.FrameTable] | None = None
+         ) -> Iterator[tuple[Any, ...]]:
     """Yield one manifest's entries, sorted by path.
 
     ``(MANIFEST, Entry, extra, runs)``, where ``runs`` are the entry's
     signature records as ``sigdelta.SigRun`` (version 3), or
     ``(TOMBSTONE, path)``.  ``where``: the level the storage holds it as;
     a manifest that names another place is refused (``stream.place``).
+    ``index``: gets the level's frame table (version 4) once the entries
+    are read; nothing for older manifests.
     """
     info: dict[str, int] = {}
     plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST, cipher_factory, info)
     last = None
     held: list[Any] | None = None        # the MANIFEST whose signature is read
-    for rec in records.decode(plain):
+    table: frames.FrameTable | None = None
+    for rec in records.decode(plain, info):
         rtype = rec[0]
         if rtype == records.BEGIN:
             place.check(rec[1], where, f"manifest of level {where.level if where else '?'}", info["version"] >= 3)
@@ -194,6 +244,13 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
         if held is not None:
             yield tuple(held)
             held = None
+        if rtype == records.FRAMES:
+            table = _frames_record(rec, table, path)
+            continue
+        if rtype == records.END and table is not None and index is not None:
+            index.append(table)
+        if table is not None and rtype != records.END:
+            raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record after the FRAMES records in {path}")
         if rtype == records.MANIFEST:
             path_ = rec[1].path
         elif rtype == records.TOMBSTONE:
@@ -212,9 +269,28 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
             yield rec
 
 
-def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: bool) -> ManifestEntry:
+def _frames_record(rec: tuple[Any, ...], table: frames.FrameTable | None, path: str) -> frames.FrameTable:
+    """Add one FRAMES record to the level's frame table (they come in order, none missing)."""
+    _t, header_len, first, stored, plain = rec
+    if table is None:
+        table = frames.FrameTable(header_len)
+    if header_len != table.header_len or first != len(table):
+        raise errors.CorruptRecordError(f"FRAMES records of {path} are out of order")
+    count = len(stored) // 4
+    for stored_len, plain_len in zip(struct.unpack(f">{count}I", stored), struct.unpack(f">{count}I", plain)):
+        table.add(stored_len, plain_len)
+    return table
+
+
+def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: bool) -> ManifestEntry | None:
     _t, e, extra, runs = rec
     digest = extra.get("dg")
+    if "dm" in extra:       # version 4: what changed since the level below
+        if base is None or base.entry.kind != e.kind:
+            if not whole_chain:
+                return None     # the levels below are not at hand: sent again next time
+            raise errors.CorruptRecordError(f"change entry of {e.path!r} has no entry of its kind below")
+        return base.stat_only(records.merge_changes(base.entry, e, extra["dm"]), digest)
     if "w" in extra:        # versions 1 and 2: the whole signature inline
         block_len, weak, strong = extra.get("B", 0), extra["w"], extra.get("S", b"")
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (

@@ -70,11 +70,15 @@ class BackupPass:
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
         self._reader = file_reader.FileReader(config, self.root, summary, progress, self._warn, read_range)
+        self._offset = 0        # record bytes yielded so far: the next record's plaintext offset
 
     # -- the pass ---------------------------------------------------------
     def records(self) -> Iterator[bytes]:
+        """The level's records; the manifest notes where each entry's start (its index)."""
         try:
-            yield from self._records()
+            for rec in self._records():
+                self._offset += len(rec)
+                yield rec
         finally:
             self._reader.close()
 
@@ -148,7 +152,7 @@ class BackupPass:
             changed = (old is None or old.entry.kind != e.kind
                        or not _same_stat(old.entry, e))
         if changed:
-            self.manifest.add(mf.ManifestEntry(e))
+            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=old.entry if old is not None else None)
             self._status(e, "new" if old is None else "changed")
             yield records.entry(e, data=records.DATA_NONE)
         else:
@@ -176,7 +180,7 @@ class BackupPass:
                     and _same_stat(basis.entry, e):
                 self._status(e, "unchanged")
                 return
-            self.manifest.add(mf.ManifestEntry(e))
+            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=basis.entry)
             self._status(e, "meta")
             yield records.entry(e, data=records.DATA_META)
             return
@@ -190,6 +194,7 @@ class BackupPass:
                    prev_name: bytes | None = None, late: bool = False) -> Iterator[bytes]:
         """Read the file once; hold its records back while they are small, so
         an unchanged content (touched file) becomes a metadata-only record."""
+        start = self._offset
         read = self._reader.read(e, basis, prev_name)
         held: list[bytes] = []
         passed_on = yield from _hold_back(read.pieces(), held)
@@ -205,17 +210,21 @@ class BackupPass:
         if result.changed:
             self._warn(e.path, "changed while being read; stored what was read, will be read again next time")
         if not passed_on and prev_name is None and _same_content(result, basis):
-            self.manifest.add(mf.ManifestEntry(result.entry, result.digest), late=late)
+            # The digest is the one below: the entry inherits it.
+            self.manifest.add(mf.ManifestEntry(result.entry), late=late, at=start,
+                              below=basis.entry if basis is not None else None)
             self._status(e, "meta")
             yield records.entry(result.entry, data=records.DATA_META)
             return
         yield from held
-        self._rewritten.add(e.path)
+        if e.nlink > 1:     # only a file with links can be a hardlink's target
+            self._rewritten.add(e.path)
         # Over the same path's signature, only the blocks that changed
         # are stored (a rename's basis is another path: stored whole).
         delta_basis = basis if prev_name is None else None
         self.manifest.add(mf.ManifestEntry(result.entry, result.digest, result.signature), late=late,
-                          basis=delta_basis.signature() if delta_basis is not None else None)
+                          basis=delta_basis.signature() if delta_basis is not None else None, at=start,
+                          data=records.DATA_FULL if basis is None else records.DATA_DELTA, prev_name=prev_name)
         self._status(e, "new" if old is None else "changed")
 
     # -- renames ----------------------------------------------------------

@@ -267,7 +267,7 @@ class BackupEngine(metaclass=abc.ABCMeta):
                  overwrite: bool, recent_to_date: int | None,
                  backup_media: str | None) -> int:
         if backup_media in (None, "fs"):
-            _prepare_restore_dir(restore_resource, overwrite)
+            prepare_restore_dir(restore_resource, overwrite)
         backups = self.storage.get_latest_level_zero_increments(
             engine=self, hostname_backup_name=hostname_backup_name,
             recent_to_date=recent_to_date)
@@ -338,7 +338,7 @@ def newest_per_level(engine: BackupEngine, backups: dict, recent_to_date: int | 
     return out
 
 
-def _prepare_restore_dir(path: str, overwrite: bool) -> None:
+def prepare_restore_dir(path: str, overwrite: bool) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:

@@ -206,6 +206,8 @@ class Rsyncv2Engine(base.BackupEngine):
                 summary.stored_bytes += len(segment)
                 yield segment
                 del segment     # the storage may free it once stored
+        if not self.dry_run:
+            writer.frames = stream.table    # the per-file index of the data (docs/format.rst)
         self._finish_level(manifest_path, writer, summary)
 
     def _segment_size(self) -> int:
@@ -322,14 +324,24 @@ class Rsyncv2Engine(base.BackupEngine):
         """
         level = getattr(backup, "level", "?")
         self.progress.phase(f"restore level {level}")
+        # Frames are checked (and decrypted) on a helper thread, a few
+        # ahead of the records being applied.
+        info: dict = {}
+        plain = threads.read_ahead(
+            frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
+                                 self.cipher_factory(), info),
+            _FRAMES_AHEAD, "rsyncv2-frames")
+        self.apply_records(restore_path, backup, records.decode(plain, info), info)
+
+    def apply_records(self, restore_path: str, backup: Any, recs: Iterable[tuple], info: dict) -> None:
+        """Apply one level's records (``records.decode``'s tuples, BEGIN to END) into restore_path.
+
+        Inside ``restore_session`` the levels share its restore tree.
+        Errors are raised naming the level.  ``info``: what the frame layer
+        says of the stream (its version).
+        """
+        level = getattr(backup, "level", "?")
         try:
-            # Frames are checked (and decrypted) on a helper thread, a few
-            # ahead of the records being applied.
-            info: dict = {}
-            plain = threads.read_ahead(
-                frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
-                                     self.cipher_factory(), info),
-                _FRAMES_AHEAD, "rsyncv2-frames")
             session = self._session
             tree_cm: Any = (contextlib.nullcontext(session[1])
                             if session and session[0] == restore_path else
@@ -338,8 +350,7 @@ class Rsyncv2Engine(base.BackupEngine):
                                 on_warning=self._restore_warning))
             with tree_cm as tree:
                 restore_pass.RestorePass(tree, self.progress).run(
-                    records.decode(plain),
-                    level if isinstance(level, int) else None,
+                    recs, level if isinstance(level, int) else None,
                     place.Place.of(backup), info)
         except errors.Rsyncv2Error as err:
             named = type(err)(f"level {level} of {getattr(backup, 'hostname_backup_name', '?')}: {err}")

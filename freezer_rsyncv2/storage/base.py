@@ -48,6 +48,13 @@ IO_BLOCK = 8 << 20
 MAX_FILE_SIZE = 64 << 30
 
 
+def check_range(offset: int, length: int) -> None:
+    """ValueError unless ``offset`` and ``length`` (a ``read_data`` range) are ints >= 0."""
+    for name, value in (("offset", offset), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"read_data {name} must be an int >= 0, got {value!r}")
+
+
 class Storage(Cleanup, abc.ABC):
     """Freezer's storage interface (base.Storage + physical.PhysicalStorage) plus CLI extras.
 
@@ -115,6 +122,25 @@ class Storage(Cleanup, abc.ABC):
     @abc.abstractmethod
     def backup_blocks(self, backup: Backup) -> Iterator[bytes]:
         """Yield ``backup``'s data in chunks of at most ``max_segment_size`` bytes."""
+
+    def read_data(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``EngineStorage.read_data``: bytes [offset, offset + length) of the level's data object.
+
+        Chunks of at most ``io_block_size``; the backend is asked for the
+        range only (pread, ranged GET).  ValueError from the call itself for
+        a bad range; length 0 reads nothing; a missing object is the
+        StorageFileNotFoundError of ``backup_blocks`` (at the first chunk).
+        The size the level's metadata declares is not checked: the range
+        bounds what is read.
+        """
+        check_range(offset, length)
+        if length == 0:
+            return iter(())
+        return self._read_range(backup.copy(self), offset, length)
+
+    @abc.abstractmethod
+    def _read_range(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``read_data`` once its range is checked: ``length`` > 0, ``backup`` names this storage."""
 
     @abc.abstractmethod
     def listdir(self, path: str) -> list[str]:

@@ -11,11 +11,15 @@ attribute too) is passed to the wrapped storage unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from freezer_rsyncv2.storage.base import Storage
+from oslo_log import log
+
+from freezer_rsyncv2.storage.base import Storage, check_range
 from freezer_rsyncv2.storage.layout import Backup, EngineLike, newest_level_timestamps
+
+LOG = log.getLogger(__name__)
 
 
 def members(storage: Any) -> list[Any]:
@@ -24,6 +28,31 @@ def members(storage: Any) -> list[Any]:
     inner = storage.inner if isinstance(storage, ForeignStorage) else storage
     found = getattr(inner, "storages", None)
     return list(found) if isinstance(found, (list, tuple)) else [inner]
+
+
+def slice_blocks(blocks: Iterable[bytes], offset: int, length: int) -> Iterator[bytes]:
+    """Bytes [offset, offset + length) of the stream cut into ``blocks``, in slices of its blocks.
+
+    The blocks before ``offset`` are read and dropped; none is read after the
+    one holding the range's last byte (the iterator is then closed, so a
+    generator's cleanup runs now).  Fewer bytes come if the stream ends first.
+    """
+    end = offset + length
+    position = 0
+    source = iter(blocks)
+    try:
+        for block in source:
+            size = len(block)
+            first, last = max(offset - position, 0), min(end - position, size)
+            if first < last:
+                yield block if (first, last) == (0, size) else bytes(block[first:last])
+            position += size
+            if position >= end:
+                return
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def for_engine(storage: Any) -> Any:
@@ -45,6 +74,7 @@ class ForeignStorage:
         freezer_compat.adapt_storage(inner)
         self.message_form = freezer_compat.engine_form(inner)
         self._sized = [m for m in members(inner) if freezer_compat.can_tell_size(m)]
+        self._told_full_read = False
 
     def __getattr__(self, name: str) -> Any:
         # Only called for what this class does not define: Freezer's own calls.
@@ -77,6 +107,26 @@ class ForeignStorage:
     def put_metadata(self, engine_metadata_path: str, freezer_metadata_path: str,
                      backup: Backup) -> None:
         self.inner.put_metadata(engine_metadata_path, freezer_metadata_path, backup)
+
+    def read_data(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``EngineStorage.read_data`` from ``backup_blocks`` of the storage ``backup`` names.
+
+        Freezer's storages have no ranged read: the level's data is read from
+        its start, the bytes before ``offset`` dropped, and the read stopped
+        after the range.  One of ours (should a handle name one) reads the
+        range alone.
+        """
+        check_range(offset, length)
+        if length == 0:
+            return iter(())
+        source = getattr(backup, "storage", None) or self.inner
+        if isinstance(source, (Storage, ForeignStorage)) and source is not self:
+            return source.read_data(backup, offset, length)
+        if not self._told_full_read:
+            self._told_full_read = True
+            LOG.debug("rsyncv2 engine: %r has no ranged read; a part of a level's data is read "
+                      "from the level's start", source)
+        return slice_blocks(source.backup_blocks(backup), offset, length)
 
     def stored_sizes(self, backup: Backup) -> Iterator[tuple[str, int | None]]:
         for member in self._sized:

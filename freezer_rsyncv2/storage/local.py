@@ -369,6 +369,24 @@ class LocalStorage(LocalSweep, Storage):
                 remaining -= len(chunk)
                 yield chunk
 
+    def _read_range(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``read_data``: preads of the range from the level's data file, one chunk at a time."""
+        path = backup.data_path
+        fd, _st = self._open_object(path)
+        try:
+            position, end = offset, offset + length
+            while position < end:
+                try:
+                    chunk = os.pread(fd, min(self.io_block_size, end - position), position)
+                except OSError as exc:
+                    raise StorageError(f"cannot read {path}: {exc}") from exc
+                if not chunk:
+                    return
+                position += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
     def stored_size(self, path: str) -> int | None:
         """Bytes of the regular file at ``path``; None for none (or a symlink, FIFO, directory...)."""
         st = self._stat_object(path)

@@ -51,6 +51,19 @@ class EngineStorage(Protocol):
                      backup: Backup) -> None:
         """Store the level's manifest, then the metadata that makes the level visible."""
 
+    def read_data(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """Yield bytes [offset, offset + length) of the level's data object (a partial restore).
+
+        Chunks hold at most ``max_segment_size`` bytes (or a smaller natural
+        chunk); fewer bytes come in all if the object ends before
+        ``offset + length``.  Our storages read no more than about the range
+        plus one chunk from the backend (pread, ranged GET); Freezer's have
+        no ranged read, so ``ForeignStorage`` reads the data from its start
+        and drops what precedes ``offset``.  ValueError for a negative
+        ``offset`` or ``length``; a ``length`` of 0 yields nothing.  A
+        missing data object raises what ``backup_blocks`` raises for it.
+        """
+
     def stored_sizes(self, backup: Backup) -> Iterator[tuple[str, int | None]]:
         """(path, bytes stored or None for none) of the level's data in each storage that can
         tell; a storage that cannot tell yields nothing."""

@@ -171,6 +171,73 @@ class S3Storage(S3Sweep, Storage):
         finally:
             transfer.close_quietly(body)
 
+    def iter_range(self, key: str, chunk_size: int, start: int, stop: int) -> Iterator[bytes]:
+        """Stream bytes [start, stop) of object ``key`` (fewer if it ends first), ``chunk_size`` at a time.
+
+        Each GET asks for what is left of the range and nothing more; a body
+        that breaks off resumes from the last byte received, pinned to the
+        object's version by its ETag, with retries counted from the last
+        progress (as ``iter_object``).  A range that starts at or past the
+        object's end yields nothing (S3 answers 416).  An answer that is not
+        the range asked for (a server ignoring Range) is a StorageError, not
+        a read of the whole object.
+        """
+        offset, end = start, stop
+        etag: str | None = None
+        body: Any = None
+
+        def open_body() -> None:
+            nonlocal body, end, etag
+            args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={offset}-{end - 1}"}
+            if etag:
+                args["IfMatch"] = etag
+            try:
+                response = self.client.get_object(**args)
+            except boto_errors.ClientError as exc:
+                if retries.http_status(exc) != 416 and retries.error_code(exc) != "InvalidRange":
+                    raise
+                end = offset        # the object ends at or before offset
+                return
+            body = response["Body"]
+            etag = etag or response.get("ETag")
+            span = transfer.content_range(response.get("ContentRange"))
+            if span is not None and span[0] == offset:
+                end = min(end, span[1] + 1)
+            elif span is None and (offset == 0 or int(response["ContentLength"]) <= offset):
+                end = min(end, int(response["ContentLength"]))     # the whole object, from byte 0
+            else:
+                got = response.get("ContentRange") or "the whole object"
+                raise StorageError(f"S3 GetObject {self.bucket}/{key} answered the range "
+                                   f"bytes={offset}-{end - 1} with {got} ({self.where})")
+
+        def read_chunk() -> bytes:
+            if body is None:
+                open_body()
+            parts = []
+            wanted = max(0, min(chunk_size, end - offset))
+            while wanted:
+                data = body.read(wanted)
+                if not data:
+                    raise boto_errors.IncompleteReadError(actual_bytes=offset, expected_bytes=end)
+                parts.append(data)
+                wanted -= len(data)
+            return b"".join(parts)
+
+        def reopen(_exc: BaseException) -> None:
+            nonlocal body
+            transfer.close_quietly(body)
+            body = None
+
+        try:
+            while offset < end:
+                chunk = self.call("GetObject", key, read_chunk, on_retry=reopen)
+                if not chunk:
+                    return
+                offset += len(chunk)
+                yield chunk
+        finally:
+            transfer.close_quietly(body)
+
     # -- primitives -------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -238,6 +305,10 @@ class S3Storage(S3Sweep, Storage):
         declared = self.declared_data_size(backup)
         yield from self.iter_object(key, self.io_block_size, declared,
                                     "its level's metadata declares")
+
+    def _read_range(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``read_data``: ranged GETs of the level's data object (one object, multipart or not)."""
+        return self.iter_range(self.key(backup.data_path), self.io_block_size, offset, offset + length)
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names directly under ``path`` (objects and common prefixes)."""

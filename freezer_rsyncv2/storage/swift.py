@@ -13,7 +13,8 @@ from freezer_rsyncv2.storage import retry as retries
 from freezer_rsyncv2.storage import transfer
 from freezer_rsyncv2.storage.base import Storage, StorageFileNotFoundError
 from freezer_rsyncv2.storage.layout import DEFAULT_MAX_SEGMENT_SIZE, Backup
-from freezer_rsyncv2.storage.swift_client import Connections, SwiftSettings, is_transient, translate
+from freezer_rsyncv2.storage.swift_client import Connections, SwiftSettings, translate
+from freezer_rsyncv2.storage.swift_read import SwiftReads
 from freezer_rsyncv2.storage.swift_upload import DEFAULT_MANIFEST_LIMIT, MIN_SEGMENT_SIZE, SloWriter
 
 LOG = log.getLogger(__name__)
@@ -44,7 +45,7 @@ def _seconds(last_modified: Any) -> float:
     return when.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-class SwiftStorage(Storage):
+class SwiftStorage(SwiftReads, Storage):
     """Freezer's layout as objects of one Swift container, under an optional prefix.
 
     ``storage_path`` is ``container[/prefix]`` exactly as Freezer's Swift
@@ -54,7 +55,9 @@ class SwiftStorage(Storage):
     appears only when complete (its single PUT or its manifest), and a
     level's ``metadata``, written last, publishes it.  Freezer's own levels
     (a Dynamic Large Object manifest over the same segment names) read the
-    same way: Swift joins the segments of either kind on GET.
+    same way: Swift joins the segments of either kind on GET, and of a
+    ranged GET reads only the segments the range covers.  Reads, whole or
+    ranged, resume where a body breaks off (``swift_read``).
     """
 
     _type = "swift"
@@ -118,80 +121,6 @@ class SwiftStorage(Storage):
                 self.manifest_limit = DEFAULT_MANIFEST_LIMIT
         return self.manifest_limit
 
-    def iter_object(self, name: str, chunk_size: int, limit: int | None = None,
-                    limit_reason: str = "expected there") -> Iterator[bytes]:
-        """Stream object ``name`` in chunks of exactly ``chunk_size`` bytes (the last shorter).
-
-        An object of more than ``limit`` bytes is refused before its body is
-        read.  A body that breaks off resumes with a ranged GET from the
-        last byte received, as long as the object's ETag is unchanged.
-        """
-        offset = 0
-        size: int | None = None
-        etag: str | None = None
-        body: Any = None
-        failures = 0
-
-        def open_body() -> None:
-            nonlocal body, etag, size
-            headers = {"Range": f"bytes={offset}-"} if offset else None
-            head, body = self.call("GET", name, lambda: self.conn().get_object(
-                self.container, name, resp_chunk_size=chunk_size, headers=headers))
-            tag = head.get("etag")
-            if size is None:
-                length = head.get("content-length")
-                size = int(length) if length is not None else -1
-                etag = tag
-                if limit is not None and size > limit:
-                    raise StorageError(f"{self.container}/{name} holds {size} bytes, more than the "
-                                       f"{limit} {limit_reason}")
-            elif tag != etag:
-                raise StorageError(f"{self.container}/{name} changed while it was read")
-
-        def read_chunk() -> bytes:
-            if body is None:
-                open_body()
-            parts: list[bytes] = []
-            wanted = chunk_size if size is None or size < 0 else min(chunk_size, size - offset)
-            while wanted:
-                data = body.read(wanted)
-                if not data:
-                    if size is not None and size >= 0 and offset + sum(map(len, parts)) < size:
-                        raise ConnectionError(f"body of {self.container}/{name} ended early")
-                    break
-                parts.append(data)
-                wanted -= len(data)
-            return b"".join(parts)
-
-        try:
-            while True:
-                try:
-                    chunk = read_chunk()
-                except Exception as exc:
-                    if isinstance(exc, Rsyncv2Error) or not is_transient(exc):
-                        raise self._translated(exc, "GET", name) from exc
-                    failures += 1
-                    if failures >= self.retry.attempts:
-                        raise self._translated(exc, "GET", name) from exc
-                    self.retry.backoff(exc, failures, f"Swift GET {self.container}/{name}")
-                    transfer.close_quietly(body)
-                    body = None
-                    continue
-                if not chunk:
-                    return
-                failures = 0
-                offset += len(chunk)
-                if limit is not None and offset > limit:
-                    raise StorageError(f"{self.container}/{name} holds more than the {limit} {limit_reason}")
-                yield chunk
-        finally:
-            transfer.close_quietly(body)
-
-    def _translated(self, exc: BaseException, operation: str, name: str) -> BaseException:
-        if isinstance(exc, Rsyncv2Error):
-            return exc
-        return translate(exc, operation, f"{self.container}/{name}", self.settings, self.container)
-
     # -- primitives -------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -247,6 +176,10 @@ class SwiftStorage(Storage):
         name = self.name(backup.data_path)
         declared = self.declared_data_size(backup)
         yield from self.iter_object(name, self.io_block_size, declared, "its level's metadata declares")
+
+    def _read_range(self, backup: Backup, offset: int, length: int) -> Iterator[bytes]:
+        """``read_data``: ranged GETs of the level's data object (a plain object or an SLO manifest)."""
+        return self.iter_range(self.name(backup.data_path), self.io_block_size, offset, offset + length)
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names directly under ``path`` (objects and pseudo-directories)."""

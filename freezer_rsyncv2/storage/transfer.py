@@ -144,6 +144,22 @@ class UploadPool:
             self._executor = None
 
 
+def content_range(header: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, total or None for "*") of a ``Content-Range: bytes first-last/total``
+    header; None when there is none or it does not read so."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    try:
+        if unit.lower() != "bytes" or not 0 <= int(first) <= int(last):
+            return None
+        return int(first), int(last), None if total.strip() == "*" else int(total)
+    except ValueError:
+        return None
+
+
 def close_quietly(body: Any) -> None:
     """Close a response body that may already be broken."""
     close = getattr(body, "close", None)

@@ -59,6 +59,11 @@ class StreamEncoder:
         self._pool = None if type(codec) is compression.NoCompression \
             else ThreadPoolExecutor(_COMPRESS_THREADS, "rsyncv2-zip")
 
+    @property
+    def table(self) -> frames.FrameTable:
+        """Where the frames written so far lie (complete once ``close`` is consumed)."""
+        return self._writer.table
+
     def write(self, data: bytes) -> Iterator[bytes]:
         return (b"".join(frame) for frame in self._frames((data,)))
 

@@ -16,6 +16,8 @@ stream that ends without it is truncated.
 
 from __future__ import annotations
 
+import array
+import bisect
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -27,12 +29,14 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2.stream import compression
 
 MAGIC = b"FRZRSV2\x00"
-VERSION = 3
+VERSION = 4
 #: 1: file digests SHA-256, frame checksum CRC-32; 2: the digest is named
 #: in BEGIN (BLAKE3), frame checksum XXH3-64; 3: signatures in SIGBLOCKS
 #: records (any size, zero blocks left out, deltas over the level below),
-#: HOLE records in deltas, the blake3-tree file digest
-READ_VERSIONS = (1, 2, 3)
+#: HOLE records in deltas, the blake3-tree file digest; 4: compact
+#: manifests (shared path prefixes, metadata entries as changes) and a
+#: per-file index into the data stream (FRAMES records, ``o`` offsets)
+READ_VERSIONS = (1, 2, 3, 4)
 KIND_DATA = 1
 KIND_MANIFEST = 2
 KIND_NAMES = {KIND_DATA: "data stream", KIND_MANIFEST: "manifest"}
@@ -87,7 +91,7 @@ class _Xxh3:
         return _XXH.pack(self._h.intdigest())
 
 
-_CHECKSUMS: dict[int, type[_Crc32 | _Xxh3]] = {1: _Crc32, 2: _Xxh3, 3: _Xxh3}
+_CHECKSUMS: dict[int, type[_Crc32 | _Xxh3]] = {1: _Crc32, 2: _Xxh3, 3: _Xxh3, 4: _Xxh3}
 
 
 class Cipher(Protocol):
@@ -170,6 +174,9 @@ class FrameWriter:
         self._header = _HEAD.pack(MAGIC, VERSION, kind, codec.id, self.cipher.id, len(ext)) + ext
         self._index = 0
         self._done = False
+        #: (stored_len, plain_len) of every frame written, in order: the
+        #: index a manifest keeps of its level's data (``FrameTable``).
+        self.table = FrameTable(len(self._header))
 
     def header(self) -> bytes:
         return self._header
@@ -195,6 +202,7 @@ class FrameWriter:
         sealed = self.cipher.seal(self._index, aad, packed)
         self._index += 1
         self._done = final
+        self.table.add(stored_len, plain_len)
         return [_FRAME.pack(flags, stored_len, plain_len), sealed]
 
     def frame_pieces(self, pieces: list[Piece], size: int, final: bool = False) -> list[Piece]:
@@ -219,7 +227,63 @@ class FrameWriter:
         check = self.cipher.sum(self._header + _AAD.pack(self._index, flags, stored_len, size), pieces)
         self._index += 1
         self._done = final
+        self.table.add(stored_len, size)
         return [head, *pieces, check]
+
+
+class FrameTable:
+    """Where each frame of a stream lies: the index of a level's data stream.
+
+    ``header_len`` bytes of header, then frame ``i`` with ``stored[i]``
+    bytes of payload after its 9-byte head and ``plain[i]`` bytes of
+    plaintext.  A manifest carries its level's table (FRAMES records), so
+    the records at plaintext offset ``o`` are found by a ranged read of a
+    few frames (``span``) instead of reading the stream from its start.
+    """
+
+    def __init__(self, header_len: int) -> None:
+        self.header_len = header_len
+        self.stored = array.array("I")
+        self.plain = array.array("I")
+        self._starts: tuple[array.array[int], array.array[int]] | None = None
+
+    def add(self, stored_len: int, plain_len: int) -> None:
+        self.stored.append(stored_len)
+        self.plain.append(plain_len)
+        self._starts = None
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    @property
+    def plain_size(self) -> int:
+        return sum(self.plain)
+
+    def _offsets(self) -> tuple[array.array[int], array.array[int]]:
+        if self._starts is None:
+            at, plain_at = self.header_len, 0
+            stored_starts, plain_starts = array.array("Q"), array.array("Q")
+            for stored_len, plain_len in zip(self.stored, self.plain):
+                stored_starts.append(at)
+                plain_starts.append(plain_at)
+                at += _FRAME.size + stored_len
+                plain_at += plain_len
+            stored_starts.append(at)
+            plain_starts.append(plain_at)
+            self._starts = stored_starts, plain_starts
+        return self._starts
+
+    def span(self, plain_start: int, plain_end: int) -> tuple[int, int, int, int]:
+        """The frames holding plaintext ``[plain_start, plain_end)``:
+        ``(first frame, its plaintext offset, stored offset, stored length)``."""
+        stored_starts, plain_starts = self._offsets()
+        total = plain_starts[-1]
+        if not 0 <= plain_start < plain_end <= total:
+            raise errors.CorruptRecordError(
+                f"index names plaintext bytes {plain_start}..{plain_end} of a stream of {total}")
+        first = bisect.bisect_right(plain_starts, plain_start) - 1
+        last = bisect.bisect_left(plain_starts, plain_end)       # first frame past the range
+        return first, plain_starts[first], stored_starts[first], stored_starts[last] - stored_starts[first]
 
 
 class _Buffer:
@@ -307,13 +371,41 @@ def decode_frames(chunks: Iterable[Piece], kind: int, cipher_factory: CipherFact
     header, version, codec_id, cipher_id, params = read_header(buf, kind)
     if info is not None:
         info["version"] = version
+    yield from _frames(buf, header, version, codec_id, cipher_factory(cipher_id, params), 0, partial=False)
+
+
+def decode_frame_run(header: bytes, chunks: Iterable[Piece], first: int, kind: int,
+                     cipher_factory: CipherFactory = null_cipher_for,
+                     info: dict[str, int] | None = None) -> Iterator[Piece]:
+    """The plaintexts of consecutive frames from the middle of a stream.
+
+    ``header``: the stream's header (as ``FrameTable.header_len`` bytes at
+    its start); ``chunks``: stored bytes that start with the head of frame
+    ``first`` and end after a whole frame (a ranged read of the object,
+    ``FrameTable.span``).  Every frame is checked as in ``decode_frames``
+    (its index and the header are bound into its checksum or tag, so a
+    frame read from another place fails); the run may end without the final
+    frame.
+    """
+    head_buf = _Buffer([header])
+    raw, version, codec_id, cipher_id, params = read_header(head_buf, kind)
+    if not head_buf.at_end():
+        raise errors.CorruptRecordError("bytes after the stream header where the header was expected to end")
+    if info is not None:
+        info["version"] = version
+    yield from _frames(_Buffer(chunks), raw, version, codec_id, cipher_factory(cipher_id, params), first,
+                       partial=True)
+
+
+def _frames(buf: _Buffer, header: bytes, version: int, codec_id: int, cipher: Cipher, index: int,
+            partial: bool) -> Iterator[Piece]:
     codec = compression.by_id(codec_id)
-    cipher = cipher_factory(cipher_id, params)
     if type(cipher) is NullCipher:
         cipher = NullCipher(version)    # the checksum of the version
-    index = 0
     while True:
         where = buf.consumed
+        if partial and buf.at_end():
+            return          # a run of frames ends between two frames
         head = buf.read(_FRAME.size)
         if head is None:
             raise errors.TruncatedError(f"stream ends after {index} frames ({where} bytes) without its final frame")

@@ -7,6 +7,8 @@ decoding checks every field's type and bound before anything acts on it.
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,11 +32,12 @@ MANIFEST = 9     # [9, {entry + signature}]    manifest entry
 TOMBSTONE = 10   # [10, path]                  manifest: path deleted
 SIGBLOCKS = 11   # [11, first, weak, strong]   manifest: signature of data blocks
 SIGZERO = 12     # [12, first, count]          manifest: zero blocks of a signature
+FRAMES = 13      # [13, header_len, first, stored, plain]  manifest (v4): where the data's frames lie
 
 NAMES = {BEGIN: "BEGIN", ENTRY: "ENTRY", LITERAL: "LITERAL", COPY: "COPY",
          HOLE: "HOLE", END_FILE: "END_FILE", DELETE: "DELETE", END: "END",
          MANIFEST: "MANIFEST", TOMBSTONE: "TOMBSTONE",
-         SIGBLOCKS: "SIGBLOCKS", SIGZERO: "SIGZERO"}
+         SIGBLOCKS: "SIGBLOCKS", SIGZERO: "SIGZERO", FRAMES: "FRAMES"}
 
 # How a file entry's content travels in a data stream.
 DATA_NONE = "none"      # no content (not a file, or hardlink)
@@ -60,6 +63,8 @@ I64_MIN = -(1 << 63)
 DIGEST_LEN = 32
 #: blocks in one SIGBLOCKS record (20 bytes each: a record stays < 1 MiB)
 MAX_SIG_RUN = 32768
+#: frames in one FRAMES record (8 bytes each)
+MAX_FRAME_RUN = 65536
 WEAK_LEN = 4
 STRONG_LEN = 16
 _MAX_RECORD = MAX_LITERAL + (1 << 16)
@@ -88,7 +93,13 @@ _ENTRY_FIELDS = {
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
     "dg": bytes, "B": int, "w": bytes, "S": bytes, "x": dict, "sg": str,
+    "o": int, "da": str, "dm": bool,
 }
+#: Keys of version 4 only (manifests): ``o`` where the entry's records
+#: start in the level's data plaintext, ``da`` how its content travelled
+#: there, ``dm`` an entry that names only what changed since the level
+#: below, ``pp`` the bytes its path shares with the previous record's.
+V4_KEYS = frozenset(("o", "da", "dm", "pp"))
 #: Inclusive bounds of every integer key of an entry map.  A value a
 #: restore's system call cannot take would surface as a bare OverflowError
 #: (or do something else than the backup meant) far from the record, so
@@ -126,6 +137,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "bl": (1, rsig.MAX_FIXED_BLOCK),
     "bs": (0, MAX_INT),
     "B": (1, rsig.MAX_FIXED_BLOCK),
+    "o": (0, MAX_INT),
 }
 
 
@@ -138,8 +150,17 @@ def begin(meta: dict[str, Any]) -> bytes:
     return pack([BEGIN, meta])
 
 
+#: Entry keys a data stream's ENTRY leaves out (version 4): a restore makes
+#: its own inode, device and ctime; only a manifest's change detection and
+#: rename search use them.
+_MANIFEST_ONLY = ("i", "d", "n", "ct")
+
+
 def entry(e: fsentry.Entry, **extra: Any) -> bytes:
-    return pack([ENTRY, entry_map(e, extra)])
+    m = entry_map(e, extra)
+    for key in _MANIFEST_ONLY:
+        m.pop(key, None)
+    return pack([ENTRY, m])
 
 
 def manifest(e: fsentry.Entry, **extra: Any) -> bytes:
@@ -186,6 +207,14 @@ def sig_zero(first_block: int, count: int) -> bytes:
     return pack([SIGZERO, first_block, count])
 
 
+def frame_runs(header_len: int, stored: Any, plain: Any) -> Iterator[bytes]:
+    """FRAMES records of a frame table (``u32`` big-endian lengths), MAX_FRAME_RUN frames each."""
+    for first in range(0, len(stored), MAX_FRAME_RUN):
+        part_s, part_p = stored[first:first + MAX_FRAME_RUN], plain[first:first + MAX_FRAME_RUN]
+        yield pack([FRAMES, header_len, first, struct.pack(f">{len(part_s)}I", *part_s),
+                    struct.pack(f">{len(part_p)}I", *part_p)])
+
+
 def delete(path: bytes) -> bytes:
     return pack([DELETE, path])
 
@@ -212,6 +241,30 @@ def entry_map(e: fsentry.Entry, extra: dict[str, Any] | None = None) -> dict[str
     return out
 
 
+def change_map(e: fsentry.Entry, below: fsentry.Entry) -> dict[str, Any] | None:
+    """Version 4: the map of a ``dm`` entry, ``e`` as changes over ``below``
+    (path, kind and the fields that differ); None when ``e`` lacks a field
+    ``below`` has (a change entry cannot clear one) or the kinds differ."""
+    now, then = entry_map(e), entry_map(below)
+    if e.kind != below.kind or any(key not in now for key in then):
+        return None
+    out = {key: value for key, value in now.items() if key in ("p", "k") or then.get(key) != value}
+    out["dm"] = True
+    return out
+
+
+def merge_changes(below: fsentry.Entry, e: fsentry.Entry, keys: frozenset[str]) -> fsentry.Entry:
+    """A ``dm`` entry ``e`` (its fields ``keys``) completed from ``below``."""
+    merged = dataclasses.replace(below, path=e.path)
+    for key in keys:
+        if key == "x":
+            merged.xattrs = e.xattrs
+        elif key != "p":
+            attr = _ENTRY_FIELDS[key][0]
+            setattr(merged, attr, getattr(e, attr))
+    return merged
+
+
 def check_path(path: Any, what: str = "path") -> bytes:
     """A stored path: relative, normalized, bounded (``fs.safepath.check_path``); raises
     UnsafePathError naming ``what``, or CorruptRecordError for a value that is not bytes."""
@@ -224,15 +277,23 @@ def check_path(path: Any, what: str = "path") -> bytes:
     return path
 
 
-def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict[str, Any]]:
-    """Validate an entry map: (Entry, extra fields). Raises CorruptRecordError."""
+def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, Any]]:
+    """Validate an entry map: (Entry, extra fields). Raises CorruptRecordError.
+
+    ``v4``: a version-4 MANIFEST map, which may carry ``o``, ``da`` and
+    ``dm``.  A ``dm`` entry names its path, its kind and what changed since
+    the level below: the fields it lacks are zero in the Entry returned,
+    and ``extra["dm"]`` is the set of entry keys it has (the overlay fills
+    the others in from the level below).
+    """
     if not isinstance(m, dict):
         raise errors.CorruptRecordError(f"entry is not a map: {type(m)!r}")
     kwargs: dict[str, Any] = {}
     path = m.get("p")
+    changes = v4 and m.get("dm") is True
     for key, (attr, typ, required) in _ENTRY_FIELDS.items():
         if key not in m:
-            if required:
+            if required and (not changes or key in ("p", "k")):
                 raise errors.CorruptRecordError(f"entry {path!r} lacks field {key!r}")
             kwargs[attr] = None if typ is not int else 0
             continue
@@ -252,7 +313,7 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict[str, Any]]:
         if key in _ENTRY_FIELDS:
             continue
         extra_type = _EXTRA_FIELDS.get(key)
-        if extra_type is None:
+        if extra_type is None or (key in V4_KEYS and not v4):
             raise errors.CorruptRecordError(f"entry {path!r} has unknown field {key!r}")
         if not isinstance(value, extra_type) or (extra_type is int and isinstance(value, bool)):
             raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
@@ -270,6 +331,12 @@ def entry_from_map(m: Any) -> tuple[fsentry.Entry, dict[str, Any]]:
                           or not isinstance(extra.get("B"), int)
                           or "w" in extra):
         raise errors.CorruptRecordError(f"entry {path!r} has a malformed signature kind {extra['sg']!r}")
+    if "da" in extra and (extra["da"] not in (DATA_FULL, DATA_DELTA) or "sg" not in extra):
+        raise errors.CorruptRecordError(f"entry {path!r} has a malformed data kind {extra['da']!r}")
+    if "dm" in extra:
+        if extra["dm"] is not True or "sg" in extra or "da" in extra:
+            raise errors.CorruptRecordError(f"entry {path!r} is a malformed change entry")
+        extra["dm"] = frozenset(key for key in m if key in _ENTRY_FIELDS or key == "x")
     return fsentry.Entry(**kwargs), extra
 
 
@@ -300,22 +367,25 @@ def _int(rec: list[Any], i: int, lo: int = 0) -> int:
     return value
 
 
-def _check(rec: Any) -> tuple[Any, ...]:
-    """Validate one raw record's shape; returns it as a tuple."""
+_ARITY = {BEGIN: 2, ENTRY: 2, LITERAL: 2, COPY: 3, HOLE: 2, END_FILE: 3, DELETE: 2, END: 2, MANIFEST: 2,
+          TOMBSTONE: 2, SIGBLOCKS: 4, SIGZERO: 3, FRAMES: 5}
+
+
+def _check(rec: Any, v4: bool = True) -> tuple[Any, ...]:
+    """Validate one raw record's shape; returns it as a tuple.  ``v4``: a
+    version-4 stream (FRAMES records and the manifest keys of version 4)."""
     if not isinstance(rec, list) or not rec:
         raise errors.CorruptRecordError("record is not a non-empty array")
     rtype = rec[0]
-    arity = {BEGIN: 2, ENTRY: 2, LITERAL: 2, COPY: 3, HOLE: 2, END_FILE: 3,
-             DELETE: 2, END: 2, MANIFEST: 2, TOMBSTONE: 2, SIGBLOCKS: 4,
-             SIGZERO: 3}
-    if not isinstance(rtype, int) or rtype not in arity:
+    arity = _ARITY
+    if not isinstance(rtype, int) or rtype not in arity or (rtype == FRAMES and not v4):
         raise errors.CorruptRecordError(f"unknown record type {rtype!r}")
     if len(rec) != arity[rtype]:
         raise errors.CorruptRecordError(f"{NAMES[rtype]} record has {len(rec)} fields, expected {arity[rtype]}")
     if rtype in (BEGIN, END) and not isinstance(rec[1], dict):
         raise errors.CorruptRecordError(f"{NAMES[rtype]} record is not a map")
     elif rtype in (ENTRY, MANIFEST):
-        e, extra = entry_from_map(rec[1])
+        e, extra = entry_from_map(rec[1], v4 and rtype == MANIFEST)
         return (rtype, e, extra)
     elif rtype == LITERAL:
         if not isinstance(rec[1], (bytes, memoryview)) or not rec[1]:
@@ -343,7 +413,35 @@ def _check(rec: Any) -> tuple[Any, ...]:
     elif rtype == SIGZERO:
         _int(rec, 1)
         _int(rec, 2, lo=1)
+    elif rtype == FRAMES:
+        _int(rec, 1)
+        _int(rec, 2)
+        stored, plain = rec[3], rec[4]
+        if not isinstance(stored, bytes) or not isinstance(plain, bytes) or len(stored) != len(plain) \
+                or not 0 < len(stored) <= 4 * MAX_FRAME_RUN or len(stored) % 4:
+            raise errors.CorruptRecordError("FRAMES record lengths are malformed")
     return tuple(rec)
+
+
+def _unprefix(rec: Any, last: bytes) -> None:
+    """Version 4: a MANIFEST path given as ``pp`` bytes of the previous path, then ``p``."""
+    m = rec[1] if isinstance(rec, list) and len(rec) == 2 and rec[0] == MANIFEST else None
+    if not isinstance(m, dict) or "pp" not in m:
+        return
+    shared, rest = m.pop("pp"), m.get("p")
+    if not isinstance(shared, int) or isinstance(shared, bool) or not 0 < shared <= len(last) \
+            or not isinstance(rest, bytes):
+        raise errors.CorruptRecordError(f"MANIFEST record shares {shared!r} bytes with the path before it")
+    m["p"] = last[:shared] + rest
+
+
+def _path_of(rec: tuple[Any, ...]) -> bytes | None:
+    if rec[0] in (ENTRY, MANIFEST):
+        path: bytes = rec[1].path
+        return path
+    if rec[0] in (TOMBSTONE, DELETE):
+        return bytes(rec[1])
+    return None
 
 
 _UNPACK_OPTS = dict(
@@ -430,23 +528,42 @@ class _Reader:
             return raw
 
 
-def decode(plain_frames: Iterable[Piece]) -> Iterator[tuple[Any, ...]]:
+def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
+           fragment: bool = False) -> Iterator[tuple[Any, ...]]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
     ``(type, Entry, extra)``; LITERAL data may be a read-only view of a
     plaintext (valid as long as the plaintext is).  The stream must open
     with BEGIN and close with END, after which nothing may follow.
+    ``info``: what ``frames.decode_frames`` says of the stream (its
+    ``version``, known once the first plaintext is out; the newest if not
+    given).  ``fragment``: the records of a part of a stream (a partial
+    restore's ranged read): records as they come, up to the end of the
+    input (the caller knows which it expects).
     """
     reader = _Reader(plain_frames)
     first = True
+    v4 = True
+    last = b""
     while not reader.at_end():
+        if first and info is not None:
+            v4 = info.get("version", 4) >= 4
         try:
-            rec = _check(reader.read())
+            raw = reader.read()
+            if v4:
+                _unprefix(raw, last)
+            rec = _check(raw, v4)
         except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
                 msgpack.exceptions.StackError, msgpack.exceptions.BufferFull,
                 ValueError, TypeError) as err:
             raise errors.CorruptRecordError(f"undecodable record: {err}") from err
+        path = _path_of(rec)
+        if path is not None:
+            last = path
+        if fragment:
+            yield rec
+            continue
         if first and rec[0] != BEGIN:
             raise errors.CorruptRecordError(f"stream does not open with BEGIN ({NAMES.get(rec[0])})")
         if not first and rec[0] == BEGIN:
@@ -462,4 +579,5 @@ def decode(plain_frames: Iterable[Piece]) -> Iterator[tuple[Any, ...]]:
             yield rec
             return
         yield rec
-    raise errors.TruncatedError("stream ends before its END record")
+    if not fragment:
+        raise errors.TruncatedError("stream ends before its END record")

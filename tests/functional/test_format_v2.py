@@ -5,7 +5,6 @@ version 3 (``freezer-rsyncv2 backup --hostname fixture --backup-name v2
 --compression zstd``, two levels) from the tree that ``_tree`` rebuilds.
 """
 
-import json
 import os
 import random
 import shutil
@@ -13,6 +12,7 @@ import shutil
 from freezer_rsyncv2 import verify as verify_mod
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import local
+from freezer_rsyncv2.stream import frames
 from tests.functional import treeutil
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "data", "format-v2",
@@ -63,17 +63,9 @@ def _container(tmp_path):
     return container
 
 
-def _level_meta(container, level):
-    for root, _dirs, files in os.walk(os.path.join(container, "metadata")):
-        if os.path.basename(root).startswith("%d_" % level):
-            with open(os.path.join(root, "metadata")) as f:
-                return json.load(f)
-    raise AssertionError("no level %d" % level)
-
-
 def test_version_2_chain_restores_and_verifies(tmp_path):
     container = _container(tmp_path)
-    assert _level_meta(container, 1)["format_version"] == 2
+    assert treeutil.level_meta(container, 1)["format_version"] == 2
     expected = str(tmp_path / "expected")
     _tree(expected, 1)
     dest = str(tmp_path / "restored")
@@ -83,7 +75,7 @@ def test_version_2_chain_restores_and_verifies(tmp_path):
     assert verify_mod.verify(_engine(container), NAME).levels == [0, 1]
 
 
-def test_version_2_chain_is_extended_by_version_3_levels(tmp_path):
+def test_version_2_chain_is_extended_by_newer_levels(tmp_path):
     container = _container(tmp_path)
     src = str(tmp_path / "src")
     _tree(src, 1)
@@ -95,7 +87,7 @@ def test_version_2_chain_is_extended_by_version_3_levels(tmp_path):
     os.unlink(os.path.join(src, "small.txt"))
     engine = _engine(container)
     assert engine.backup(src, NAME, True, None, None, None) == 2
-    assert _level_meta(container, 2)["format_version"] == 3
+    assert treeutil.level_meta(container, 2)["format_version"] == frames.VERSION
     # the changed image went as a delta over the version-2 signature
     assert engine.last_summary.literal_bytes < 16 << 10
     with open(image, "ab") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 
@@ -78,3 +79,12 @@ def stored_bytes(container: str, level: int) -> int:
             total += sum(os.path.getsize(os.path.join(dirpath, f))
                          for f in files)
     return total
+
+
+def level_meta(container: str, level: int) -> dict:
+    """The Freezer metadata (JSON) of ``level`` in a local container holding one chain."""
+    for root, _dirs, files in os.walk(os.path.join(container, "metadata")):
+        if os.path.basename(root).startswith(f"{level}_"):
+            with open(os.path.join(root, "metadata")) as f:
+                return json.load(f)
+    raise AssertionError(f"no level {level}")
