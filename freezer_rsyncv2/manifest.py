@@ -116,13 +116,19 @@ class ManifestWriter:
         ``data``: how a file's content travelled there (``records.DATA_FULL``
         or ``DATA_DELTA``, against ``prev_name`` for a rename).  ``below``:
         the path's entry in the chain below; an entry without a signature is
-        then written as its changes over it.
+        then written as its changes over it.  New content (``data`` given)
+        without a signature is written as such (``records.SIG_NONE``).
         """
         extra: dict[str, Any] = {} if at is None else {"o": at}
+        if data is not None and not me.has_signature:       # new content, no signature
+            fields = records.entry_map(me.entry, {"dg": me.digest, "sg": records.SIG_NONE, "da": data,
+                                                  "pn": prev_name, **extra})
+            del fields["p"]
+            self._record(me.entry.path, fields, [], late)
+            return
         if not me.has_signature:
-            fields = records.change_map(me.entry, below) if below is not None else None
-            if fields is None:
-                fields = records.entry_map(me.entry)
+            changes = records.change_map(me.entry, below) if below is not None else None
+            fields = records.entry_map(me.entry) if changes is None else changes
             if me.digest is not None:
                 fields["dg"] = me.digest
             fields.update(extra)
@@ -233,7 +239,7 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
             place.check(rec[1], where, f"manifest of level {where.level if where else '?'}", info["version"] >= 3)
             continue
         if rtype in (records.SIGBLOCKS, records.SIGZERO):
-            if held is None or "sg" not in held[2]:
+            if held is None or held[2].get("sg") not in (records.SIG_FULL, records.SIG_DELTA):
                 raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record without its MANIFEST record in {path}")
             held[3].append(
                 sigdelta.SigRun(rec[1], len(rec[2]) // records.WEAK_LEN,
@@ -296,6 +302,8 @@ def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: boo
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
             rsig.Signature.from_bytes(block_len, e.size, weak, strong)))
     kind = extra.get("sg")
+    if kind == records.SIG_NONE:
+        return ManifestEntry(e, digest)
     if kind == records.SIG_FULL:
         block_len = extra["B"]
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (

@@ -171,29 +171,31 @@ class BackupPass:
     # -- regular files ----------------------------------------------------
     def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None
               ) -> Iterator[bytes]:
-        basis = old if (old is not None and old.entry.kind == fsentry.KIND_FILE
-                        and old.has_signature) else None
-        if basis is not None and basis.entry.size == e.size \
-                and basis.entry.mtime_ns == e.mtime_ns:
+        prior = old if old is not None and old.entry.kind == fsentry.KIND_FILE else None
+        if prior is not None and prior.entry.size == e.size \
+                and prior.entry.mtime_ns == e.mtime_ns:
             # rsync's quick check: same size and mtime means same content.
-            if basis.entry.ctime_ns == e.ctime_ns and basis.entry.ino == e.ino \
-                    and _same_stat(basis.entry, e):
+            if prior.entry.ctime_ns == e.ctime_ns and prior.entry.ino == e.ino \
+                    and _same_stat(prior.entry, e):
                 self._status(e, "unchanged")
                 return
-            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=basis.entry)
+            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=prior.entry)
             self._status(e, "meta")
             yield records.entry(e, data=records.DATA_META)
             return
-        if basis is None and old is None and self.level > 0 \
-                and e.size >= RENAME_MIN:
+        if old is None and self.level > 0 and e.size >= RENAME_MIN:
             self._held.append(e)    # maybe a rename: decided after the walk
             return
-        yield from self._send_file(e, basis, old)
+        yield from self._send_file(e, prior, old)
 
-    def _send_file(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, old: mf.ManifestEntry | None,
+    def _send_file(self, e: fsentry.Entry, prior: mf.ManifestEntry | None, old: mf.ManifestEntry | None,
                    prev_name: bytes | None = None, late: bool = False) -> Iterator[bytes]:
         """Read the file once; hold its records back while they are small, so
-        an unchanged content (touched file) becomes a metadata-only record."""
+        an unchanged content (touched file) becomes a metadata-only record.
+
+        ``prior``: the file's entry below (or a rename's old path's); its
+        signature, if it has one, is the delta's basis."""
+        basis = prior if prior is not None and prior.has_signature else None
         start = self._offset
         read = self._reader.read(e, basis, prev_name)
         held: list[bytes] = []
@@ -205,18 +207,19 @@ class BackupPass:
             if old is None:
                 self._absent.add(e.path)
             return
-        self.summary.literal_bytes += result.literal_bytes
-        self.summary.copied_bytes += result.copied_bytes
         if result.changed:
             self._warn(e.path, "changed while being read; stored what was read, will be read again next time")
-        if not passed_on and prev_name is None and _same_content(result, basis):
+        if not passed_on and prev_name is None and _same_content(result, prior):
             # The digest is the one below: the entry inherits it.
             self.manifest.add(mf.ManifestEntry(result.entry), late=late, at=start,
-                              below=basis.entry if basis is not None else None)
+                              below=prior.entry if prior is not None else None)
             self._status(e, "meta")
             yield records.entry(result.entry, data=records.DATA_META)
             return
         yield from held
+        # Counted once stored: a touched file's records were dropped above.
+        self.summary.literal_bytes += result.literal_bytes
+        self.summary.copied_bytes += result.copied_bytes
         if e.nlink > 1:     # only a file with links can be a hardlink's target
             self._rewritten.add(e.path)
         # Over the same path's signature, only the blocks that changed
@@ -263,10 +266,10 @@ def _hold_back(pieces: Iterator[bytes], held: list[bytes]) -> Generator[bytes, N
     return False
 
 
-def _same_content(result: file_reader.ReadResult, basis: mf.ManifestEntry | None) -> bool:
-    """Whether a complete read found the basis's content again (a touched file)."""
-    return (basis is not None and not result.changed and result.digest == basis.digest
-            and result.entry.size == basis.entry.size)
+def _same_content(result: file_reader.ReadResult, prior: mf.ManifestEntry | None) -> bool:
+    """Whether a complete read found the content below again (a touched file)."""
+    return (prior is not None and not result.changed and prior.digest is not None
+            and result.digest == prior.digest and result.entry.size == prior.entry.size)
 
 
 def _under(path: bytes, top: bytes | None) -> bool:

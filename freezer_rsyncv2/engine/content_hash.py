@@ -49,27 +49,31 @@ class ContentHasher:
     once; ``discard`` drops what is still pending (a file abandoned mid-way).
     """
 
-    def __init__(self, block_len: int, digest_runner: Runner = INLINE, signature_runner: Runner = INLINE) -> None:
+    def __init__(self, block_len: int, digest_runner: Runner = INLINE, signature_runner: Runner = INLINE,
+                 sign: bool = True) -> None:
+        """``sign`` false: the digest only (``finish`` gives no signature)."""
         self._digest = digests.new(digests.DEFAULT)
-        self._builder = rsig.SignatureBuilder(block_len, extents.min_zero_blocks(block_len))
+        self._builder = rsig.SignatureBuilder(block_len, extents.min_zero_blocks(block_len)) if sign else None
         self._digest_runner = digest_runner
         self._signature_runner = signature_runner
 
     def update(self, data: bytes) -> None:
         """The next data bytes of the file."""
         self._digest_runner.submit(self._digest.update, data)
-        self._signature_runner.submit(self._builder.update, data)
+        if self._builder is not None:
+            self._signature_runner.submit(self._builder.update, data)
 
     def zeros(self, length: int) -> None:
         """The next ``length`` bytes of the file are zeros (a hole or zero blocks)."""
         self._digest_runner.submit(self._digest.zeros, length)
-        self._signature_runner.submit(self._builder.zeros, length)
+        if self._builder is not None:
+            self._signature_runner.submit(self._builder.zeros, length)
 
-    def finish(self) -> tuple[bytes, rsig.Signature]:
+    def finish(self) -> tuple[bytes, rsig.Signature | None]:
         """The digest and the signature of all that was fed; raises a helper thread's error."""
         self._digest_runner.wait()
         self._signature_runner.wait()
-        return self._digest.digest(), self._builder.finish()
+        return self._digest.digest(), None if self._builder is None else self._builder.finish()
 
     def discard(self) -> None:
         """Drop pending work (nothing, after ``finish``)."""

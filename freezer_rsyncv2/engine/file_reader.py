@@ -35,6 +35,11 @@ Warn = Callable[[bytes, str], None]
 ReadRange = Callable[[int, int, int, int, bytes, Warn], Iterator[bytes]]
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
+#: Files smaller than this get no block signature (``records.SIG_NONE``): a
+#: change sends them whole, a few hundred bytes more than a delta after
+#: compression, and a tree of small files skips the rolling hash and 20
+#: bytes of manifest a block.
+SIGNED_MIN = 4096
 
 
 @dataclasses.dataclass
@@ -93,10 +98,11 @@ class FileReader:
         return self.root if self._file_root else os.path.join(self.root, e.path)
 
     def hasher(self, block_len: int, size: int) -> content_hash.ContentHasher:
-        """The content hasher of a file of ``size`` bytes: on the helper threads when it is big."""
+        """The content hasher of a file of ``size`` bytes: on the helper threads when it is big, without a
+        signature when it is small (``SIGNED_MIN``)."""
         if size >= threads.PARALLEL_MIN:
             return content_hash.ContentHasher(block_len, self._digest_worker, self._sig_worker)
-        return content_hash.ContentHasher(block_len)
+        return content_hash.ContentHasher(block_len, sign=size >= SIGNED_MIN)
 
     def region_reader(self, fd: int, path: bytes, block_len: int) -> Callable[[int, int], Iterator[bytes]]:
         """``read(offset, length)`` of the open file, in block-aligned chunks of about ``extents.READ_SIZE``."""

@@ -49,7 +49,8 @@ DATA_KINDS = (DATA_NONE, DATA_FULL, DATA_DELTA, DATA_META)
 # How a MANIFEST record's signature travels (version 3, key ``sg``).
 SIG_FULL = "f"          # SIGBLOCKS records follow: the data blocks
 SIG_DELTA = "d"         # SIGBLOCKS/SIGZERO records follow: blocks changed since the path's entry in an earlier level
-SIG_KINDS = (SIG_FULL, SIG_DELTA)
+SIG_NONE = "n"          # version 4: new content, no signature (a small file: the next change sends it whole)
+SIG_KINDS = (SIG_FULL, SIG_DELTA, SIG_NONE)
 
 MAX_PATH = safepath.MAX_PATH
 MAX_LITERAL = 1 << 20
@@ -89,6 +90,10 @@ _ENTRY_FIELDS = {
     "l": ("link_target", bytes, False),
     "h": ("hardlink_to", bytes, False),
 }
+#: Entry attributes of a key the map lacks, and the keys a whole entry must have (in field order).
+_ENTRY_DEFAULTS = {attr: None if typ is not int else 0 for attr, typ, _r in _ENTRY_FIELDS.values()}
+_REQUIRED = tuple(key for key, (_a, _t, required) in _ENTRY_FIELDS.items() if required)
+_REQUIRED_SET = frozenset(_REQUIRED)
 # Keys that ride along an entry map but are not Entry attributes.
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
@@ -288,38 +293,43 @@ def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, A
     """
     if not isinstance(m, dict):
         raise errors.CorruptRecordError(f"entry is not a map: {type(m)!r}")
-    kwargs: dict[str, Any] = {}
     path = m.get("p")
     changes = v4 and m.get("dm") is True
-    for key, (attr, typ, required) in _ENTRY_FIELDS.items():
-        if key not in m:
-            if required and (not changes or key in ("p", "k")):
-                raise errors.CorruptRecordError(f"entry {path!r} lacks field {key!r}")
-            kwargs[attr] = None if typ is not int else 0
+    # One pass over the map (the hot path of reading a manifest): each key
+    # is looked up, typed and bounded; then what is missing is named.
+    kwargs: dict[str, Any] = dict(_ENTRY_DEFAULTS)
+    extra: dict[str, Any] = {}
+    for key, value in m.items():
+        raw: Any = value        # checked below; isinstance would narrow ``value`` to object
+        spec = _ENTRY_FIELDS.get(key)
+        if spec is None:
+            extra_type = _EXTRA_FIELDS.get(key)
+            if extra_type is None or (key in V4_KEYS and not v4):
+                raise errors.CorruptRecordError(f"entry {path!r} has unknown field {key!r}")
+            if not isinstance(value, extra_type) or (extra_type is int and isinstance(value, bool)):
+                raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
+            if extra_type is int:
+                _check_bounds(path, key, raw)
+            extra[key] = raw
             continue
-        value = m[key]
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
-        if typ is int and isinstance(value, int):
-            _check_bounds(path, key, value)
-        if typ is bytes and isinstance(value, bytes) and len(value) > MAX_PATH:
+        attr, typ, _required = spec
+        if type(value) is not typ:      # msgpack gives exact types; a bool is no int
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
+        if typ is int:
+            lo, hi = INT_BOUNDS[key]
+            if not lo <= raw <= hi:
+                _check_bounds(path, key, raw)
+        elif typ is bytes and len(raw) > MAX_PATH:
             raise errors.CorruptRecordError(f"entry {path!r} field {key!r} too long")
-        kwargs[attr] = value
+        kwargs[attr] = raw
+    if not m.keys() >= _REQUIRED_SET:
+        for key in _REQUIRED:
+            if key not in m and (not changes or key in ("p", "k")):
+                raise errors.CorruptRecordError(f"entry {path!r} lacks field {key!r}")
     check_path(kwargs["path"])
     if kwargs["kind"] not in fsentry.KINDS:
         raise errors.CorruptRecordError(f"entry {path!r} has unknown kind {kwargs['kind']!r}")
-    extra: dict[str, Any] = {}
-    for key, value in m.items():
-        if key in _ENTRY_FIELDS:
-            continue
-        extra_type = _EXTRA_FIELDS.get(key)
-        if extra_type is None or (key in V4_KEYS and not v4):
-            raise errors.CorruptRecordError(f"entry {path!r} has unknown field {key!r}")
-        if not isinstance(value, extra_type) or (extra_type is int and isinstance(value, bool)):
-            raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
-        if extra_type is int and isinstance(value, int):
-            _check_bounds(path, key, value)
-        extra[key] = value
     kwargs["xattrs"] = _check_xattrs(path, extra.pop("x", {}))
     data = extra.get("data", DATA_NONE)
     if data not in DATA_KINDS:
@@ -328,8 +338,9 @@ def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, A
         check_path(extra["pn"], "basis path")
     if "sg" in extra and (extra["sg"] not in SIG_KINDS
                           or kwargs["kind"] != fsentry.KIND_FILE
-                          or not isinstance(extra.get("B"), int)
-                          or "w" in extra):
+                          or "w" in extra
+                          or (extra["sg"] == SIG_NONE) != ("B" not in extra)
+                          or (extra["sg"] == SIG_NONE and (not v4 or "da" not in extra))):
         raise errors.CorruptRecordError(f"entry {path!r} has a malformed signature kind {extra['sg']!r}")
     if "da" in extra and (extra["da"] not in (DATA_FULL, DATA_DELTA) or "sg" not in extra):
         raise errors.CorruptRecordError(f"entry {path!r} has a malformed data kind {extra['da']!r}")

@@ -195,3 +195,45 @@ def test_frame_table_spans_and_reads_from_the_middle():
                                      first, frames.KIND_DATA))
     with pytest.raises(errors.CorruptRecordError, match="index names plaintext bytes"):
         table.span(len(joined), len(joined) + 1)
+
+
+# -- files without a signature ----------------------------------------------------
+
+def test_new_content_without_a_signature():
+    m = records.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
+    (rec,) = decoded(manifest_rec(m))
+    assert rec[2]["sg"] == records.SIG_NONE
+    with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
+        decoded(manifest_rec({**m, "B": 700}))
+    with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
+        decoded(manifest_rec({k: v for k, v in m.items() if k != "da"}), version=3)
+    with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
+        decoded(manifest_rec({k: v for k, v in m.items() if k != "da"} | {"sg": "f"}))
+
+
+def test_signature_records_after_an_unsigned_entry_are_refused(tmp_path):
+    path = tmp_path / "m"
+    enc = encoder.StreamEncoder(frames.KIND_MANIFEST, compression.by_name("none"))
+    m = records.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
+    plain = [records.begin({"level": 0}), manifest_rec(m), records.sig_blocks(0, b"w" * 4, b"s" * 16),
+             records.end({})]
+    path.write_bytes(b"".join(b"".join(enc.write(p)) for p in plain) + b"".join(enc.close()))
+    with pytest.raises(errors.CorruptRecordError, match="SIGBLOCKS record without its MANIFEST"):
+        list(mf.read(str(path)))
+
+
+def test_writer_marks_new_unsigned_content_and_the_overlay_keeps_its_digest(tmp_path):
+    path = str(tmp_path / "m")
+    w = mf.ManifestWriter(path, compression.by_name("zstd"))
+    w.add(mf.ManifestEntry(entry(b"small"), b"d" * 32), at=0, data=records.DATA_FULL)
+    w.close()
+    (rec,) = list(mf.read(path))
+    assert rec[2]["sg"] == "n" and rec[2]["da"] == "full" and rec[3] == []
+    (me,) = list(mf.overlay([path]))
+    assert me.digest == b"d" * 32 and not me.has_signature
+
+
+def test_unsigned_content_must_say_how_it_travelled():
+    m = records.entry_map(entry(b"small"), {"sg": "n", "dg": b"d" * 32})
+    with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
+        decoded(manifest_rec(m))
