@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import sys
 import types
@@ -125,7 +126,8 @@ def adapt_storage(storage: Any) -> Any:
         member.put_file = types.MethodType(freezer_s3.s3_put_file, member)
         member.stored_size = types.MethodType(freezer_s3.s3_stored_size, member)
         if _keeps(member, freezer_s3_class(), "get_s3_connection"):
-            member.get_s3_connection = freezer_s3.cached_client(member)
+            member.get_s3_connection = freezer_s3.cached_client(
+                member, getattr(type(member).get_s3_connection, "__wrapped__", None))
         if _keeps(member, freezer_s3_class(), "upload_stream") \
                 and _keeps(member, freezer_s3_class(), "write_backup"):
             member.upload_stream = types.MethodType(freezer_s3.s3_upload_stream, member)
@@ -142,6 +144,35 @@ def adapt_storage(storage: Any) -> Any:
                 "last, so the backup will fail unless this store accepts "
                 "smaller parts; use at least %d", segment, MIN_PART_SIZE)
     return storage
+
+
+def adapt_s3_module(module: Any) -> None:
+    """Freezer's S3 module, just imported: each S3Storage object keeps one lean client, made at first use.
+
+    For the import hook (``freezer_hook``), before freezer-agent builds
+    its storage: Freezer's ``S3Storage`` builds a new botocore client for
+    every request, one or two of them while it sets the storage up
+    (``prepare``), before our engine is loaded, and what they leave
+    stays resident (about 8 MB of the agent's peak with S3;
+    docs/freezer-agent.rst, "Memory").  The class's
+    ``get_s3_connection`` is replaced by one that gives the object the
+    client ``adapt_storage`` would (``freezer_s3.cached_client``), made
+    as Freezer's from the same settings, so every engine's backups use
+    the same client as before, only one of it.  A module without
+    Freezer's class and method, or already adapted, is left alone.
+    """
+    cls = getattr(module, FREEZER_S3_CLASS, None)
+    original = vars(cls).get("get_s3_connection") if isinstance(cls, type) else None
+    if not callable(original) or hasattr(original, "__wrapped__"):
+        return
+
+    @functools.wraps(original)
+    def get_s3_connection(self: Any) -> Any:
+        if "get_s3_connection" not in vars(self):
+            self.get_s3_connection = freezer_s3.cached_client(self, original)
+        return self.get_s3_connection()
+
+    setattr(cls, "get_s3_connection", get_s3_connection)
 
 
 def engine_form(storage: Any) -> str:
@@ -182,9 +213,12 @@ def can_tell_size(storage: Any) -> bool:
 _libc: Any = None
 
 #: glibc's mallopt parameter for the number of malloc arenas, and the
-#: number the engine's threads share in freezer-agent.
+#: number the engine's threads share in freezer-agent: one, so that a
+#: buffer freed by any thread can be reused by any other (with two, each
+#: arena kept its own megabyte buffers: the peaks were about 3 MB higher,
+#: for no measurable speed; the threads allocate little without the GIL).
 M_ARENA_MAX = -8
-ARENAS = 2
+ARENAS = 1
 
 
 def _glibc() -> Any:
@@ -212,7 +246,7 @@ def release_memory(collect: bool = True) -> None:
     when freezer-agent imports it).  Trimming glibc's heaps
     (``malloc_trim``) lowers the resident size a backup or restore
     starts from.  The engine's threads then share ``ARENAS`` malloc
-    arenas: glibc gives each thread its own by default, and each keeps
+    arena(s): glibc gives each thread its own by default, and each keeps
     the megabyte buffers freed into it (read pieces, frames, the rsync
     search's arrays) for reuse, a few MB per thread at the peak.  Only
     the collection happens without glibc.

@@ -16,6 +16,7 @@ import functools
 import gzip
 import json
 import os
+import re
 import threading
 from typing import Any
 
@@ -34,7 +35,7 @@ LOG = log.getLogger(__name__)
 FREEZER_S3_SETTINGS = ("access_key", "secret_key", "endpoint")
 
 
-def cached_client(storage: Any) -> Any:
+def cached_client(storage: Any, original: Any = None) -> Any:
     """``get_s3_connection`` returning one client, made at first use.
 
     Freezer's builds a new botocore session and client for every request
@@ -44,9 +45,14 @@ def cached_client(storage: Any) -> Any:
     Freezer's (a new session, the storage's keys and endpoint, settings
     from the environment) but from trimmed botocore data
     (``lean_client``); a storage without those settings (not the Freezer
-    we know) gets one from its own method.
+    we know) gets one from ``original`` (Freezer's unbound method, when
+    its class's was replaced: ``freezer_compat.adapt_s3_module``) or else
+    from its own method.
     """
-    make = storage.get_s3_connection
+    if original is not None:
+        make = functools.partial(original, storage)
+    else:
+        make = storage.get_s3_connection
     if all(hasattr(storage, name) for name in FREEZER_S3_SETTINGS):
         make = functools.partial(lean_client, *(
             getattr(storage, name) for name in FREEZER_S3_SETTINGS))
@@ -74,8 +80,9 @@ def lean_client(access_key: Any, secret_key: Any, endpoint: Any) -> Any:
     model with its documentation (about 3.4 MB).  This one's session
     loads them through ``lean_loader``: the endpoint data of S3 alone and
     the model without documentation (which only docstrings read), as
-    plain dicts, so the client holds about 3 MB instead of 12
-    (docs/freezer-agent.rst, "Memory").
+    plain dicts, so the client holds about 2.8 MB instead of 12.4; what
+    it drops is dropped as it is parsed, so making it peaks about 6 MB
+    above where it started, not 9 (docs/freezer-agent.rst, "Memory").
     """
     import botocore.session
     session = botocore.session.Session()
@@ -99,7 +106,11 @@ def lean_loader(session: Any) -> Any:
 
 
 #: How botocore's data files are stored: plain or gzipped JSON.
-DATA_FILE_OPENERS = ((".json", open), (".json.gz", gzip.open))
+DATA_FILE_EXTENSIONS = ((".json", None), (".json.gz", gzip.decompress))
+
+#: Where an S3 client's one entry sits in botocore's endpoint data:
+#: ``partitions``, each of its items, their ``services`` (keep only S3).
+ENDPOINTS_PATH = ("partitions", "*", "services", (S3_SERVICE,))
 
 
 def load_data_file(file_path: str) -> Any:
@@ -107,13 +118,128 @@ def load_data_file(file_path: str) -> Any:
 
     Botocore parses its files into OrderedDicts, which take about half
     as much memory again as dicts (ordered too); nothing in botocore
-    needs more of them than a mapping.
+    needs more of them than a mapping.  The files are read whole and
+    parsed as they are trimmed, so what an S3 client never reads is
+    never held all at once (``parse_data``).
     """
-    for extension, opener in DATA_FILE_OPENERS:
+    for extension, decompress in DATA_FILE_EXTENSIONS:
         if os.path.isfile(file_path + extension):
-            with opener(file_path + extension, "rb") as data:
-                return trim_data(file_path, json.loads(data.read()))
+            return parse_data(file_path, _read_text(file_path + extension, decompress))
     return None
+
+
+def _read_text(path: str, decompress: Any) -> str:
+    with open(path, "rb") as data:
+        raw = data.read()
+    if decompress is not None:
+        raw = decompress(raw)
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
+
+
+def parse_data(file_path: str, text: str) -> Any:
+    """Botocore data file ``file_path`` (no extension), its JSON ``text``, as ``trim_data`` leaves it.
+
+    The endpoint data (1.2 MB of JSON: every AWS service in every
+    partition) is parsed one service entry at a time, each dropped at
+    once unless it is S3's, instead of being built whole (about 5 MB of
+    objects) and then trimmed; a service model drops the description of
+    each of its objects as it is parsed.  Either way the result is
+    ``trim_data``'s; endpoint data of another layout is parsed whole.
+    """
+    name = os.path.basename(file_path)
+    if name == "endpoints":
+        try:
+            data, end = parse_only(text, 0, ENDPOINTS_PATH)
+            if not text[end:].strip(" \t\n\r"):
+                return data
+        except (ValueError, IndexError):
+            pass        # not the layout we know: parsed whole, then trimmed
+    hook = _without_descriptions if name == "service-2" else None
+    return trim_data(file_path, json.loads(text, object_pairs_hook=hook))
+
+
+_JSON = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, index: int) -> int:
+    """Past the JSON white space at ``index``."""
+    space = _SPACE.match(text, index)
+    return space.end() if space else index
+
+
+def parse_only(text: str, index: int, path: tuple[Any, ...]) -> tuple[Any, int]:
+    """The JSON value at ``text[index:]`` with only what ``path`` keeps, and where it ends.
+
+    ``path`` is the way down: a key of an object (its other members are
+    parsed whole), ``"*"`` for every item of an array, and last a tuple
+    of the keys to keep of the object found there (its other members are
+    parsed and dropped one at a time).  A value of another type than
+    ``path`` expects is parsed whole.  Malformed JSON raises ValueError
+    or IndexError (cut short).
+    """
+    index = _skip(text, index)
+    if not path:
+        return _JSON.raw_decode(text, index)
+    step, rest = path[0], path[1:]
+    if text[index] == "[" and step == "*":
+        items: list[Any] = []
+        index, done = _first_item(text, index, "]")
+        while not done:
+            item, index = parse_only(text, index, rest)
+            items.append(item)
+            index, done = _next_item(text, index, "]")
+        return items, index
+    if text[index] == "{" and step != "*":
+        members: dict[str, Any] = {}
+        index, done = _first_item(text, index, "}")
+        while not done:
+            key, index = _JSON.raw_decode(text, index)
+            index = _skip(text, index)
+            if not isinstance(key, str) or text[index] != ":":
+                raise ValueError(f"JSON object key expected at {index}")
+            if isinstance(step, tuple):
+                value, index = _JSON.raw_decode(text, _skip(text, index + 1))
+                if key in step:
+                    members[key] = value
+                del value       # a member not kept goes now
+            else:
+                members[key], index = parse_only(text, index + 1, rest if key == step else ())
+            index, done = _next_item(text, index, "}")
+        return members, index
+    return _JSON.raw_decode(text, index)
+
+
+def _first_item(text: str, index: int, close: str) -> tuple[int, bool]:
+    """Past the opening bracket at ``index``: where the first item starts, or the end if empty."""
+    index = _skip(text, index + 1)
+    if text[index] == close:
+        return index + 1, True
+    return index, False
+
+
+def _next_item(text: str, index: int, close: str) -> tuple[int, bool]:
+    """After an item: where the next one starts, or the end of the container."""
+    index = _skip(text, index)
+    if text[index] == ",":
+        return _skip(text, index + 1), False
+    if text[index] == close:
+        return index + 1, True
+    raise ValueError(f"JSON ',' or {close!r} expected at {index}")
+
+
+def _without_descriptions(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A service model's JSON object without its description, as it is parsed.
+
+    An object of ``type`` and ``documentation`` alone keeps it: a client
+    context parameter needs its description (a scalar shape then loses
+    its own in ``trim_data``).
+    """
+    members = dict(pairs)
+    if isinstance(members.get("documentation"), str) \
+            and not members.keys() <= {"documentation", "type"}:
+        del members["documentation"]
+    return members
 
 
 def trim_data(file_path: str, data: Any) -> Any:

@@ -7,10 +7,12 @@ resident set size is the agent process's own ``VmHWM`` (read from its
 is held in memory (docs/freezer-agent.rst, "Memory"), so the peak does not
 grow with the file: a level 0, a level 1 and a restore each stay under
 RSS_LIMIT_MB with the local storage and with Swift.  With S3 the agent
-reaches our engine about 10 MB higher (what Python keeps of the botocore
-clients Freezer built before our engine was loaded, and the one lean
-client the engine keeps), and the bound checked is the one
-docs/freezer-agent.rst gives for it.
+reaches our engine about 8 MB higher (what Python keeps of the botocore
+clients Freezer built before our engine was loaded; the one lean client
+the engine keeps fits in it), and the bound checked is the one
+docs/freezer-agent.rst gives for it: level 1 still reaches 150 MB at
+times, and S3_RSS_LIMIT_MB goes back to RSS_LIMIT_MB once Freezer's
+clients are no longer built (freezer_compat.adapt_s3_module).
 """
 
 from __future__ import annotations
