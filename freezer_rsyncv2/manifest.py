@@ -233,7 +233,7 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
     last = None
     held: list[Any] | None = None        # the MANIFEST whose signature is read
     table: frames.FrameTable | None = None
-    for rec in records.decode(plain, info):
+    for rec in records.decode(plain, info, small=True):
         rtype = rec[0]
         if rtype == records.BEGIN:
             place.check(rec[1], where, f"manifest of level {where.level if where else '?'}", info["version"] >= 3)

@@ -539,8 +539,44 @@ class _Reader:
             return raw
 
 
+class _BulkReader:
+    """``_Reader`` for streams of small records (manifests): one msgpack
+    Unpacker for the whole stream, fed 64 KiB at a time (its buffer stays
+    bounded), instead of one per record; LITERAL data is not spared a copy."""
+
+    _FEED = 64 << 10
+
+    def __init__(self, plain_frames: Iterable[Piece]) -> None:
+        self._frames = iter(plain_frames)
+        self._view = memoryview(b"")
+        self._unpacker = msgpack.Unpacker(**_UNPACK_OPTS)
+        self._fed = 0
+
+    def _feed(self) -> bool:
+        while not len(self._view):
+            plain = next(self._frames, None)
+            if plain is None:
+                return False
+            self._view = memoryview(plain).cast("B")
+        piece, self._view = self._view[:self._FEED], self._view[self._FEED:]
+        self._unpacker.feed(piece)
+        self._fed += len(piece)
+        return True
+
+    def at_end(self) -> bool:
+        return self._unpacker.tell() == self._fed and not self._feed()
+
+    def read(self) -> Any:
+        while True:
+            try:
+                return self._unpacker.unpack()
+            except msgpack.OutOfData:
+                if not self._feed():
+                    raise errors.TruncatedError("stream ends inside a record") from None
+
+
 def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
-           fragment: bool = False) -> Iterator[tuple[Any, ...]]:
+           fragment: bool = False, small: bool = False) -> Iterator[tuple[Any, ...]]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
@@ -551,9 +587,10 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
     ``version``, known once the first plaintext is out; the newest if not
     given).  ``fragment``: the records of a part of a stream (a partial
     restore's ranged read): records as they come, up to the end of the
-    input (the caller knows which it expects).
+    input (the caller knows which it expects).  ``small``: a stream of
+    small records (a manifest), read faster (``_BulkReader``).
     """
-    reader = _Reader(plain_frames)
+    reader: _Reader | _BulkReader = _BulkReader(plain_frames) if small else _Reader(plain_frames)
     first = True
     v4 = True
     last = b""
