@@ -21,6 +21,7 @@ import stat
 from collections.abc import Callable, Iterator
 
 from freezer_rsyncv2 import config as cfgmod
+from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
@@ -148,6 +149,9 @@ class FileRead:
 
     def _records(self, fd: int, st: os.stat_result) -> Iterator[bytes]:
         e = _refresh(self._entry, st)
+        if self._basis is None and st.st_size < SIGNED_MIN:
+            yield from self._small(fd, st, e)
+            return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
         ranges = fswalk.data_ranges(fd, st.st_size, keep_offset=False)     # read with pread only
         out = file_records.for_basis(self._basis, self._prev_name)
@@ -175,6 +179,29 @@ class FileRead:
             e.mtime_ns = -1     # forces a re-read at the next level
         self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
                                   literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
+
+    def _small(self, fd: int, st: os.stat_result, e: fsentry.Entry) -> Iterator[bytes]:
+        """A small file sent whole: one read, its digest, ENTRY, LITERAL and END_FILE.
+
+        What the general path would store, but for holes and runs of zeros
+        (stored as data: a file under ``SIGNED_MIN`` has no room for a
+        hole), without its per-file set-up: no extent map, signature or
+        zero detection (most files of a source tree are this small).
+        """
+        read = self._reader.region_reader(fd, e.path, SIGNED_MIN)
+        data = b"".join(read(0, st.st_size))
+        hasher = digests.new(digests.DEFAULT)
+        hasher.update(data)
+        digest = hasher.digest()
+        yield records.entry(e, data=records.DATA_FULL)
+        if data:
+            yield records.literal(data)
+        yield records.end_file(len(data), digest)
+        changed = changed_while_read(st, os.fstat(fd), len(data))
+        e.size = len(data)
+        if changed:
+            e.mtime_ns = -1     # forces a re-read at the next level
+        self._result = ReadResult(e, digest=digest, changed=changed, literal_bytes=len(data))
 
 
 class Unreadable(Exception):

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.engine import file_reader
 from freezer_rsyncv2.stream import records
@@ -41,6 +43,39 @@ def test_small_files_across_levels(make_engine, src, restore_dir):
     three = _manifest_records(make_engine.container, 3)[b"small.txt"]
     assert three["sg"] == records.SIG_NONE and three["da"] == records.DATA_FULL
     assert engine.last_summary.files_changed == 1
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    assert treeutil.snapshot(dest) == treeutil.snapshot(src)
+
+
+@pytest.mark.parametrize("how", ["shrink", "grow", "unreadable"])
+def test_a_small_file_changing_or_failing_while_read(make_engine, src, restore_dir, monkeypatch, how):
+    p = os.path.join(src, "small.txt")
+    treeutil.write(p, b"0123456789" * 100)
+    treeutil.write(os.path.join(src, "steady.txt"), b"steady")
+    original = file_reader.read_range
+
+    def racing(fd, offset, length, step, path, warn):
+        if path != b"small.txt":
+            yield from original(fd, offset, length, step, path, warn)
+            return
+        if how == "unreadable":
+            warn(path, "read error at byte 0: Input/output error")
+            return
+        yield from original(fd, offset, length, step, path, warn)
+        if how == "shrink":
+            os.truncate(p, 10)
+        else:
+            with open(p, "ab") as f:
+                f.write(b"more")
+    monkeypatch.setattr(file_reader, "read_range", racing)
+    engine = make_engine()
+    backup(engine, src)
+    assert engine.last_summary.partial and engine.last_summary.warnings[0].path == b"small.txt"
+    monkeypatch.undo()
+    restore(make_engine(), restore_dir())       # what was read is consistent with its digest
+    # the next level reads the file again (its stored mtime is -1) and gets its final state
+    backup(make_engine(), src)
     dest = restore_dir()
     restore(make_engine(), dest)
     assert treeutil.snapshot(dest) == treeutil.snapshot(src)
