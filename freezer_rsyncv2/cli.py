@@ -155,18 +155,19 @@ def cmd_restore(args: argparse.Namespace, progress) -> int:
     engine = _engine(args, storage, progress)
     start = time.monotonic()
     if args.include:
-        level = partial.restore(engine, _name(args), os.path.abspath(args.restore_abs_path), args.include,
-                                args.restore_from_date, overwrite=args.overwrite)
+        done = partial.restore(engine, _name(args), os.path.abspath(args.restore_abs_path), args.include,
+                               args.restore_from_date, overwrite=args.overwrite)
+        level, what = done.level, f"{done.paths} paths of {printable(_name(args))}"
     else:
         level = engine.restore(_name(args), os.path.abspath(args.restore_abs_path),
                                overwrite=args.overwrite,
                                recent_to_date=args.restore_from_date,
                                backup_media="fs")
+        what = printable(_name(args))
     if progress is not None:
         progress.close()
-    print("restored %s up to level %d into %s in %.2f s"
-          % (printable(_name(args)), level,
-             printable(args.restore_abs_path), time.monotonic() - start))
+    print(f"restored {what} up to level {level} into {printable(args.restore_abs_path)} "
+          f"in {time.monotonic() - start:.2f} s")
     return EXIT_OK
 
 

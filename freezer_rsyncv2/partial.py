@@ -47,6 +47,14 @@ class NothingSelectedError(errors.ConfigError):
 
 
 @dataclasses.dataclass
+class Restored:
+    """What a partial restore did: the level restored and the paths written (matches and their parents)."""
+
+    level: int
+    paths: int
+
+
+@dataclasses.dataclass
 class LevelPlan:
     """What one level contributes: ``take`` path -> its records' plaintext offset
     (None: the level has no index), ``deletes`` the old paths of renames it
@@ -154,11 +162,11 @@ def plan(tree: inventory.Tree, wanted: set[bytes]) -> list[LevelPlan]:
 
 
 def restore(engine: Any, name: str, restore_path: str, patterns: Sequence[str], date: int | None = None,
-            overwrite: bool = False) -> int:
+            overwrite: bool = False) -> Restored:
     """Restore the paths of ``name`` (as at ``date``) matching ``patterns`` into restore_path.
 
-    Returns the level restored.  NothingSelectedError when nothing
-    matches; the restore directory is then left as it was.
+    NothingSelectedError when nothing matches; the restore directory is
+    then left as it was.
     """
     with interrupt.handling(), inventory.tree_at(engine, name, date) as tree:
         wanted = selection(tree.entries(), patterns)
@@ -172,7 +180,7 @@ def restore(engine: Any, name: str, restore_path: str, patterns: Sequence[str], 
                 info: dict[str, int] = {}
                 recs = level_records(engine.storage, backup, level_plan, tree.cipher_factory, info)
                 engine.apply_records(restore_path, backup, recs, info)
-        return int(tree.top.level)
+        return Restored(int(tree.top.level), len(wanted))
 
 
 def level_records(storage: Any, backup: Any, level_plan: LevelPlan, cipher_factory: Any, info: dict[str, int]

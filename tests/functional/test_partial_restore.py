@@ -61,7 +61,7 @@ def test_each_path_alone_is_as_in_a_full_restore(make_engine, restore_dir, three
     top = {p for p in full if b"/" not in p}
     for path in sorted(top | {b"dir/nested/deep.txt", b"todir/now-inside", b"new/brand-new.txt"}):
         dest = restore_dir()
-        assert partial.restore(make_engine(), NAME, dest, [os.fsdecode(path)]) == 2
+        assert partial.restore(make_engine(), NAME, dest, [os.fsdecode(path)]).level == 2
         got = _without_groups(treeutil.snapshot(dest))
         if full[path]["fmt"] == 0o100000 and path in (b"dir/hard-small", b"small.txt"):
             # a hardlink brings the file it links to, and it stays a link
@@ -99,7 +99,7 @@ def test_a_level_at_a_date(make_engine, src, restore_dir, clock):
     treeutil.write(os.path.join(src, "f.txt"), b"two, longer")
     backup(make_engine(), src)
     dest = restore_dir()
-    assert partial.restore(make_engine(), NAME, dest, ["f.txt"], date=first) == 0
+    assert partial.restore(make_engine(), NAME, dest, ["f.txt"], date=first) == partial.Restored(0, 1)
     assert open(os.path.join(dest, "f.txt"), "rb").read() == b"one"
 
 
@@ -212,7 +212,8 @@ def test_cli_include(make_engine, src, tmp_path, capsys):
     dest = str(tmp_path / "out")
     assert cli.main(["restore", "--restore-abs-path", dest, "--include", "dir/nested", "--include", "grow.bin",
                      *common]) == 0
-    assert "restored h_n up to level 0" in capsys.readouterr().out
+    # dir, dir/nested, dir/nested/deep.txt, grow.bin
+    assert "restored 4 paths of h_n up to level 0 into" in capsys.readouterr().out
     assert sorted(os.listdir(dest)) == ["dir", "grow.bin"]
     assert os.listdir(os.path.join(dest, "dir")) == ["nested"]
     empty = str(tmp_path / "empty")
