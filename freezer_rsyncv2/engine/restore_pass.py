@@ -8,8 +8,11 @@ data closed by END_FILE) and hands every file system change to
 
 from __future__ import annotations
 
+import array
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 from oslo_log import log
@@ -94,6 +97,76 @@ def _runs(flags: np.ndarray) -> Iterator[tuple[bool, int]]:
         yield bool(flags[a]), int(b - a)
 
 
+class SeenPaths:
+    """The paths of one level's entries, to refuse a second entry for one.
+
+    Not a set of them: a million paths would hold some 70 MB.  Entries
+    come in tree order (``fs.walk.sort_key``), and while they do, a
+    path can only repeat the one before it; so the hashes of in-order
+    paths go to a temporary file, 8 bytes each, written a block at a
+    time.  The first entry out of order (the files a backup held back
+    as possible renames come after the others; or a crafted stream)
+    loads them, sorted (8 bytes a path, once), and from then on every
+    path is looked up there and in a set of those that came since.
+    ``hash()`` of bytes is keyed per process, so a crafted stream
+    cannot aim collisions at it.
+    """
+
+    BLOCK = 8192        # hashes buffered before a write (64 KiB)
+
+    def __init__(self) -> None:
+        self._last: bytes | None = None     # key of the last in-order path
+        self._buffer = array.array("q")
+        self._spill: BinaryIO | None = None
+        self._sorted: np.ndarray | None = None     # once out of order
+        self._late: set[int] = set()
+
+    def add(self, path: bytes) -> bool:
+        """Note ``path``; False if it was noted before."""
+        key = hash(path)
+        if self._sorted is None:
+            order = path.replace(b"/", b"\0")    # sort_key order, as bytes
+            if self._last is None or order > self._last:
+                self._last = order
+                self._buffer.append(key)
+                if len(self._buffer) >= self.BLOCK:
+                    self._flush()
+                return True
+            self._sorted = self._load()
+        if key in self._late:
+            return False
+        at = int(np.searchsorted(self._sorted, key))
+        if at < len(self._sorted) and int(self._sorted[at]) == key:
+            return False
+        self._late.add(key)
+        return True
+
+    def _flush(self) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="rsyncv2-seen-")
+        self._buffer.tofile(self._spill)
+        self._buffer = array.array("q")
+
+    def _load(self) -> np.ndarray:
+        """Every hash noted so far, sorted; the spill file is closed."""
+        if self._spill is None:
+            hashes = np.array(self._buffer, dtype=np.int64)
+        else:
+            self._flush()
+            self._spill.seek(0)
+            hashes = np.fromfile(self._spill, dtype=np.int64)
+            self.close()
+        self._buffer = array.array("q")
+        hashes.sort()
+        return hashes
+
+    def close(self) -> None:
+        """Remove the spill file (idempotent)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+
 class RestorePass:
     """Applies one level's records; raises the library's typed errors."""
 
@@ -103,9 +176,7 @@ class RestorePass:
         self.progress = progress
         self.files = 0
         self.bytes_written = 0
-        # hash() of bytes is keyed per process, so a crafted stream cannot
-        # aim collisions at it; 8 bytes a path keeps a million entries cheap.
-        self._seen: set[int] = set()
+        self._seen = SeenPaths()
         self.digest = digests.SHA256     # named by the level's BEGIN record
 
     def run(self, recs: Iterable[tuple], level: int | None = None,
@@ -138,11 +209,18 @@ class RestorePass:
                 % (written, level))
         self.tree.level = written
         self.digest = digests.of_level(begin[1])
+        try:
+            return self._records(it)
+        finally:
+            self._seen.close()
+
+    def _records(self, it: Iterator[tuple]) -> dict:
         for rec in it:
             rtype = rec[0]
             if rtype == records.ENTRY:
                 self._entry(rec[1], rec[2], it)
             elif rtype == records.DELETE:
+                self.tree.reached(rec[1])
                 self.tree.remove(rec[1])
                 self.progress.entry(rec[1], "deleted")
             elif rtype == records.END:
@@ -153,11 +231,10 @@ class RestorePass:
         raise errors.TruncatedError("stream ends before its END record")
 
     def _entry(self, e: fsentry.Entry, extra: dict, it: Iterator) -> None:
-        key = hash(e.path)
-        if key in self._seen:
+        if not self._seen.add(e.path):
             raise errors.CorruptRecordError(
                 f"second entry for {e.path!r} in one level")
-        self._seen.add(key)
+        self.tree.reached(e.path)
         kind = e.kind
         data = extra.get("data", records.DATA_NONE)
         if kind != fsentry.KIND_FILE and data != records.DATA_NONE:

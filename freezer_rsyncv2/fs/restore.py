@@ -43,10 +43,13 @@ class RestoreTree(RegularFiles, SharedInodes):
     or backup level can redirect a write or a deletion.  File data lands
     in a temporary file renamed into place only after its digest and
     length check out; big files stay staged until ``finish()``
-    (``fs.regular``).  Directory metadata is deferred to ``finish()``
-    (deepest first) so that creating children neither disturbs restored
-    mtimes nor hits a read-only directory.  One tree may serve all the
-    levels of a restore: ``finish()`` once, after the last.
+    (``fs.regular``).  Directory metadata waits until nothing more is
+    written in the directory, so that creating children neither disturbs
+    restored mtimes nor hits a read-only directory: until the record
+    stream leaves it (``reached``: records come in tree order) or, for a
+    directory its owner could not write in and for callers that do not
+    say where the stream is, until ``finish()``.  One tree may serve all
+    the levels of a restore: ``finish()`` once, after the last.
 
     Metadata is only ever applied to an inode that no name outside this
     restore can reach: one this restore created, or one with a single
@@ -82,8 +85,14 @@ class RestoreTree(RegularFiles, SharedInodes):
         if restore_owner is None:
             restore_owner = self.is_root
         self.meta = MetaApplier(restore_owner, self.warn)
+        # Directories whose metadata (``_dirs``) or times before this
+        # level changed them (``_parent_times``) wait to be set: those
+        # the stream is still in (a chain of ancestors of ``_at``, the
+        # last path ``reached``), read-only ones, and any a record out of
+        # tree order touched.  Never one per file of the tree.
         self._dirs: dict[bytes, Entry] = {}
         self._parent_times: dict[bytes, tuple[int, int]] = {}
+        self._at: bytes | None = None
         self._staged: dict[bytes, Staged] = {}
         # Inodes (``SharedInodes``) this restore gave a second name
         # (hardlink records): the only inodes with several links whose
@@ -203,7 +212,8 @@ class RestoreTree(RegularFiles, SharedInodes):
     # -- directories --------------------------------------------------
 
     def make_dir(self, entry: Entry) -> None:
-        """Create (or keep) a directory; its metadata waits for finish()."""
+        """Create (or keep) a directory; its metadata waits until the
+        stream leaves it (``reached``) or for finish()."""
         with os_errors(entry.path, "create directory"), self.parent_of(entry.path) as (parent, name):
             assert parent is not None
             kept = self.clear_at(parent, name, entry.path, keep_dir=True)
@@ -234,6 +244,43 @@ class RestoreTree(RegularFiles, SharedInodes):
         finally:
             self._finish_dirs()
 
+    def reached(self, path: bytes) -> None:
+        """The record stream has come to ``path``: finish the directories it left.
+
+        Records come in tree order (a directory, then what is in it), so
+        once a record lies outside a directory nothing more is written in
+        it and its metadata (``make_dir``, ``set_meta``) or its times
+        from before this level changed it (``note_times``) can be set
+        now, instead of one deferred item per directory of the tree
+        waiting for finish().  Not a directory its owner cannot write in
+        (mode without u+rwx): a later record or level may still add to
+        it, so it waits for finish().  Order is not trusted: a record
+        that comes back into a finished directory (the files a backup
+        held back as possible renames, DELETE records, a later level, a
+        crafted stream) has its times noted again and put back when the
+        stream leaves it again.  Costs the components that ``path`` does
+        not share with the previous path, as ``DirCache`` lookups do.
+        """
+        prev, self._at = self._at, path
+        while prev and prev != path and not path.startswith(prev + b'/'):
+            self._leave(prev)
+            cut = prev.rfind(b'/')
+            prev = prev[:cut] if cut > 0 else b''
+
+    def _leave(self, path: bytes) -> None:
+        """Set what waits for directory ``path`` (if anything does) now."""
+        entry = self._dirs.get(path)
+        if entry is None:
+            times = self._parent_times.pop(path, None)
+            if times is not None:
+                self._put_back_times(path, times)
+            return
+        if entry.mode & 0o700 != 0o700:
+            return      # finish() sets it, once nothing can be added
+        del self._dirs[path]
+        self._parent_times.pop(path, None)
+        self._finish_dir_safely(entry)
+
     def _finish_dirs(self) -> None:
         """Directory metadata and times, in reverse tree order.
 
@@ -256,11 +303,17 @@ class RestoreTree(RegularFiles, SharedInodes):
             if entry is None:
                 assert times is not None
                 self._put_back_times(path, times)
-                continue
-            try:
-                self._finish_dir(entry)
-            except UnsafePathError as exc:
-                LOG.debug("skipping metadata of %s: %s", show(entry.path), exc)
+            else:
+                self._finish_dir_safely(entry)
+        self._at = None
+
+    def _finish_dir_safely(self, entry: Entry) -> None:
+        """``_finish_dir``, skipping a directory below one that a later
+        record replaced (by a symlink, say): nothing is followed."""
+        try:
+            self._finish_dir(entry)
+        except UnsafePathError as exc:
+            LOG.debug("skipping metadata of %s: %s", show(entry.path), exc)
 
     def _put_back_times(self, path: bytes, times: tuple[int, int]) -> None:
         """Restore a directory's times that a change inside it moved."""

@@ -89,8 +89,11 @@ class _Walker:
         self.hardlinks = hardlinks
         self.warn = on_warning
         self.include_acl = os.geteuid() == 0
-        # (dev, ino) -> first path, for regular files with nlink > 1 only.
-        self.links: dict[tuple[int, int], bytes] = {}
+        # (dev, ino) -> (first path, names not met yet), for regular files
+        # with nlink > 1 only, and only until their last name is met: a
+        # tree of hardlinked pairs holds the pairs open at one time, not
+        # one item per file.
+        self.links: dict[tuple[int, int], tuple[bytes, int]] = {}
 
     def excluded(self, name: bytes, rel: bytes) -> bool:
         return any(rx.match(name) or rx.match(rel) for rx in self.excludes)
@@ -127,12 +130,16 @@ class _Walker:
             size = st.st_size
             if st.st_nlink > 1 and self.hardlinks:
                 key = (st.st_dev, st.st_ino)
-                first = self.links.get(key)
-                if first is None:
-                    self.links[key] = rel
+                known = self.links.get(key)
+                if known is None:
+                    self.links[key] = (rel, st.st_nlink - 1)
                 else:
                     kind = KIND_HARDLINK
-                    hardlink_to = first
+                    hardlink_to, left = known
+                    if left > 1:
+                        self.links[key] = (hardlink_to, left - 1)
+                    else:
+                        del self.links[key]     # its last name
 
         def xattr_error(message: str) -> None:
             self.warn(rel, message)
