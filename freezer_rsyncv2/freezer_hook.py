@@ -3,10 +3,15 @@
 # freezer-agent loads freezer.engine.<name>.<name>.<Name>Engine and has no
 # plug-in point, so a .pth file installed with this package calls install(),
 # which puts EngineFinder first on sys.meta_path.  The finder answers for
-# exactly one module name, freezer.engine.rsyncv2.rsyncv2, and serves
-# freezer_rsyncv2/freezer_engine.py under that name; every other import,
-# including the rest of Freezer, goes to the normal machinery.  Freezer's
-# files are never touched and nothing of Freezer is imported here.
+# two module names.  For freezer.engine.rsyncv2.rsyncv2 it serves
+# freezer_rsyncv2/freezer_engine.py under that name.  For freezer.storage.s3
+# it returns Freezer's own spec with a loader that, once Freezer's module has
+# run, lets freezer_compat.adapt_s3_module give its S3Storage one lean client
+# per storage object (docs/freezer-agent.rst, "Memory"): Freezer builds its
+# S3 storage, and with it botocore clients, before our engine is loaded.
+# Every other import, including the rest of Freezer, goes to the normal
+# machinery.  Freezer's files are never touched and nothing of Freezer is
+# imported here.
 #
 # This module runs at every interpreter start-up (from the .pth file): it
 # imports only os and sys, does no file system work in install(), and never
@@ -23,12 +28,16 @@ if TYPE_CHECKING:       # typing only: start-up imports stay os and sys
     from collections.abc import Mapping, Sequence
     from typing import Any
 
+    from importlib.abc import Loader
     from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 #: The module freezer-agent imports for ``--engine rsyncv2``.
 TARGET = "freezer.engine.rsyncv2.rsyncv2"
 #: Our module served under that name (it exposes ``Rsyncv2Engine``).
 REPLACEMENT = "freezer_rsyncv2.freezer_engine"
+#: Freezer's S3 storage module, adapted as it is imported (freezer_compat.adapt_s3_module).
+S3_MODULE = "freezer.storage.s3"
 #: Set to 1/true/yes/on to get Freezer's own rsyncv2 engine back.
 DISABLE_ENV = "FREEZER_RSYNCV2_DISABLE"
 
@@ -42,7 +51,7 @@ def disabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 class EngineFinder:
-    """Meta path finder that serves REPLACEMENT's file under the TARGET name, nothing else."""
+    """Meta path finder that serves REPLACEMENT's file under the TARGET name and adapts S3_MODULE."""
 
     def __init__(self, target: str = TARGET,
                  replacement: str = REPLACEMENT) -> None:
@@ -51,7 +60,14 @@ class EngineFinder:
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: Any = None) -> ModuleSpec | None:
-        """The spec of our module under ``fullname`` if it is the target, else None."""
+        """The spec of our module under ``fullname`` if it is the target, else None.
+
+        Freezer's S3 module gets its own spec, with a loader that adapts
+        it once it has run (only for the finder of the real TARGET, so a
+        finder made for another name changes nothing else).
+        """
+        if fullname == S3_MODULE and self.target == TARGET and not disabled():
+            return _adapting_spec(fullname, path)
         if fullname != self.target or disabled():
             return None
         import importlib.util   # only now: the target is being imported
@@ -69,6 +85,54 @@ class EngineFinder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r} -> {self.replacement!r})"
+
+
+def _adapting_spec(fullname: str, path: Sequence[str] | None) -> ModuleSpec | None:
+    """The spec the path machinery finds for ``fullname``, its loader wrapped in _AdaptingLoader.
+
+    None (the normal machinery then imports the module as usual) when
+    there is no such module, its loader cannot be wrapped, or anything
+    goes wrong: the hook must never break freezer-agent.
+    """
+    try:
+        import importlib.machinery  # only now: Freezer's S3 module is being imported
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _AdaptingLoader(spec.loader)  # type: ignore[assignment]  # a Loader in all but its base class
+        return spec
+    except Exception:
+        return None
+
+
+class _AdaptingLoader:
+    """Freezer's loader for its S3 module, followed by ``freezer_compat.adapt_s3_module``.
+
+    Anything else asked of it (``get_source``, ``get_resource_reader``...)
+    is the original loader's answer.
+    """
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)     # Freezer's errors are Freezer's to raise
+        try:
+            from freezer_rsyncv2 import freezer_compat
+            freezer_compat.adapt_s3_module(module)
+        except Exception:                   # Freezer's module stays as it is
+            import logging
+            logging.getLogger(__name__).debug(
+                "rsyncv2 engine: %s left as it is", module.__name__, exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.loader!r})"
 
 
 def installed_finder() -> EngineFinder | None:

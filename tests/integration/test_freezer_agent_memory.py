@@ -6,13 +6,11 @@ resident set size is the agent process's own ``VmHWM`` (read from its
 /proc/self/status as it exits, ``Agent(..., measure=True)``).  No segment
 is held in memory (docs/freezer-agent.rst, "Memory"), so the peak does not
 grow with the file: a level 0, a level 1 and a restore each stay under
-RSS_LIMIT_MB with the local storage and with Swift.  With S3 the agent
-reaches our engine about 8 MB higher (what Python keeps of the botocore
-clients Freezer built before our engine was loaded; the one lean client
-the engine keeps fits in it), and the bound checked is the one
-docs/freezer-agent.rst gives for it: level 1 still reaches 150 MB at
-times, and S3_RSS_LIMIT_MB goes back to RSS_LIMIT_MB once Freezer's
-clients are no longer built (freezer_compat.adapt_s3_module).
+RSS_LIMIT_MB with the local storage, Swift and S3.  With S3 that holds
+because the import hook adapts Freezer's S3 module as the agent imports
+it (freezer_compat.adapt_s3_module), so Freezer builds none of its
+botocore clients before our engine is loaded; S3's level 1 is the
+closest to the bound (docs/freezer-agent.rst, "Memory").
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 SEGMENT = 32 * MIB                  # freezer-agent's default --max-segment-size
 BIG = 4 * SEGMENT + 9 * MIB         # more than four segments
-RSS_LIMIT_MB = 150.0                # local and Swift (issue 18)
-S3_RSS_LIMIT_MB = 155.0             # S3: see docs/freezer-agent.rst, "Memory"
+RSS_LIMIT_MB = 150.0                # local, Swift and S3 (issue 18)
 TIMEOUT = 240
 
 
@@ -111,7 +108,7 @@ def test_swift_memory_is_bounded(agent, swift, tmp_path):  # noqa: F811
 
 def test_s3_memory_is_bounded(agent, s3, tmp_path):  # noqa: F811
     round_trip(agent, s3, tmp_path / "src", tmp_path / "restored",
-               S3_RSS_LIMIT_MB)
+               RSS_LIMIT_MB)
     # Each level's data is one object, uploaded in parts of the default size.
     data = [key for key in s3.keys("data", "mem") if key.endswith("/data")]
     assert len(data) == 2, data

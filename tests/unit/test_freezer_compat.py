@@ -20,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from freezer_rsyncv2 import errors, freezer_compat
+from freezer_rsyncv2 import freezer_s3 as s3_fixes
 from freezer_rsyncv2.freezer_engine import Rsyncv2Engine
 from freezer_rsyncv2.storage.local import LocalStorage
 
@@ -252,3 +253,85 @@ def test_segments_below_s3s_part_minimum_are_warned_of(freezer_s3, caplog, segme
     assert bool(said) is warned
     if warned:
         assert "--max-segment-size %d is below 5 MiB" % segment in said[0]
+
+
+@pytest.fixture
+def s3_module(monkeypatch) -> types.ModuleType:
+    """Freezer's S3 module as imported, its S3Storage making a new client for every request (``made``)."""
+    made: list[Any] = []
+
+    class S3Storage(FreezerS3Storage):
+        def get_s3_connection(self) -> FakeS3Client:
+            made.append(self)
+            return FakeS3Client()
+    module = types.ModuleType(freezer_compat.FREEZER_S3_MODULE)
+    module.S3Storage = S3Storage
+    module.made = made
+    monkeypatch.setitem(sys.modules, freezer_compat.FREEZER_S3_MODULE, module)
+    return module
+
+
+def test_adapted_s3_module_keeps_one_client_per_storage_object(s3_module):
+    freezer_compat.adapt_s3_module(s3_module)
+    one, two = s3_module.S3Storage("bucket", None), s3_module.S3Storage("bucket", None)
+    assert s3_module.made == []                     # made at first use
+    client = one.get_s3_connection()
+    assert one.get_s3_connection() is client and one.get_s3_connection() is client
+    assert two.get_s3_connection() is not client
+    # Without Freezer's settings (access_key, secret_key, endpoint) each
+    # client is made by Freezer's own method, once per object.
+    assert s3_module.made == [one, two]
+
+
+def test_adapted_s3_module_makes_lean_clients_from_the_settings(s3_module, monkeypatch):
+    made: list[tuple[Any, ...]] = []
+
+    def lean_client(*settings: Any) -> FakeS3Client:
+        made.append(settings)
+        return FakeS3Client()
+    monkeypatch.setattr(s3_fixes, "lean_client", lean_client)
+    freezer_compat.adapt_s3_module(s3_module)
+    storage = s3_module.S3Storage("bucket", None)
+    storage.access_key, storage.secret_key = "ak", "sk"
+    assert storage.get_s3_connection() is storage.get_s3_connection()
+    assert made == [("ak", "sk", "http://s3.example")]
+    assert s3_module.made == []                     # Freezer's never called
+
+
+def test_adapt_s3_module_is_idempotent(s3_module):
+    original = vars(s3_module.S3Storage)["get_s3_connection"]
+    freezer_compat.adapt_s3_module(s3_module)
+    adapted = vars(s3_module.S3Storage)["get_s3_connection"]
+    assert adapted is not original and adapted.__wrapped__ is original
+    freezer_compat.adapt_s3_module(s3_module)
+    assert vars(s3_module.S3Storage)["get_s3_connection"] is adapted
+    storage = s3_module.S3Storage("bucket", None)
+    assert storage.get_s3_connection() is storage.get_s3_connection()
+    assert s3_module.made == [storage]
+
+
+def test_adapt_s3_module_leaves_other_modules_alone():
+    empty = types.ModuleType(freezer_compat.FREEZER_S3_MODULE)
+    freezer_compat.adapt_s3_module(empty)
+    assert not hasattr(empty, freezer_compat.FREEZER_S3_CLASS)
+    not_a_class = types.ModuleType("elsewhere")
+    not_a_class.S3Storage = lambda: None
+    freezer_compat.adapt_s3_module(not_a_class)
+    inherits = types.ModuleType("elsewhere")        # the method is not the class's own
+    inherits.S3Storage = type("S3Storage", (FreezerS3Storage,), {})
+    freezer_compat.adapt_s3_module(inherits)
+    assert "get_s3_connection" not in vars(inherits.S3Storage)
+    assert not hasattr(FreezerS3Storage.get_s3_connection, "__wrapped__")
+
+
+def test_engine_keeps_the_client_made_before_it_was_loaded(s3_module):
+    freezer_compat.adapt_s3_module(s3_module)
+    early = s3_module.S3Storage("bucket", None)
+    client = early.get_s3_connection()              # Freezer's prepare()
+    late = s3_module.S3Storage("bucket", None)
+    freezer_compat.adapt_storage(early)
+    freezer_compat.adapt_storage(late)
+    assert "put_file" in vars(early) and "put_file" in vars(late)
+    assert early.get_s3_connection() is client
+    assert late.get_s3_connection() is late.get_s3_connection()
+    assert s3_module.made == [early, late]          # one client each, never more

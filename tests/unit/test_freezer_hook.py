@@ -28,6 +28,16 @@ FAKE_FILES = {
     "freezer/engine/rsyncv2/pyrsync.py": "ORIGIN = 'freezer'\n",
     "freezer/engine/tar/__init__.py": "",
     "freezer/engine/tar/tar.py": "class TarEngine:\n    ORIGIN = 'freezer'\n",
+    "freezer/storage/__init__.py": "",
+    # As Freezer's: a new client for every request.
+    "freezer/storage/s3.py": textwrap.dedent("""\
+        ORIGIN = 'freezer'
+
+
+        class S3Storage:
+            def get_s3_connection(self):
+                return object()
+        """),
 }
 
 
@@ -188,6 +198,77 @@ def test_without_freezer_nothing_appears(monkeypatch):
         importlib.import_module(freezer_hook.TARGET)
     assert raised.value.name == "freezer"
     assert "freezer" not in sys.modules
+
+
+def _adapted(module) -> bool:
+    return hasattr(vars(module.S3Storage)["get_s3_connection"], "__wrapped__")
+
+
+def test_freezers_s3_module_is_adapted_as_imported(fake_freezer):
+    freezer_hook.install()
+    module = importlib.import_module(freezer_hook.S3_MODULE)
+    assert module.ORIGIN == "freezer"
+    assert module.__file__.startswith(str(fake_freezer))
+    assert module.__spec__.origin == module.__file__
+    assert _adapted(module)
+    # One client per storage object (freezer_compat.adapt_s3_module).
+    one, two = module.S3Storage(), module.S3Storage()
+    assert one.get_s3_connection() is one.get_s3_connection()
+    assert one.get_s3_connection() is not two.get_s3_connection()
+    # The wrapped loader answers as Freezer's for the rest.
+    loader = module.__spec__.loader
+    assert type(loader).__name__ == "_AdaptingLoader"
+    assert "class S3Storage" in loader.get_source(freezer_hook.S3_MODULE)
+
+
+@pytest.mark.parametrize("how", ["opt-out", "no-hook", "other-target"])
+def test_freezers_s3_module_left_alone(fake_freezer, monkeypatch, how):
+    if how == "opt-out":
+        freezer_hook.install()
+        monkeypatch.setenv(freezer_hook.DISABLE_ENV, "1")
+    elif how == "other-target":     # a finder for another name adapts nothing
+        sys.meta_path.insert(0, freezer_hook.EngineFinder(
+            target="freezer.engine.tar.tar"))
+    module = importlib.import_module(freezer_hook.S3_MODULE)
+    assert module.ORIGIN == "freezer"
+    assert not _adapted(module)
+    assert module.__spec__.loader.__class__.__name__ != "_AdaptingLoader"
+
+
+def test_failing_adaptation_does_not_break_the_import(fake_freezer, monkeypatch, caplog):
+    from freezer_rsyncv2 import freezer_compat
+
+    def fail(module):
+        raise RuntimeError("adaptation failed")
+    monkeypatch.setattr(freezer_compat, "adapt_s3_module", fail)
+    freezer_hook.install()
+    with caplog.at_level(logging.DEBUG, logger=freezer_hook.__name__):
+        module = importlib.import_module(freezer_hook.S3_MODULE)
+    assert module.ORIGIN == "freezer" and not _adapted(module)
+    assert sys.modules[freezer_hook.S3_MODULE] is module
+    said = [r for r in caplog.records if r.name == freezer_hook.__name__]
+    assert len(said) == 1 and freezer_hook.S3_MODULE in said[0].getMessage()
+    assert str(said[0].exc_info[1]) == "adaptation failed"
+
+
+def test_freezers_own_import_errors_are_freezers(fake_freezer):
+    (fake_freezer / "freezer" / "storage" / "s3.py").write_text(
+        "raise ImportError('no botocore')\n")
+    freezer_hook.install()
+    with pytest.raises(ImportError, match="no botocore"):
+        importlib.import_module(freezer_hook.S3_MODULE)
+    assert freezer_hook.S3_MODULE not in sys.modules
+
+
+def test_no_spec_or_no_loader_goes_to_the_normal_machinery(fake_freezer, monkeypatch):
+    import importlib.machinery
+    path = [str(fake_freezer / "freezer" / "storage")]
+    assert freezer_hook._adapting_spec("freezer.storage.nothing", path) is None
+
+    def boom(*args):
+        raise OSError("unreadable")
+    monkeypatch.setattr(importlib.machinery.PathFinder, "find_spec", boom)
+    assert freezer_hook._adapting_spec(freezer_hook.S3_MODULE, path) is None
 
 
 def test_load_is_logged(fake_freezer, caplog):
