@@ -41,6 +41,8 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 #: compression, and a tree of small files skips the rolling hash and 20
 #: bytes of manifest a block.
 SIGNED_MIN = 4096
+#: Files up to this size, of the size they had below, are compared by digest first (``_touched_only``).
+PRECHECK_MAX = 1 << 20
 
 
 @dataclasses.dataclass
@@ -153,13 +155,23 @@ class FileRead:
             yield from self._small(fd, st, e)
             return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
+        read = self._reader.region_reader(fd, e.path, block_len)
+        if self._basis is not None and self._touched_only(self._basis, st):
+            content = b"".join(read(0, st.st_size))
+            digest = _digest_of(content)
+            if digest == self._basis.digest and not changed_while_read(st, os.fstat(fd), len(content)):
+                # The content below: the caller makes it a metadata change.
+                self._result = ReadResult(e, digest=digest)
+                return
+
+            def read(offset: int, length: int) -> Iterator[bytes]:     # what was read, again
+                yield content[offset:offset + length]
         ranges = fswalk.data_ranges(fd, st.st_size, keep_offset=False)     # read with pread only
         out = file_records.for_basis(self._basis, self._prev_name)
         yield records.entry(e, **out.fields(sparse=sum(length for _o, length in ranges) < st.st_size))
         hasher = self._reader.hasher(block_len, st.st_size)
         try:
             done = 0
-            read = self._reader.region_reader(fd, e.path, block_len)
             for piece in extents.file_pieces(read, ranges, st.st_size, block_len):
                 if piece.zeros:
                     hasher.zeros(piece.zeros)
@@ -180,6 +192,13 @@ class FileRead:
         self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
                                   literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
 
+    def _touched_only(self, basis: mf.ManifestEntry, st: os.stat_result) -> bool:
+        """Whether to check the content against the basis's digest before any delta: a file
+        of ``PRECHECK_MAX`` bytes or less, of its basis's size (a touched file is then a
+        metadata change at the cost of a digest, not of the rsync matcher)."""
+        return (self._prev_name is None and basis.digest is not None
+                and st.st_size == basis.entry.size and st.st_size <= PRECHECK_MAX)
+
     def _small(self, fd: int, st: os.stat_result, e: fsentry.Entry) -> Iterator[bytes]:
         """A small file sent whole: one read, its digest, ENTRY, LITERAL and END_FILE.
 
@@ -190,9 +209,7 @@ class FileRead:
         """
         read = self._reader.region_reader(fd, e.path, SIGNED_MIN)
         data = b"".join(read(0, st.st_size))
-        hasher = digests.new(digests.DEFAULT)
-        hasher.update(data)
-        digest = hasher.digest()
+        digest = _digest_of(data)
         yield records.entry(e, data=records.DATA_FULL)
         if data:
             yield records.literal(data)
@@ -202,6 +219,14 @@ class FileRead:
         if changed:
             e.mtime_ns = -1     # forces a re-read at the next level
         self._result = ReadResult(e, digest=digest, changed=changed, literal_bytes=len(data))
+
+
+def _digest_of(data: bytes) -> bytes:
+    """The file digest (``digests.DEFAULT``) of a content held whole."""
+    hasher = digests.new(digests.DEFAULT)
+    hasher.update(data)
+    digest: bytes = hasher.digest()
+    return digest
 
 
 class Unreadable(Exception):

@@ -83,12 +83,31 @@ def test_a_file_read_again_against_its_signature_is_copies(tmp_path):
     write(tmp_path / "f", data)
     reading = Reading(tmp_path)
     digest, signature = hashes_of(data)
-    basis = mf.ManifestEntry(reading.entry("f"), digest, signature)
+    # a basis without a digest is not compared first (see the test below)
+    basis = mf.ManifestEntry(reading.entry("f"), None, signature)
     recs, result = reading.read(reading.entry("f"), basis)
     assert recs[0][1]["data"] == records.DATA_DELTA
     assert recs[0][1]["bl"] == BLOCK and recs[0][1]["bs"] == len(data)
     assert [r[0] for r in recs[1:]] == [records.COPY, records.END_FILE]
     assert result.digest == digest and (result.literal_bytes, result.copied_bytes) == (0, len(data))
+
+
+def test_a_touched_file_is_found_by_its_digest_without_a_delta(tmp_path):
+    data = os.urandom(5 * BLOCK)
+    write(tmp_path / "f", data)
+    reading = Reading(tmp_path)
+    digest, signature = hashes_of(data)
+    basis = mf.ManifestEntry(reading.entry("f"), digest, signature)
+    recs, result = reading.read(reading.entry("f"), basis)
+    assert recs == [] and result.digest == digest and not result.changed
+    assert (result.literal_bytes, result.copied_bytes) == (0, 0)
+    # one byte changed: the delta goes on from what was read
+    write(tmp_path / "f", data[:7] + b"X" + data[8:])
+    recs, result = reading.read(reading.entry("f"), basis)
+    assert recs[0][1]["data"] == records.DATA_DELTA
+    assert [r[0] for r in recs[1:]] == [records.LITERAL, records.COPY, records.END_FILE]
+    assert result.digest == hashes_of(data[:7] + b"X" + data[8:])[0]
+    assert result.copied_bytes == 4 * BLOCK
 
 
 def test_a_sparse_file_reads_only_its_data(tmp_path):

@@ -67,7 +67,8 @@ def _both(src, out, level, previous, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(rsig, "_small_signature", lambda *args: taken.append(one_go(*args)) or taken[-1])
         fast = _level(src, out / "fast", level, previous)
-    assert sum(sig is not None for sig in taken) > 50    # most files took the small path
+    # most files changed or new above 4 KiB took the small path (touched ones are found by their digest)
+    assert sum(sig is not None for sig in taken) > 40
     with monkeypatch.context() as patch:
         patch.setattr(rsig, "SMALL_FILE", -1)       # every file through the general path
         general = _level(src, out / "general", level, previous)
