@@ -150,6 +150,9 @@ def prepare_venv(venv: str, work: str) -> str:
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps",
                     "--force-reinstall", wheel], check=True, env=env,
                    stdout=subprocess.DEVNULL)
+    # and what it needs that freezer did not bring (zstandard, blake3, ...)
+    subprocess.run([python, "-m", "pip", "install", "-q", wheel], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
     shutil.rmtree(src, ignore_errors=True)
     return agent
 
