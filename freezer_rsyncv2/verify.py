@@ -8,6 +8,7 @@ else.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import os
@@ -16,7 +17,7 @@ import tempfile
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
-from freezer_rsyncv2.stream import place
+from freezer_rsyncv2.stream import place, records
 
 
 @dataclasses.dataclass
@@ -55,10 +56,18 @@ def verify(engine, hostname_backup_name: str,
                 _check_metadata(backup, level, hostname_backup_name)
                 manifests.append(os.path.join(scratch, "manifest-%d" % level))
                 places.append(place.Place.of(backup))
-                report.manifest_entries += _check_manifest(
+                count, index = _check_manifest(
                     engine, backup, manifests[-1], level,
                     hostname_backup_name)
-                engine.restore_one(tree, backup)
+                report.manifest_entries += count
+                seen = _Positions()
+                engine.entry_observer = seen.add if index is not None else None
+                try:
+                    engine.restore_one(tree, backup)
+                finally:
+                    engine.entry_observer = None
+                if index is not None:
+                    _check_index(index, seen, level, hostname_backup_name)
         _check_signatures(engine, manifests, places, hostname_backup_name)
     finally:
         remove_scratch(scratch)
@@ -76,9 +85,11 @@ def remove_scratch(path: str) -> None:
     """
     for root, dirs, _files in os.walk(path):
         for name in dirs:
+            entry = os.path.join(root, name)
+            if os.path.islink(entry):
+                continue    # a symlink to a directory is listed with them; never followed
             with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, name), 0o700,
-                         follow_symlinks=False)
+                os.chmod(entry, 0o700)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -93,17 +104,52 @@ def _check_metadata(backup, level: int, name: str) -> None:
                                  "engine's" % (level, name))
 
 
-def _check_manifest(engine, backup, path: str, level: int, name: str) -> int:
+def _check_manifest(engine, backup, path: str, level: int, name: str) -> tuple[int, _Positions | None]:
+    """The manifest's entry count and, for a level with an index (format 4), its entries' offsets."""
     backup.storage.get_file(backup.engine_metadata_path, path)
     count = 0
+    listed = _Positions()
+    tables: list = []
     try:
-        for _rec in mf.read(path, engine.cipher_factory(),
-                            place.Place.of(backup)):
+        for rec in mf.read(path, engine.cipher_factory(),
+                           place.Place.of(backup), index=tables):
             count += 1
+            if rec[0] == records.MANIFEST and "o" in rec[2]:
+                listed.add(rec[2]["o"], rec[1].path)
     except errors.Rsyncv2Error as err:
         raise type(err)("level %d of %s: manifest: %s"
                         % (level, name, err)) from err
-    return count
+    return count, (listed if tables else None)
+
+
+class _Positions:
+    """(plaintext offset, path) pairs, 16 bytes each: a path is kept as its hash."""
+
+    def __init__(self) -> None:
+        self.offsets = array.array("q")
+        self.paths = array.array("q")
+
+    def add(self, offset: int, path: bytes) -> None:
+        self.offsets.append(offset)
+        self.paths.append(hash(path))
+
+    def sorted(self) -> list[tuple[int, int]]:
+        return sorted(zip(self.offsets, self.paths))
+
+
+def _check_index(index: _Positions, seen: _Positions, level: int, name: str) -> None:
+    """Every entry the manifest's index names starts where it says in the data, and no other.
+
+    What a partial restore relies on (``partial``, ``docs/format.rst``
+    "Index"); it also refuses a wrong index itself, so this finds one
+    before a restore needs it.
+    """
+    listed, found = index.sorted(), seen.sorted()
+    if listed == found:
+        return
+    wrong = next((a for a, b in zip(listed, found) if a != b), None)
+    where = f"plaintext offset {wrong[0]}" if wrong else f"{len(listed)} entries listed, {len(found)} in the data"
+    raise errors.IntegrityError(f"level {level} of {name}: the manifest's index does not match its data ({where})")
 
 
 def _check_signatures(engine, manifests: list[str],

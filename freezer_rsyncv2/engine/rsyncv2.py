@@ -65,6 +65,9 @@ class Rsyncv2Engine(base.BackupEngine):
         # The pass file is read at first use, not here (cheap constructor).
         self._keyring: Any = None
         self._session: tuple[str, fsrestore.RestoreTree] | None = None
+        #: Told ``(offset, path)`` of each ENTRY a restore applies (``records.decode``'s
+        #: ``on_entry``): how ``verify`` checks a level's index against its data.
+        self.entry_observer: Callable[[int, bytes], None] | None = None
 
     @property
     def name(self) -> str:
@@ -331,7 +334,7 @@ class Rsyncv2Engine(base.BackupEngine):
             frames.decode_frames(_recv_all(read_pipe), frames.KIND_DATA,
                                  self.cipher_factory(), info),
             _FRAMES_AHEAD, "rsyncv2-frames")
-        self.apply_records(restore_path, backup, records.decode(plain, info), info)
+        self.apply_records(restore_path, backup, records.decode(plain, info, on_entry=self.entry_observer), info)
 
     def apply_records(self, restore_path: str, backup: Any, recs: Iterable[tuple], info: dict) -> None:
         """Apply one level's records (``records.decode``'s tuples, BEGIN to END) into restore_path.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -476,10 +476,17 @@ class _Reader:
         self._frames = iter(plain_frames)
         self._view = memoryview(b"")
         self._pos = 0
+        self._base = 0      # plaintext offset of _view's start
+
+    @property
+    def offset(self) -> int:
+        """Plaintext offset of the next record (once ``at_end`` said there is one)."""
+        return self._base + self._pos
 
     def _next_frame(self) -> bool:
         for plain in self._frames:
             if len(plain):
+                self._base += len(self._view)
                 self._view = memoryview(plain).cast("B")
                 self._pos = 0
                 return True
@@ -576,7 +583,8 @@ class _BulkReader:
 
 
 def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
-           fragment: bool = False, small: bool = False) -> Iterator[tuple[Any, ...]]:
+           fragment: bool = False, small: bool = False,
+           on_entry: Callable[[int, bytes], None] | None = None) -> Iterator[tuple[Any, ...]]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
@@ -589,7 +597,11 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
     restore's ranged read): records as they come, up to the end of the
     input (the caller knows which it expects).  ``small``: a stream of
     small records (a manifest), read faster (``_BulkReader``).
+    ``on_entry(offset, path)``: told where each ENTRY record starts in the
+    plaintext (``verify`` checks a manifest's index with it).
     """
+    if small and on_entry is not None:
+        raise ValueError("on_entry needs the reader of data streams")
     reader: _Reader | _BulkReader = _BulkReader(plain_frames) if small else _Reader(plain_frames)
     first = True
     v4 = True
@@ -598,6 +610,7 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
         if first and info is not None:
             v4 = info.get("version", 4) >= 4
         try:
+            at = reader.offset if on_entry is not None and isinstance(reader, _Reader) else 0
             raw = reader.read()
             if v4:
                 _unprefix(raw, last)
@@ -609,6 +622,8 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
         path = _path_of(rec)
         if path is not None:
             last = path
+            if on_entry is not None and rec[0] == ENTRY:
+                on_entry(at, path)
         if fragment:
             yield rec
             continue

@@ -9,7 +9,9 @@ import pytest
 
 from freezer_rsyncv2 import cli
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import partial
+from freezer_rsyncv2 import verify as verify_mod
 from freezer_rsyncv2.engine import rsyncv2
 from freezer_rsyncv2.storage import local, s3
 from freezer_rsyncv2.storage.s3_upload import MIN_PART_SIZE
@@ -221,3 +223,23 @@ def test_cli_include(make_engine, src, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no path of the backup matches nothing-here" in err and "Traceback" not in err
     assert not os.path.exists(empty)
+
+
+def test_verify_checks_the_index_against_the_data(make_engine, src, monkeypatch):
+    build_level0(src)
+    backup(make_engine(), src)
+    change_level1(src)              # tolink becomes a symlink to a directory
+    backup(make_engine(), src)
+    assert verify_mod.verify(make_engine(), NAME).levels == [0, 1]
+    change_level2(src)
+    real_add = mf.ManifestWriter.add
+
+    def off_by_one(writer, me, *args, **kwargs):
+        if me.entry.path == b"renamed.bin" and kwargs.get("at") is not None:
+            kwargs["at"] += 1
+        return real_add(writer, me, *args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(mf.ManifestWriter, "add", off_by_one)
+        backup(make_engine(), src)
+    with pytest.raises(errors.IntegrityError, match="level 2 of host_test: the manifest's index does not match"):
+        verify_mod.verify(make_engine(), NAME)
