@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import IO, Any
 
+import msgpack
 from oslo_log import log
 
 from freezer_rsyncv2 import config as cfgmod
@@ -65,8 +68,10 @@ class BackupPass:
         self._rewritten: set[bytes] = set()
         self._absent: set[bytes] = set()    # files skipped with no old state
         self._deleted_inodes: dict[tuple[int, int], bytes] = {}
-        self._held: list[fsentry.Entry] = []
-        self._deletes: list[bytes] = []
+        # Both grow with the tree (new big files, deleted paths): past
+        # SPILL_AFTER items they wait in temporary files, in walk order.
+        self._held: Spilled = Spilled(records.entry_map, lambda m: records.entry_from_map(m)[0])
+        self._deletes: Spilled = Spilled(bytes, bytes)
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
         self._reader = file_reader.FileReader(config, self.root, summary, progress, self._warn, read_range)
@@ -81,6 +86,8 @@ class BackupPass:
                 yield rec
         finally:
             self._reader.close()
+            self._held.close()
+            self._deletes.close()
 
     def _records(self) -> Iterator[bytes]:
         begin = self.where.fields() if self.where is not None \
@@ -242,11 +249,55 @@ class BackupPass:
         bases = {}
         if pairs and self.rename_lookup is not None:
             bases = self.rename_lookup(set(pairs.values()))
-        for e in sorted(self._held, key=lambda x: fswalk.sort_key(x.path)):
+        for e in self._held:         # held in walk order, i.e. sort_key order
             old_path = pairs.get(e.path)
             basis = bases.get(old_path) if old_path else None
             yield from self._send_file(e, basis, None, late=True,
                                        prev_name=old_path if basis else None)
+
+
+#: Items a ``Spilled`` list keeps in memory before it writes them to a temporary file.
+SPILL_AFTER = 4096
+
+
+class Spilled:
+    """A list that is appended to, then read in order, any number of times.
+
+    Past ``SPILL_AFTER`` items they go to a temporary file (msgpack, through
+    ``pack`` and back through ``unpack``), so that a level adding or
+    deleting a million paths holds a few thousand at a time.
+    """
+
+    def __init__(self, pack: Callable[[Any], Any], unpack: Callable[[Any], Any]) -> None:
+        self._pack, self._unpack = pack, unpack
+        self._items: list[Any] = []
+        self._file: IO[bytes] | None = None
+        self._count = 0
+
+    def append(self, item: Any) -> None:
+        self._items.append(item)
+        self._count += 1
+        if len(self._items) >= SPILL_AFTER:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="rsyncv2-spill-")
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(b"".join(records.pack(self._pack(x)) for x in self._items))
+            self._items = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._file is not None:
+            self._file.seek(0)
+            for obj in msgpack.Unpacker(self._file, raw=False, strict_map_key=False, max_buffer_size=64 << 20):
+                yield self._unpack(obj)
+        yield from list(self._items)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _hold_back(pieces: Iterator[bytes], held: list[bytes]) -> Generator[bytes, None, bool]:

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from freezer_rsyncv2 import manifest as mf
-from freezer_rsyncv2.engine import file_reader
+from freezer_rsyncv2.engine import backup_pass, file_reader
 from freezer_rsyncv2.stream import records
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
@@ -79,3 +79,33 @@ def test_a_small_file_changing_or_failing_while_read(make_engine, src, restore_d
     dest = restore_dir()
     restore(make_engine(), dest)
     assert treeutil.snapshot(dest) == treeutil.snapshot(src)
+
+
+def test_held_files_and_deletions_spill_to_disk(make_engine, src, restore_dir, monkeypatch):
+    """Past SPILL_AFTER, the level's possible renames and deletions wait in temporary files."""
+    monkeypatch.setattr(backup_pass, "SPILL_AFTER", 2)
+    for i in range(7):
+        treeutil.write(os.path.join(src, f"old/{i}.bin"), os.urandom(backup_pass.RENAME_MIN + i))
+        treeutil.write(os.path.join(src, f"gone/{i}.txt"), b"deleted at level 1")
+        treeutil.write(os.path.join(src, f"keep/{i}.txt"), b"kept")
+    backup(make_engine(), src)
+    for i in range(7):
+        os.rename(os.path.join(src, f"old/{i}.bin"), os.path.join(src, f"keep/moved-{i}.bin"))
+        os.remove(os.path.join(src, f"gone/{i}.txt"))
+    os.utime(os.path.join(src, "keep"), ns=(1, 1_700_000_000 * 10**9))
+    engine = make_engine()
+    backup(engine, src)
+    assert engine.last_summary.literal_bytes == 0       # seven renames, found through the spilled list
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    assert treeutil.snapshot(dest) == treeutil.snapshot(src)
+
+
+def test_a_spilled_list_reads_back_in_order(monkeypatch):
+    monkeypatch.setattr(backup_pass, "SPILL_AFTER", 3)
+    items = backup_pass.Spilled(bytes, bytes)
+    for i in range(10):
+        items.append(b"p%d" % i)
+    assert len(items) == 10
+    assert list(items) == list(items) == [b"p%d" % i for i in range(10)]
+    items.close()
