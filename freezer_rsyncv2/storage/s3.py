@@ -143,18 +143,10 @@ class S3Storage(S3Sweep, Storage):
         def read_chunk() -> bytes:
             if body is None:
                 open_body()
-            parts = []
-            wanted = min(chunk_size, size - offset)
-            while wanted:
-                data = body.read(wanted)
-                if not data:
-                    # StreamingBody raises IncompleteReadError before this
-                    # when the server sent less than it announced.
-                    raise boto_errors.IncompleteReadError(actual_bytes=offset,
-                                                          expected_bytes=size)
-                parts.append(data)
-                wanted -= len(data)
-            return b"".join(parts)
+            # StreamingBody raises IncompleteReadError itself when the server
+            # sent less than it announced; an empty read says so too.
+            return transfer.read_exactly(body, min(chunk_size, size - offset), lambda: boto_errors.IncompleteReadError(
+                actual_bytes=offset, expected_bytes=size))
 
         def reopen(_exc: BaseException) -> None:
             nonlocal body
@@ -200,28 +192,19 @@ class S3Storage(S3Sweep, Storage):
                 return
             body = response["Body"]
             etag = etag or response.get("ETag")
-            span = transfer.content_range(response.get("ContentRange"))
-            if span is not None and span[0] == offset:
-                end = min(end, span[1] + 1)
-            elif span is None and (offset == 0 or int(response["ContentLength"]) <= offset):
-                end = min(end, int(response["ContentLength"]))     # the whole object, from byte 0
-            else:
+            answered = transfer.range_end(offset, end, response.get("ContentRange"), response.get("ContentLength"))
+            if answered is None:
                 got = response.get("ContentRange") or "the whole object"
                 raise StorageError(f"S3 GetObject {self.bucket}/{key} answered the range "
                                    f"bytes={offset}-{end - 1} with {got} ({self.where})")
+            end = answered
 
         def read_chunk() -> bytes:
             if body is None:
                 open_body()
-            parts = []
             wanted = max(0, min(chunk_size, end - offset))
-            while wanted:
-                data = body.read(wanted)
-                if not data:
-                    raise boto_errors.IncompleteReadError(actual_bytes=offset, expected_bytes=end)
-                parts.append(data)
-                wanted -= len(data)
-            return b"".join(parts)
+            return transfer.read_exactly(body, wanted, lambda: boto_errors.IncompleteReadError(
+                actual_bytes=offset, expected_bytes=end))
 
         def reopen(_exc: BaseException) -> None:
             nonlocal body

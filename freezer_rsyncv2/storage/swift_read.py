@@ -60,17 +60,10 @@ class SwiftReads:
         def read_chunk() -> bytes:
             if body is None:
                 open_body()
-            parts: list[bytes] = []
-            wanted = chunk_size if size is None or size < 0 else min(chunk_size, size - offset)
-            while wanted:
-                data = body.read(wanted)
-                if not data:
-                    if size is not None and size >= 0 and offset + sum(map(len, parts)) < size:
-                        raise ConnectionError(f"body of {self.container}/{name} ended early")
-                    break
-                parts.append(data)
-                wanted -= len(data)
-            return b"".join(parts)
+            if size is None or size < 0:        # no Content-Length: read to the body's end
+                return transfer.read_exactly(body, chunk_size, None)
+            return transfer.read_exactly(body, min(chunk_size, size - offset), lambda: ConnectionError(
+                f"body of {self.container}/{name} ended early"))
 
         def drop_body() -> None:
             nonlocal body
@@ -120,29 +113,18 @@ class SwiftReads:
                 etag = tag
             elif tag != etag:
                 raise StorageError(f"{self.container}/{name} changed while it was read")
-            span = transfer.content_range(head.get("content-range"))
-            size = head.get("content-length")
-            if span is not None and span[0] == offset:
-                end = min(end, span[1] + 1)
-            elif span is None and size is not None and (offset == 0 or int(size) <= offset):
-                end = min(end, int(size))       # the whole object, from byte 0
-            else:
+            answered = transfer.range_end(offset, end, head.get("content-range"), head.get("content-length"))
+            if answered is None:
                 got = head.get("content-range") or "the whole object"
                 raise StorageError(f"Swift GET {self.container}/{name} answered the range "
                                    f"bytes={offset}-{end - 1} with {got}")
+            end = answered
 
         def read_chunk() -> bytes:
             if body is None:
                 open_body()
-            parts: list[bytes] = []
-            wanted = max(0, min(chunk_size, end - offset))
-            while wanted:
-                data = body.read(wanted)
-                if not data:
-                    raise ConnectionError(f"body of {self.container}/{name} ended early")
-                parts.append(data)
-                wanted -= len(data)
-            return b"".join(parts)
+            return transfer.read_exactly(body, max(0, min(chunk_size, end - offset)), lambda: ConnectionError(
+                f"body of {self.container}/{name} ended early"))
 
         def drop_body() -> None:
             nonlocal body

@@ -160,6 +160,37 @@ def content_range(header: str | None) -> tuple[int, int, int | None] | None:
         return None
 
 
+def read_exactly(body: Any, wanted: int, short: Callable[[], BaseException] | None) -> bytes:
+    """``wanted`` bytes of a response body (``body.read``), in as many reads as it takes.
+
+    A body that ends first raises ``short()`` (a transient error: the caller
+    resumes from where it broke), or, with ``short`` None (a size not known
+    in advance), gives what there was.
+    """
+    parts: list[bytes] = []
+    while wanted:
+        data = body.read(wanted)
+        if not data:
+            if short is not None:
+                raise short()
+            break
+        parts.append(data)
+        wanted -= len(data)
+    return b"".join(parts)
+
+
+def range_end(offset: int, end: int, content_range_header: str | None, content_length: Any) -> int | None:
+    """Where the bytes a ranged GET ``[offset, end)`` answered with stop, or None when the answer is
+    not that range: a ``Content-Range`` from ``offset``, or the whole object from byte 0 (or one
+    that ends before ``offset``) from a server that ignored the Range."""
+    span = content_range(content_range_header)
+    if span is not None and span[0] == offset:
+        return min(end, span[1] + 1)
+    if span is None and content_length is not None and (offset == 0 or int(content_length) <= offset):
+        return min(end, int(content_length))
+    return None
+
+
 def close_quietly(body: Any) -> None:
     """Close a response body that may already be broken."""
     close = getattr(body, "close", None)
