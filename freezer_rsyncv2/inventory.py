@@ -102,9 +102,10 @@ def select(entries: Iterable[mf.ManifestEntry], paths: Sequence[str | bytes]) ->
     if not paths or len(wanted) < len(paths):       # "." or "/" names the whole tree
         yield from entries
         return
+    below = tuple(w + b"\0" for w in wanted)     # sort_key joins components with NUL
     for me in entries:
         key = sort_key(me.entry.path)
-        if any(key[:len(w)] == w for w in wanted):
+        if key in wanted or key.startswith(below):
             yield me
 
 

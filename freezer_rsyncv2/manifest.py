@@ -85,8 +85,8 @@ class ManifestWriter:
         self._cipher = cipher
         self._begin = where.fields() if where is not None else {place.LEVEL: level}
         self._spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path)))
-        self._late: list[tuple[tuple[bytes, ...], list[Any]]] = []
-        self._last: tuple[bytes, ...] | None = None
+        self._late: list[tuple[bytes, list[Any]]] = []
+        self._last: bytes | None = None
         self.count = 0
         self.frames: frames.FrameTable | None = None
 
@@ -161,7 +161,7 @@ class ManifestWriter:
         self._spill.seek(0)
         unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
 
-        def main() -> Iterator[tuple[tuple[bytes, ...], list[Any]]]:
+        def main() -> Iterator[tuple[bytes, list[Any]]]:
             for path, fields, count in unpacker:
                 yield sort_key(path), [path, fields, [next(unpacker) for _ in range(count)]]
 
@@ -228,18 +228,41 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
     ``index``: gets the level's frame table (version 4) once the entries
     are read; nothing for older manifests.
     """
+    for _key, rec in _read(path, cipher_factory, where, index):
+        if rec[0] == records.MANIFEST:
+            _t, m, v4, runs = rec
+            yield (records.MANIFEST, *records.entry_from_map(m, v4), runs)
+        else:
+            yield rec
+
+
+def read_lazy(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_for,
+              where: place.Place | None = None, index: list[frames.FrameTable] | None = None
+              ) -> Iterator[tuple[Any, ...]]:
+    """``read``, an entry's map left to be checked when it is used: its
+    records are ``(MANIFEST, map, v4, runs)`` (``records.lazy_map``;
+    ``records.entry_from_map(map, v4)`` checks the rest)."""
+    for _key, rec in _read(path, cipher_factory, where, index):
+        yield rec
+
+
+def _read(path: str, cipher_factory: frames.CipherFactory, where: place.Place | None,
+          index: list[frames.FrameTable] | None) -> Iterator[tuple[bytes, tuple[Any, ...]]]:
+    """``read_lazy``'s records with their path's ``sort_key``."""
     info: dict[str, int] = {}
     plain = frames.decode_frames(_file_chunks(path), frames.KIND_MANIFEST, cipher_factory, info)
-    last = None
+    last = b""          # the key of the path before (none sorts below b"", a path is never empty)
     held: list[Any] | None = None        # the MANIFEST whose signature is read
     table: frames.FrameTable | None = None
-    for rec in records.decode(plain, info, small=True):
+    v4 = True
+    for rec in records.decode(plain, info, small=True, lazy=True):
         rtype = rec[0]
         if rtype == records.BEGIN:
             place.check(rec[1], where, f"manifest of level {where.level if where else '?'}", info["version"] >= 3)
+            v4 = info["version"] >= 4
             continue
         if rtype in (records.SIGBLOCKS, records.SIGZERO):
-            if held is None or held[2].get("sg") not in (records.SIG_FULL, records.SIG_DELTA):
+            if held is None or held[1].get("sg") not in (records.SIG_FULL, records.SIG_DELTA):
                 raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record without its MANIFEST record in {path}")
             held[3].append(
                 sigdelta.SigRun(rec[1], len(rec[2]) // records.WEAK_LEN,
@@ -248,7 +271,7 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
                 sigdelta.SigRun(rec[1], rec[2], None, None))
             continue
         if held is not None:
-            yield tuple(held)
+            yield last, tuple(held)
             held = None
         if rtype == records.FRAMES:
             table = _frames_record(rec, table, path)
@@ -258,7 +281,7 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
         if table is not None and rtype != records.END:
             raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record after the FRAMES records in {path}")
         if rtype == records.MANIFEST:
-            path_ = rec[1].path
+            path_ = rec[1]["p"]
         elif rtype == records.TOMBSTONE:
             path_ = rec[1]
         elif rtype in (records.BEGIN, records.END):
@@ -266,13 +289,13 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
         else:
             raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record in a manifest")
         key = sort_key(path_)
-        if last is not None and key <= last:
+        if key <= last:
             raise errors.CorruptRecordError(f"manifest {path} is not sorted at {path_!r}")
         last = key
         if rtype == records.MANIFEST:
-            held = [rtype, rec[1], rec[2], []]
+            held = [rtype, rec[1], v4, []]
         else:
-            yield rec
+            yield key, rec
 
 
 def _frames_record(rec: tuple[Any, ...], table: frames.FrameTable | None, path: str) -> frames.FrameTable:
@@ -324,6 +347,67 @@ def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: boo
     return ManifestEntry(e, digest)
 
 
+def _levelled(level: int, keyed: Iterator[tuple[bytes, tuple[Any, ...]]]
+              ) -> Iterator[tuple[bytes, int, tuple[Any, ...]]]:
+    """(key, level, record): a path is once in a level, so two are never
+    compared past their level (``heapq.merge`` takes them as they are)."""
+    for key, rec in keyed:
+        yield key, level, rec
+
+
+class Prior:
+    """One path's entry in a chain's overlay, checked and built when used.
+
+    ``fields()`` is its map as the chain leaves it (a change entry's keys
+    over the map below), unchecked: a backup compares it with what the
+    walk found and, when every compared value is the file's own, uses
+    nothing from it.  ``resolve()`` checks the maps of the path's levels
+    (``records.entry_from_map``) and builds its ManifestEntry; None when a
+    change entry's level below is not at hand (``overlay``'s
+    ``whole_chain``).
+    """
+
+    __slots__ = ("path", "key", "map", "v4", "runs", "below", "whole_chain", "_resolved")
+
+    def __init__(self, key: bytes, rec: tuple[Any, ...], below: Prior | None, whole_chain: bool) -> None:
+        _t, self.map, self.v4, self.runs = rec
+        self.path: bytes = self.map["p"]
+        self.key = key
+        self.below = below          # the same path's entry one level down
+        self.whole_chain = whole_chain
+        self._resolved: list[ManifestEntry | None] = []
+
+    def fields(self) -> dict[str, Any] | None:
+        """The effective map (unchecked), or None if a change entry has no base of its kind."""
+        changes: list[dict[str, Any]] = []
+        prior: Prior | None = self
+        while prior is not None and prior.map.get("dm") is True:
+            changes.append(prior.map)
+            prior = prior.below
+        if prior is None:
+            return None
+        m: dict[str, Any] = prior.map
+        for change in reversed(changes):
+            if change.get("k") != m.get("k"):
+                return None
+            m = {**m, **change}
+        return m
+
+    def resolve(self) -> ManifestEntry | None:
+        if not self._resolved:
+            chain: list[Prior] = []
+            prior: Prior | None = self
+            while prior is not None and not prior._resolved:
+                chain.append(prior)
+                prior = prior.below
+            base = prior._resolved[0] if prior is not None else None
+            for prior in reversed(chain):       # iterative: a chain may have many levels
+                e, extra = records.entry_from_map(prior.map, prior.v4)
+                base = _to_entry((records.MANIFEST, e, extra, prior.runs), base, prior.whole_chain)
+                prior._resolved.append(base)
+        return self._resolved[0]
+
+
 def overlay(paths: Sequence[str], cipher_factory: frames.CipherFactory = frames.null_cipher_for,
             whole_chain: bool = True,
             places: Sequence[place.Place | None] | None = None
@@ -335,15 +419,29 @@ def overlay(paths: Sequence[str], cipher_factory: frames.CipherFactory = frames.
     without a signature (the next level sends it whole).  ``places``: where
     the storage holds each manifest (checked, see ``read``).
     """
-    streams = []
+    for prior in overlay_lazy(paths, cipher_factory, whole_chain, places):
+        me = prior.resolve()
+        if me is not None:
+            yield me
+
+
+def overlay_lazy(paths: Sequence[str], cipher_factory: frames.CipherFactory = frames.null_cipher_for,
+                 whole_chain: bool = True,
+                 places: Sequence[place.Place | None] | None = None
+                 ) -> Iterator[Prior]:
+    """``overlay`` as ``Prior`` items, each checked when it is resolved.
+
+    A path whose entry resolves to None (see ``Prior``) is one the chain
+    does not hold for this purpose.
+    """
+    streams: list[Iterator[tuple[bytes, int, tuple[Any, ...]]]] = []
     for level, path in enumerate(paths):
         where = places[level] if places else None
-        streams.append(((sort_key(r[1].path if r[0] == records.MANIFEST
-                                  else r[1]), level, r)
-                        for r in read(path, cipher_factory, where)))
+        streams.append(_levelled(level, _read(path, cipher_factory, where, None)))
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
     current_key = None
-    current: ManifestEntry | None = None
-    for key, _level, rec in heapq.merge(*streams, key=lambda i: (i[0], i[1])):
+    current: Prior | None = None
+    for key, _level, rec in merged:
         if key != current_key:
             if current is not None:
                 yield current
@@ -351,6 +449,6 @@ def overlay(paths: Sequence[str], cipher_factory: frames.CipherFactory = frames.
         if rec[0] == records.TOMBSTONE:
             current = None
         else:
-            current = _to_entry(rec, current, whole_chain)
+            current = Prior(key, rec, current, whole_chain)
     if current is not None:
         yield current

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import IO, Any
@@ -28,6 +29,7 @@ from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
 from freezer_rsyncv2.engine import file_reader
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.stream import place, records
 
@@ -40,15 +42,43 @@ _STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
                 "link_target", "rdev", "hardlink_to", "xattrs")
 
 
+_FILE_COUNTS = {"new": "files_new", "changed": "files_changed", "meta": "files_meta",
+                "unchanged": "files_unchanged"}
+#: Kinds ``_unchanged`` may decide on: their other fields cannot change
+#: without changing the inode's ctime (a device's numbers are no concern
+#: of a fast path; a hardlink's group is the walk's, decided on its Entry).
+_QUICK_KINDS = frozenset((fsentry.KIND_FILE, fsentry.KIND_DIR, fsentry.KIND_SYMLINK))
+
+
 def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in _STAT_FIELDS)
+
+
+def _unchanged(f: fswalk.Found, prior: mf.Prior) -> bool:
+    """Whether ``f`` is the object ``prior`` describes, without reading more
+    of it or checking ``prior``: the same inode with the same ctime, kind,
+    size, mtime, permissions and owners.  Its xattrs, symlink target and
+    content could not change without changing its ctime (rsync's quick
+    check, with the inode's ctime and number beside it).  False sends the
+    entry the long way (``_entry``), which decides for itself."""
+    st = f.st
+    if f.kind not in _QUICK_KINDS or (f.kind == fsentry.KIND_FILE and st.st_nlink > 1):
+        return False
+    m = prior.fields()
+    return (m is not None and m.get("ct") == st.st_ctime_ns and m.get("i") == st.st_ino
+            and m.get("k") == f.kind and m.get("mt") == st.st_mtime_ns
+            and m.get("s") == (st.st_size if f.kind == fsentry.KIND_FILE else 0)
+            and m.get("m") == stat.S_IMODE(st.st_mode)
+            and m.get("u") == st.st_uid and m.get("g") == st.st_gid
+            and m.get("un") == owners.user_name(st.st_uid)
+            and m.get("gn") == owners.group_name(st.st_gid))
 
 
 class BackupPass:
     """Produces the record bytes of one level and fills its manifest."""
 
     def __init__(self, config: cfgmod.EngineConfig, root: str,
-                 previous: Iterable[mf.ManifestEntry],
+                 previous: Iterable[mf.Prior],
                  manifest: mf.ManifestWriter, level: int,
                  summary: prog.Summary,
                  progress: prog.Progress = prog.NULL,
@@ -94,22 +124,32 @@ class BackupPass:
             else {place.LEVEL: self.level}
         yield records.begin({**begin, "dg": digests.DEFAULT})
         prev = iter(self.previous)
-        walk = fswalk.walk(self.root, exclude=self.config.exclude,
-                           dereference=self.config.dereference,
-                           on_warning=self._warn,
-                           hardlinks=not self.config.hardlinks_as_copies)
+        walker, found = fswalk.start(self.root, exclude=self.config.exclude,
+                                     dereference=self.config.dereference,
+                                     on_warning=self._warn,
+                                     hardlinks=not self.config.hardlinks_as_copies)
         # The first manifest entry may wait for the key derivation: walk
         # meanwhile (the walk needs no key).
-        old, walked = threads.first_while(prev, walk, WALK_AHEAD)
-        for e in itertools.chain(walked, walk):
-            key = fswalk.sort_key(e.path)
-            while old is not None and fswalk.sort_key(old.entry.path) < key:
-                self._deleted(old)
-                old = next(prev, None)
+        old, walked = threads.first_while(prev, found, WALK_AHEAD)
+        for f in itertools.chain(walked, found):
             match = None
-            if old is not None and old.entry.path == e.path:
-                match, old = old, next(prev, None)
-            yield from self._entry(e, match)
+            if old is not None:
+                if old.path != f.path:
+                    key = fswalk.sort_key(f.path)
+                    while old is not None and old.key < key:
+                        self._deleted(old)
+                        old = next(prev, None)
+                if old is not None and old.path == f.path:
+                    match, old = old, next(prev, None)
+            if match is not None and _unchanged(f, match):
+                self._status(f.kind, f.path, "unchanged")
+                continue
+            e = walker.make_entry(f)
+            if e is None:               # the walk skipped it, with a warning
+                if match is not None:
+                    self._deleted(match)
+                continue
+            yield from self._entry(e, match.resolve() if match is not None else None)
         while old is not None:
             self._deleted(old)
             old = next(prev, None)
@@ -125,7 +165,10 @@ class BackupPass:
         self.summary.warnings.append(warning)
         self.progress.warning(path, message)
 
-    def _deleted(self, old: mf.ManifestEntry) -> None:
+    def _deleted(self, prior: mf.Prior) -> None:
+        old = prior.resolve()
+        if old is None:
+            return      # not in the chain as far as this level knows it
         path = old.entry.path
         self.manifest.tombstone(path)
         self.summary.entries_deleted += 1
@@ -160,20 +203,18 @@ class BackupPass:
                        or not _same_stat(old.entry, e))
         if changed:
             self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=old.entry if old is not None else None)
-            self._status(e, "new" if old is None else "changed")
+            self._status(e.kind, e.path, "new" if old is None else "changed")
             yield records.entry(e, data=records.DATA_NONE)
         else:
-            self._status(e, "unchanged")
+            self._status(e.kind, e.path, "unchanged")
 
-    def _status(self, e: fsentry.Entry, status: str) -> None:
+    def _status(self, kind: str, path: bytes, status: str) -> None:
         """Count an entry whose outcome is known (a skipped one never is) and report it."""
         self.summary.entries += 1
-        if e.kind == fsentry.KIND_FILE:
-            attr = {"new": "files_new", "changed": "files_changed",
-                    "meta": "files_meta",
-                    "unchanged": "files_unchanged"}[status]
+        if kind == fsentry.KIND_FILE:
+            attr = _FILE_COUNTS[status]
             setattr(self.summary, attr, getattr(self.summary, attr) + 1)
-        self.progress.entry(e.path, status)
+        self.progress.entry(path, status)
 
     # -- regular files ----------------------------------------------------
     def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None
@@ -184,10 +225,10 @@ class BackupPass:
             # rsync's quick check: same size and mtime means same content.
             if prior.entry.ctime_ns == e.ctime_ns and prior.entry.ino == e.ino \
                     and _same_stat(prior.entry, e):
-                self._status(e, "unchanged")
+                self._status(e.kind, e.path, "unchanged")
                 return
             self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=prior.entry)
-            self._status(e, "meta")
+            self._status(e.kind, e.path, "meta")
             yield records.entry(e, data=records.DATA_META)
             return
         if old is None and self.level > 0 and e.size >= RENAME_MIN:
@@ -220,7 +261,7 @@ class BackupPass:
             # The digest is the one below: the entry inherits it.
             self.manifest.add(mf.ManifestEntry(result.entry), late=late, at=start,
                               below=prior.entry if prior is not None else None)
-            self._status(e, "meta")
+            self._status(e.kind, e.path, "meta")
             yield records.entry(result.entry, data=records.DATA_META)
             return
         yield from held
@@ -235,7 +276,7 @@ class BackupPass:
         self.manifest.add(mf.ManifestEntry(result.entry, result.digest, result.signature), late=late,
                           basis=delta_basis.signature() if delta_basis is not None else None, at=start,
                           data=records.DATA_FULL if basis is None else records.DATA_DELTA, prev_name=prev_name)
-        self._status(e, "new" if old is None else "changed")
+        self._status(e.kind, e.path, "new" if old is None else "changed")
 
     # -- renames ----------------------------------------------------------
     def _renames(self) -> Iterator[bytes]:

@@ -272,12 +272,12 @@ class Rsyncv2Engine(base.BackupEngine):
         whole = bool(self.chain_manifests)
         places = self.chain_places if whole else None
 
-        def chain() -> Iterator[mf.ManifestEntry]:
-            return mf.overlay(previous, cipher, whole, places)
+        def chain() -> Iterator[mf.Prior]:
+            return mf.overlay_lazy(previous, cipher, whole, places)
 
         def lookup(paths: set[bytes]) -> dict:
-            return {me.entry.path: me for me in chain()
-                    if me.entry.path in paths}
+            found = ((prior.path, prior.resolve()) for prior in chain() if prior.path in paths)
+            return {path: me for path, me in found if me is not None}
 
         bpass = backup_pass.BackupPass(
             self.config, fs_path, chain(), writer, len(previous), summary,

@@ -9,6 +9,7 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from oslo_log import log
 
@@ -39,14 +40,16 @@ def _log_warning(path: bytes, message: str) -> None:
     LOG.warning("%s: %s", show_path(path), message)
 
 
-def sort_key(path: bytes) -> tuple[bytes, ...]:
-    """The order of the walk: a path's tuple of components.
+def sort_key(path: bytes) -> bytes:
+    """The order of the walk: a path with its separators as NUL bytes.
 
-    Comparing tuples (not whole byte strings) keeps a directory's subtree
-    contiguous: ``a`` < ``a/x`` < ``a.b`` although ``b'a.b' < b'a/x'``.
-    Anything merging sorted entry streams must use this key.
+    Ordering these bytes orders paths by their tuple of components (NUL
+    sorts before any byte a name may hold), which keeps a directory's
+    subtree contiguous: ``a`` < ``a/x`` < ``a.b`` although
+    ``b'a.b' < b'a/x'``.  Anything merging sorted entry streams must use
+    this key.
     """
-    return tuple(path.split(b'/'))
+    return path.replace(b'/', b'\0')
 
 
 def _compile_excludes(patterns: Sequence[str | bytes]) -> list[re.Pattern[bytes]]:
@@ -70,15 +73,35 @@ def _compile_excludes(patterns: Sequence[str | bytes]) -> list[re.Pattern[bytes]
     return compiled
 
 
+class Found(NamedTuple):
+    """One object the walk met: what ``lstat`` (or ``stat``) said of it.
+
+    ``kind`` is KIND_HARDLINK, with ``hardlink_to`` the group's first
+    path, for a regular file whose other name came before in the walk.
+    ``Walker.make_entry`` reads the rest (owner names, symlink target,
+    xattrs) into an Entry; a backup asks for that only of what changed.
+    """
+
+    path: bytes
+    abspath: bytes
+    st: os.stat_result
+    kind: str
+    hardlink_to: bytes | None
+
+
 @dataclass
 class _Frame:
     rel: bytes
-    abspath: bytes
+    abspath: bytes          # with a trailing slash
     names: Iterator[bytes]
     key: tuple[int, int]
 
 
-class _Walker:
+_KIND_OF_FMT = {fmt: kind_of_mode(fmt) for fmt in (
+    stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK)}
+
+
+class Walker:
     """State of one walk: hardlink table, ancestor set, options."""
 
     def __init__(self, exclude: Sequence[str | bytes], dereference: bool,
@@ -116,9 +139,10 @@ class _Walker:
                 self.warn(rel, f"cannot stat, skipped: {exc.strerror}")
         return None
 
-    def make_entry(self, rel: bytes, abspath: bytes, st: os.stat_result, kind: str) -> Entry | None:
+    def make_entry(self, found: Found) -> Entry | None:
+        """The Entry of ``found``; None (after a warning) if its symlink cannot be read."""
+        rel, abspath, st, kind, hardlink_to = found
         link_target = None
-        hardlink_to = None
         size = 0
         if kind == KIND_SYMLINK:
             try:
@@ -126,20 +150,8 @@ class _Walker:
             except OSError as exc:
                 self.warn(rel, f"cannot read symlink, skipped: {exc.strerror}")
                 return None
-        elif kind == KIND_FILE:
+        elif kind in (KIND_FILE, KIND_HARDLINK):
             size = st.st_size
-            if st.st_nlink > 1 and self.hardlinks:
-                key = (st.st_dev, st.st_ino)
-                known = self.links.get(key)
-                if known is None:
-                    self.links[key] = (rel, st.st_nlink - 1)
-                else:
-                    kind = KIND_HARDLINK
-                    hardlink_to, left = known
-                    if left > 1:
-                        self.links[key] = (hardlink_to, left - 1)
-                    else:
-                        del self.links[key]     # its last name
 
         def xattr_error(message: str) -> None:
             self.warn(rel, message)
@@ -168,6 +180,13 @@ class _Walker:
             return None
 
     def tree(self, root: bytes, root_st: os.stat_result, names: list[bytes]) -> Iterator[Entry]:
+        """The Entry of each object ``found`` meets, in its order."""
+        for found in self.found(root, root_st, names):
+            entry = self.make_entry(found)
+            if entry is not None:
+                yield entry
+
+    def found(self, root: bytes, root_st: os.stat_result, names: list[bytes]) -> Iterator[Found]:
         """Depth-first, pre-order, children by name: sort_key order.
 
         Iterative (an explicit stack) so deep trees cannot hit Python's
@@ -177,7 +196,9 @@ class _Walker:
         """
         root_key = (root_st.st_dev, root_st.st_ino)
         ancestors = {root_key}
-        stack = [_Frame(b'', root, iter(names), root_key)]
+        stack = [_Frame(b'', root if root.endswith(b'/') else root + b'/', iter(names), root_key)]
+        quick_stat = os.stat if self.dereference else os.lstat
+        new_found = tuple.__new__           # Found(...) without its Python-level __new__
         while stack:
             frame = stack[-1]
             name = next(frame.names, None)
@@ -186,31 +207,49 @@ class _Walker:
                 ancestors.discard(frame.key)
                 continue
             rel = frame.rel + b'/' + name if frame.rel else name
-            if self.excluded(name, rel):
+            if self.excludes and self.excluded(name, rel):
                 continue
-            abspath = os.path.join(frame.abspath, name)
-            st = self.stat(abspath, rel)
-            if st is None:
-                continue
-            kind = kind_of_mode(st.st_mode)
+            abspath = frame.abspath + name
+            try:
+                st = quick_stat(abspath)
+            except OSError:
+                again = self.stat(abspath, rel)     # again, to say why
+                if again is None:
+                    continue
+                st = again
+            kind = _KIND_OF_FMT.get(stat.S_IFMT(st.st_mode))
             if kind is None:
                 what = "socket" if stat.S_ISSOCK(st.st_mode) else "unsupported file type"
                 self.warn(rel, f"{what} skipped")
                 continue
+            hardlink_to = None
             if kind == KIND_DIR:
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
                     self.warn(rel, "file system loop skipped")
                     continue
-            entry = self.make_entry(rel, abspath, st, kind)
-            if entry is None:
-                continue
-            yield entry
+            elif kind == KIND_FILE and st.st_nlink > 1 and self.hardlinks:
+                kind, hardlink_to = self.link(rel, st)
+            yield new_found(Found, (rel, abspath, st, kind, hardlink_to))
             if kind == KIND_DIR:
                 children = self.listdir(abspath, rel)
                 if children is not None:
-                    stack.append(_Frame(rel, abspath, iter(children), key))
+                    stack.append(_Frame(rel, abspath + b'/', iter(children), key))
                     ancestors.add(key)
+
+    def link(self, rel: bytes, st: os.stat_result) -> tuple[str, bytes | None]:
+        """(kind, hardlink_to) of a regular file with more than one name."""
+        key = (st.st_dev, st.st_ino)
+        known = self.links.get(key)
+        if known is None:
+            self.links[key] = (rel, st.st_nlink - 1)
+            return KIND_FILE, None
+        hardlink_to, left = known
+        if left > 1:
+            self.links[key] = (hardlink_to, left - 1)
+        else:
+            del self.links[key]     # its last name
+        return KIND_HARDLINK, hardlink_to
 
 
 def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
@@ -233,6 +272,18 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     ``hardlinks=False`` stores every path of a hardlink group as a file
     of its own (freezer-agent's ``--dereference-symlink hard``).
     """
+    walker, found = start(root, exclude, dereference, on_warning, hardlinks)
+    return (e for e in map(walker.make_entry, found) if e is not None)
+
+
+def start(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
+          dereference: bool = False,
+          on_warning: WarningCallback = _log_warning,
+          hardlinks: bool = True) -> tuple[Walker, Iterator[Found]]:
+    """``walk`` in two steps: the walker and what it finds (``Found``), in
+    ``sort_key`` order.  ``walker.make_entry(found)`` makes the Entry that
+    ``walk`` yields; a backup makes it only for what changed.  Raises
+    SourceError as ``walk`` does."""
     root_b = os.fsencode(root)
     if not root_b:
         raise SourceError("backup source path is empty")
@@ -243,26 +294,20 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
         raise SourceError(f"backup source {shown!r} does not exist") from None
     except OSError as exc:
         raise SourceError(f"cannot access backup source {shown!r}: {exc.strerror}") from exc
-    walker = _Walker(exclude, dereference, on_warning, hardlinks)
+    walker = Walker(exclude, dereference, on_warning, hardlinks)
     if stat.S_ISDIR(st.st_mode):
         try:
             names = sorted(os.listdir(root_b))
         except OSError as exc:
             raise SourceError(f"cannot list backup source {shown!r}: "
                               f"{exc.strerror}") from exc
-        return walker.tree(root_b, st, names)
-    return _single(walker, root_b, st)
-
-
-def _single(walker: _Walker, root: bytes, st: os.stat_result) -> Iterator[Entry]:
-    """The walk of a root that is not a directory: one entry."""
+        return walker, walker.found(root_b, st, names)
     kind = kind_of_mode(st.st_mode)
     if kind is None:
-        raise SourceError(f"backup source {show_path(root)!r} is not a file, "
+        raise SourceError(f"backup source {shown!r} is not a file, "
                           f"directory, symlink, fifo or device")
-    name = os.path.basename(root.rstrip(b'/')) or root
-    entry = walker.make_entry(name, root, st, kind)
-    return iter(() if entry is None else (entry,))
+    name = os.path.basename(root_b.rstrip(b'/')) or root_b
+    return walker, iter((Found(name, root_b, st, kind, None),))
 
 
 def data_ranges(fd: int, size: int, keep_offset: bool = True) -> list[tuple[int, int]]:

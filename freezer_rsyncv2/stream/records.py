@@ -105,6 +105,8 @@ _EXTRA_FIELDS = {
 #: there, ``dm`` an entry that names only what changed since the level
 #: below, ``pp`` the bytes its path shares with the previous record's.
 V4_KEYS = frozenset(("o", "da", "dm", "pp"))
+#: Every key an entry map may have (``pp`` is gone once the path is whole).
+_MAP_KEYS = frozenset(_ENTRY_FIELDS) | frozenset(_EXTRA_FIELDS)
 #: Inclusive bounds of every integer key of an entry map.  A value a
 #: restore's system call cannot take would surface as a bare OverflowError
 #: (or do something else than the backup meant) far from the record, so
@@ -351,6 +353,17 @@ def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, A
     return fsentry.Entry(**kwargs), extra
 
 
+def lazy_map(m: Any) -> dict[str, Any]:
+    """An entry map checked only as far as its path and keys: a dict of known
+    keys whose ``p`` is bytes.  ``entry_from_map`` checks the rest when the
+    entry is used; a backup compares most maps of its previous levels with
+    a file's stat and uses none of their values (``manifest.Prior``)."""
+    if type(m) is not dict or type(m.get("p")) is not bytes or not m.keys() <= _MAP_KEYS:
+        entry_from_map(m, True)     # raises, saying what is wrong
+        raise errors.CorruptRecordError("entry map is malformed")
+    return m
+
+
 def _check_bounds(path: Any, key: str, value: int) -> None:
     """Refuse an integer field outside ``INT_BOUNDS``, naming it."""
     lo, hi = INT_BOUNDS[key]
@@ -382,9 +395,11 @@ _ARITY = {BEGIN: 2, ENTRY: 2, LITERAL: 2, COPY: 3, HOLE: 2, END_FILE: 3, DELETE:
           TOMBSTONE: 2, SIGBLOCKS: 4, SIGZERO: 3, FRAMES: 5}
 
 
-def _check(rec: Any, v4: bool = True) -> tuple[Any, ...]:
+def _check(rec: Any, v4: bool = True, lazy: bool = False) -> tuple[Any, ...]:
     """Validate one raw record's shape; returns it as a tuple.  ``v4``: a
-    version-4 stream (FRAMES records and the manifest keys of version 4)."""
+    version-4 stream (FRAMES records and the manifest keys of version 4).
+    ``lazy``: a MANIFEST record comes as ``(MANIFEST, map)``, its map
+    checked only for its shape, its path and its keys (``lazy_map``)."""
     if not isinstance(rec, list) or not rec:
         raise errors.CorruptRecordError("record is not a non-empty array")
     rtype = rec[0]
@@ -395,6 +410,8 @@ def _check(rec: Any, v4: bool = True) -> tuple[Any, ...]:
         raise errors.CorruptRecordError(f"{NAMES[rtype]} record has {len(rec)} fields, expected {arity[rtype]}")
     if rtype in (BEGIN, END) and not isinstance(rec[1], dict):
         raise errors.CorruptRecordError(f"{NAMES[rtype]} record is not a map")
+    elif lazy and rtype == MANIFEST:
+        return (rtype, lazy_map(rec[1]))
     elif rtype in (ENTRY, MANIFEST):
         e, extra = entry_from_map(rec[1], v4 and rtype == MANIFEST)
         return (rtype, e, extra)
@@ -448,7 +465,7 @@ def _unprefix(rec: Any, last: bytes) -> None:
 
 def _path_of(rec: tuple[Any, ...]) -> bytes | None:
     if rec[0] in (ENTRY, MANIFEST):
-        path: bytes = rec[1].path
+        path: bytes = rec[1]["p"] if type(rec[1]) is dict else rec[1].path
         return path
     if rec[0] in (TOMBSTONE, DELETE):
         return bytes(rec[1])
@@ -584,7 +601,8 @@ class _BulkReader:
 
 def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
            fragment: bool = False, small: bool = False,
-           on_entry: Callable[[int, bytes], None] | None = None) -> Iterator[tuple[Any, ...]]:
+           on_entry: Callable[[int, bytes], None] | None = None,
+           lazy: bool = False) -> Iterator[tuple[Any, ...]]:
     """Yield validated records from frame plaintexts (any boundaries).
 
     Records come as tuples ``(type, ...)``; ENTRY and MANIFEST come as
@@ -596,7 +614,9 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
     given).  ``fragment``: the records of a part of a stream (a partial
     restore's ranged read): records as they come, up to the end of the
     input (the caller knows which it expects).  ``small``: a stream of
-    small records (a manifest), read faster (``_BulkReader``).
+    small records (a manifest), read faster (``_BulkReader``).  ``lazy``:
+    MANIFEST records come as ``(MANIFEST, map)``, the map checked later
+    (``lazy_map``, ``entry_from_map``).
     ``on_entry(offset, path)``: told where each ENTRY record starts in the
     plaintext (``verify`` checks a manifest's index with it).
     """
@@ -614,7 +634,7 @@ def decode(plain_frames: Iterable[Piece], info: dict[str, int] | None = None,
             raw = reader.read()
             if v4:
                 _unprefix(raw, last)
-            rec = _check(raw, v4)
+            rec = _check(raw, v4, lazy)
         except (msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
                 msgpack.exceptions.StackError, msgpack.exceptions.BufferFull,
                 ValueError, TypeError) as err:

@@ -122,19 +122,23 @@ def test_level_one_walks_while_the_key_is_derived(
         treeutil.write(os.path.join(src, "f%02d" % i), b"%d" % i, T0)
     assert backup(make_engine(encrypt_key=passfile), src) == 0
     walked = threading.Event()
-    real_walk, real_derive = fswalk.walk, crypto.KdfParams.derive
+    real_start, real_derive = fswalk.start, crypto.KdfParams.derive
 
-    def walk(*args, **kwargs):
-        for n, e in enumerate(real_walk(*args, **kwargs)):
-            if n == 10:
-                walked.set()
-            yield e
+    def start(*args, **kwargs):
+        walker, found = real_start(*args, **kwargs)
+
+        def counted():
+            for n, f in enumerate(found):
+                if n == 10:
+                    walked.set()
+                yield f
+        return walker, counted()
 
     def derive(self, passphrase, salt):
         assert walked.wait(10), "the walk waited for the key"
         return real_derive(self, passphrase, salt)
 
-    monkeypatch.setattr(fswalk, "walk", walk)
+    monkeypatch.setattr(fswalk, "start", start)
     monkeypatch.setattr(crypto.KdfParams, "derive", derive)
     kdf.clear_cache()
     treeutil.write(os.path.join(src, "f05"), b"changed", T0 + 1)

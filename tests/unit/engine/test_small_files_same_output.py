@@ -83,6 +83,6 @@ def test_small_path_changes_no_stored_byte(tmp_path, monkeypatch):
     fast, general = _both(src, out, 0, [], monkeypatch)
     assert fast == general
     _change(src, random.Random(2))
-    previous = list(mf.overlay([str(out / "fast" / "manifest-0")]))
+    previous = list(mf.overlay_lazy([str(out / "fast" / "manifest-0")]))
     fast, general = _both(src, out, 1, previous, monkeypatch)
     assert fast == general

@@ -142,7 +142,7 @@ def test_walk_forgets_a_hardlink_group_once_all_its_names_are_met(tmp_path):
         first.write_bytes(b"x%d" % group)
         for other in ("b", "c"):
             os.link(first, src / ("g%d-%s" % (group, other)))
-    walker = fswalk._Walker((), False, lambda p, m: None)
+    walker = fswalk.Walker((), False, lambda p, m: None)
     names = sorted(os.listdir(bytes(src)))
     entries = {e.path: e for e in walker.tree(bytes(src), os.lstat(src), names)}
     assert walker.links == {}
@@ -158,7 +158,7 @@ def test_walk_keeps_a_group_whose_other_names_are_outside(tmp_path):
     (src / "a").write_bytes(b"x")
     os.link(src / "a", tmp_path / "elsewhere")
     os.link(src / "a", src / "b")
-    walker = fswalk._Walker((), False, lambda p, m: None)
+    walker = fswalk.Walker((), False, lambda p, m: None)
     entries = list(walker.tree(bytes(src), os.lstat(src), [b"a", b"b"]))
     assert [e.hardlink_to for e in entries] == [None, b"a"]
     assert list(walker.links.values()) == [(b"a", 1)]     # one name not met

@@ -63,7 +63,7 @@ def test_order_is_component_tuple_order(src):
 
 
 def test_sort_key():
-    assert sort_key(b'a/b/c') == (b'a', b'b', b'c')
+    assert sort_key(b'a/b/c') == b'a\0b\0c'
     assert sort_key(b'a') < sort_key(b'a/x') < sort_key(b'a.b')
 
 
