@@ -200,11 +200,14 @@ class ManifestWriter:
 
 def _shared(a: bytes, b: bytes) -> int:
     """Bytes ``b`` shares with ``a`` at their start (at most 255: one msgpack byte)."""
-    n = min(len(a), len(b), 255)
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    lo, hi = 0, min(len(a), len(b), 255)
+    while lo < hi:          # a[:lo] == b[:lo]; the first difference is before hi
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:

@@ -8,6 +8,7 @@ decoding checks every field's type and bound before anything acts on it.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -94,6 +95,8 @@ _ENTRY_FIELDS = {
 _ENTRY_DEFAULTS = {attr: None if typ is not int else 0 for attr, typ, _r in _ENTRY_FIELDS.values()}
 _REQUIRED = tuple(key for key, (_a, _t, required) in _ENTRY_FIELDS.items() if required)
 _REQUIRED_SET = frozenset(_REQUIRED)
+_KEYS_REQUIRED = tuple((key, required) for key, (_a, _t, required) in _ENTRY_FIELDS.items())
+_ALL_FIELDS = operator.attrgetter(*(attr for attr, _t, _r in _ENTRY_FIELDS.values()))
 # Keys that ride along an entry map but are not Entry attributes.
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
@@ -237,8 +240,7 @@ def end(totals: dict[str, Any]) -> bytes:
 def entry_map(e: fsentry.Entry, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The msgpack map of an entry; None-valued and default fields left out."""
     out: dict[str, Any] = {}
-    for key, (attr, _typ, required) in _ENTRY_FIELDS.items():
-        value = getattr(e, attr)
+    for (key, required), value in zip(_KEYS_REQUIRED, _ALL_FIELDS(e)):
         if required or value not in (None, 0):
             out[key] = value
     if e.xattrs:
@@ -252,10 +254,23 @@ def change_map(e: fsentry.Entry, below: fsentry.Entry) -> dict[str, Any] | None:
     """Version 4: the map of a ``dm`` entry, ``e`` as changes over ``below``
     (path, kind and the fields that differ); None when ``e`` lacks a field
     ``below`` has (a change entry cannot clear one) or the kinds differ."""
-    now, then = entry_map(e), entry_map(below)
-    if e.kind != below.kind or any(key not in now for key in then):
+    if e.kind != below.kind:
         return None
-    out = {key: value for key, value in now.items() if key in ("p", "k") or then.get(key) != value}
+    out: dict[str, Any] = {"p": e.path, "k": e.kind}
+    # entry_map's rule of which keys a map has, field by field on both entries
+    for (key, required), now, then in zip(_KEYS_REQUIRED, _ALL_FIELDS(e), _ALL_FIELDS(below)):
+        if required:
+            if now != then and key not in out:
+                out[key] = now
+        elif now is None or now == 0:
+            if then is not None and then != 0:
+                return None         # a change entry cannot clear a field
+        elif now != then:
+            out[key] = now
+    if e.xattrs != below.xattrs:
+        if not e.xattrs:
+            return None
+        out["x"] = dict(e.xattrs)
     out["dm"] = True
     return out
 
