@@ -252,7 +252,7 @@ def cmd_cleanup(args: argparse.Namespace, progress) -> int:
     engine = rsyncv2.Rsyncv2Engine(storage=storage)
     conf = opts.load(args.config_file)[opts.GROUP]
     age = sweeping.resolve_age(args.sweep_age, conf.sweep_age)
-    report = storage.sweep(engine, _name(args), age)
+    report = storage.sweep(engine, _name(args), age).sweep_scratch(age)
     print(f"cleanup of {printable(_name(args))}: {describe_sweep(report, age)}")
     return EXIT_WARNINGS if report.failed else EXIT_OK
 

@@ -112,13 +112,14 @@ class TtyProgress(prog.Progress):
 def describe_sweep(report, age: float) -> str:
     """One line saying what a sweep (``storage.sweep.SweepReport``) removed and kept."""
     done = []
-    for count, size, what, how in (
-            (report.temp_objects, report.temp_bytes, "temporary object", "removed"),
-            (report.uploads, report.upload_bytes, "incomplete upload", "aborted"),
-            (report.levels, report.level_bytes, "unfinished level", "removed")):
+    for count, size, one, many, how in (
+            (report.temp_objects, report.temp_bytes, "temporary object", "temporary objects", "removed"),
+            (report.uploads, report.upload_bytes, "incomplete upload", "incomplete uploads", "aborted"),
+            (report.levels, report.level_bytes, "unfinished level", "unfinished levels", "removed"),
+            (report.scratch_dirs, report.scratch_bytes, "local scratch directory", "local scratch directories",
+             "removed")):
         if count:
-            done.append("%d %s%s %s (%s)" % (count, what, "" if count == 1 else "s",
-                                             how, human_size(size)))
+            done.append("%d %s %s (%s)" % (count, one if count == 1 else many, how, human_size(size)))
     text = ", ".join(done) if done else "nothing to remove"
     if report.kept:
         text += "; %d kept (changed in the last %s, or in use)" % (

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import scratch as scratch_dir
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.engine.base import newest_per_level
 from freezer_rsyncv2.fs import entry as fsentry
@@ -75,16 +74,13 @@ def tree_at(engine: Any, name: str, date: int | None = None,
     data object is fetched.
     """
     levels = chain_at(engine, name, date)
-    scratch = tempfile.mkdtemp(prefix="rsyncv2-inventory-", dir=scratch_parent)
-    try:
+    with scratch_dir.directory("inventory", scratch_parent) as scratch:
         manifests = []
         for backup in levels:
             path = os.path.join(scratch, f"manifest-{backup.level}")
             backup.storage.get_file(backup.engine_metadata_path, path)
             manifests.append(path)
         yield Tree(name, levels, manifests, engine.cipher_factory())
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def path_filter(text: str | bytes) -> bytes:

@@ -9,13 +9,11 @@ else.
 from __future__ import annotations
 
 import array
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 
 from freezer_rsyncv2 import errors
+from freezer_rsyncv2 import scratch as scratch_dir
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.stream import place, records
 
@@ -44,10 +42,9 @@ def verify(engine, hostname_backup_name: str,
             "backup %s: level %d is missing from the chain"
             % (hostname_backup_name, missing[0]))
     report = VerifyReport(hostname_backup_name, list(range(top + 1)))
-    scratch = tempfile.mkdtemp(prefix="rsyncv2-verify-", dir=scratch_parent)
     manifests: list[str] = []
     places: list[place.Place | None] = []
-    try:
+    with scratch_dir.directory("verify", scratch_parent) as scratch:
         tree = os.path.join(scratch, "tree")
         os.mkdir(tree)
         with engine.restore_session(tree):
@@ -69,28 +66,7 @@ def verify(engine, hostname_backup_name: str,
                 if index is not None:
                     _check_index(index, seen, level, hostname_backup_name)
         _check_signatures(engine, manifests, places, hostname_backup_name)
-    finally:
-        remove_scratch(scratch)
     return report
-
-
-def remove_scratch(path: str) -> None:
-    """Remove a scratch tree, read-only directories in it included.
-
-    The restore gives directories their backed-up modes: without write
-    permission on a directory (and without root's override) its entries
-    could not be removed, and the scratch tree would stay behind.  Each
-    directory is made writable (never through a symlink) before the walk
-    descends into it.
-    """
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            entry = os.path.join(root, name)
-            if os.path.islink(entry):
-                continue    # a symlink to a directory is listed with them; never followed
-            with contextlib.suppress(OSError):
-                os.chmod(entry, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_metadata(backup, level: int, name: str) -> None:

@@ -1,5 +1,7 @@
 """Fixtures shared by every test package."""
 
+import tempfile
+
 import pytest
 
 from freezer_rsyncv2.stream import crypto
@@ -8,6 +10,21 @@ from freezer_rsyncv2.stream import kdf as kdfmod
 # One S3-API server (moto, on 127.0.0.1) and one real Swift cluster (with
 # its S3 API) for the whole session, each started by the first test using it.
 pytest_plugins = ["tests.s3server", "tests.swiftserver"]
+
+
+@pytest.fixture(autouse=True)
+def test_tmpdir(tmp_path_factory, monkeypatch):
+    """The temporary directory of everything a test runs, children included.
+
+    Scratch directories (``freezer_rsyncv2.scratch``) and what a killed
+    child leaves go under pytest's directory of this test, not the
+    machine's: nothing builds up across runs, and a sweep sees only this
+    test's leftovers.
+    """
+    path = str(tmp_path_factory.mktemp("tmpdir"))
+    monkeypatch.setenv("TMPDIR", path)
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    return path
 
 
 @pytest.fixture

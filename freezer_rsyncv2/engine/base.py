@@ -29,13 +29,12 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
 
-from freezer_rsyncv2 import errors, handoff, interrupt, threads
+from freezer_rsyncv2 import errors, handoff, interrupt, scratch, threads
 from freezer_rsyncv2.storage import foreign
 from freezer_rsyncv2.storage import layout as slayout
 from freezer_rsyncv2.storage.protocol import EngineStorage
@@ -143,40 +142,39 @@ class BackupEngine(metaclass=abc.ABCMeta):
             prev = None
         if prev is None:
             self.prepare_chain(None)
-        tmpdir = tempfile.mkdtemp(prefix="rsyncv2-")
         try:
-            engine_meta = os.path.join(tmpdir, "engine_meta")
-            freezer_meta = os.path.join(tmpdir, "freezer_meta")
-            self.chain_manifests = self._fetch_chain(
-                prev, hostname_backup_name, tmpdir)
-            if self.chain_manifests:
-                shutil.copyfile(self.chain_manifests[-1], engine_meta)
-            timestamp = slayout.now()
-            if prev is not None:
-                timestamp = max(timestamp, int(prev.timestamp) + 1)
-                level_zero = prev.level_zero_timestamp
-            else:
-                timestamp = self._fresh_level_zero(hostname_backup_name,
-                                                   timestamp)
-                level_zero = timestamp
-            backup = slayout.Backup(
-                engine=self, hostname_backup_name=hostname_backup_name,
-                level_zero_timestamp=level_zero, timestamp=timestamp,
-                level=prev.level + 1 if prev is not None else 0)
-            self.place = place.Place.of(backup)
-            if self.dry_run:
-                for _segment in self.backup_data(backup_resource, engine_meta):
-                    pass
+            with scratch.directory("backup") as tmpdir:
+                engine_meta = os.path.join(tmpdir, "engine_meta")
+                freezer_meta = os.path.join(tmpdir, "freezer_meta")
+                self.chain_manifests = self._fetch_chain(
+                    prev, hostname_backup_name, tmpdir)
+                if self.chain_manifests:
+                    shutil.copyfile(self.chain_manifests[-1], engine_meta)
+                timestamp = slayout.now()
+                if prev is not None:
+                    timestamp = max(timestamp, int(prev.timestamp) + 1)
+                    level_zero = prev.level_zero_timestamp
+                else:
+                    timestamp = self._fresh_level_zero(hostname_backup_name,
+                                                       timestamp)
+                    level_zero = timestamp
+                backup = slayout.Backup(
+                    engine=self, hostname_backup_name=hostname_backup_name,
+                    level_zero_timestamp=level_zero, timestamp=timestamp,
+                    level=prev.level + 1 if prev is not None else 0)
+                self.place = place.Place.of(backup)
+                if self.dry_run:
+                    for _segment in self.backup_data(backup_resource, engine_meta):
+                        pass
+                    return backup.level
+                self._run_backup(backup_resource, engine_meta, backup, queue_size)
+                self._check_stored(backup)
+                with open(freezer_meta, "wb") as out:
+                    out.write(json.dumps(self.metadata(backup_resource)).encode())
+                self.storage.put_metadata(engine_meta, freezer_meta, backup)
                 return backup.level
-            self._run_backup(backup_resource, engine_meta, backup, queue_size)
-            self._check_stored(backup)
-            with open(freezer_meta, "wb") as out:
-                out.write(json.dumps(self.metadata(backup_resource)).encode())
-            self.storage.put_metadata(engine_meta, freezer_meta, backup)
-            return backup.level
         finally:
             self.place = None
-            shutil.rmtree(tmpdir, ignore_errors=True)
 
     def _fetch_chain(self, prev: Any, name: str, tmpdir: str) -> list[str]:
         """The chain's manifests, fetched; their places in chain_places."""

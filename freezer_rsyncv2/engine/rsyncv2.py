@@ -145,7 +145,9 @@ class Rsyncv2Engine(base.BackupEngine):
         (where the host left their default action: ``interrupt.handling``).
         On our storages (``sweep.ours``) the leftovers of earlier runs of
         the name older than ``sweep_age`` seconds are swept first
-        (``last_sweep``; default $FREEZER_RSYNCV2_SWEEP_AGE or a day), and
+        (``last_sweep``; default $FREEZER_RSYNCV2_SWEEP_AGE or a day), on
+        any storage the scratch directories killed runs left here
+        (``scratch.sweep``), and
         a failed or interrupted run removes what it wrote (``abandon``).
         """
         self.last_sweep: sweeping.SweepReport | None = None
@@ -157,14 +159,16 @@ class Rsyncv2Engine(base.BackupEngine):
                 # The root itself is always followed, as `cd SRC && tar .` would.
                 backup_resource = os.path.realpath(backup_resource)
             storage = sweeping.ours(self.storage)
-            if storage is not None and not self.dry_run:
+            if not self.dry_run:
                 age = sweeping.resolve_age(sweep_age)
+                report = sweeping.SweepReport()
                 try:
-                    self.last_sweep = storage.sweep(self, hostname_backup_name,
-                                                    age)
+                    if storage is not None:
+                        report = storage.sweep(self, hostname_backup_name, age)
                 except (errors.Rsyncv2Error, OSError) as err:
                     LOG.warning("%s: the sweep of earlier runs' leftovers "
                                 "failed: %s", hostname_backup_name, err)
+                self.last_sweep = report.sweep_scratch(age)
             try:
                 return super().backup(backup_resource, hostname_backup_name,
                                       incremental, max_level, always_level,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import abc
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from oslo_log import log
 
+from freezer_rsyncv2 import scratch
 from freezer_rsyncv2.errors import BackupNotFoundError, ConfigError, FormatError, StorageError
 from freezer_rsyncv2.storage import layout
 from freezer_rsyncv2.storage.cleanup import Cleanup
@@ -193,7 +193,7 @@ class Storage(Cleanup, abc.ABC):
         ours check the size before reading anything, so a hostile object
         costs no more than ``limit``.
         """
-        with tempfile.TemporaryDirectory(prefix="rsyncv2-object-") as tmp:
+        with scratch.directory("object") as tmp:
             local = os.path.join(tmp, "object")
             self.get_file(path, local)
             with open(local, "rb") as handle:

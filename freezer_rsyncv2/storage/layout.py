@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 import threading
 import weakref
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from oslo_log import log
 
+from freezer_rsyncv2 import scratch
 from freezer_rsyncv2.errors import ConfigError, FormatError, StorageError
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ class Backup:
         if reader is not None:
             raw = reader(self.metadata_path, MAX_METADATA_SIZE)
         else:
-            with tempfile.TemporaryDirectory(prefix="rsyncv2-meta-") as tmp:
+            with scratch.directory("meta") as tmp:
                 local = os.path.join(tmp, METADATA_NAME)
                 storage.get_file(self.metadata_path, local)
                 with open(local, "rb") as handle:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from oslo_log import log
 
+from freezer_rsyncv2 import scratch
 from freezer_rsyncv2.errors import ConfigError
 from freezer_rsyncv2.storage.layout import (
     METADATA_NAME, level_published, parse_chain_dir, parse_level_dir, path_join, validate_name)
@@ -53,16 +54,26 @@ class SweepReport:
     upload_bytes: int = 0       # bytes of their parts
     levels: int = 0             # unfinished levels removed
     level_bytes: int = 0
+    scratch_dirs: int = 0       # local scratch directories of killed processes (``scratch.sweep``)
+    scratch_bytes: int = 0
     kept: int = 0               # leftovers too young, or in use (locked)
     failed: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def removed(self) -> int:
-        return self.temp_objects + self.uploads + self.levels
+        return self.temp_objects + self.uploads + self.levels + self.scratch_dirs
 
     @property
     def removed_bytes(self) -> int:
-        return self.temp_bytes + self.upload_bytes + self.level_bytes
+        return self.temp_bytes + self.upload_bytes + self.level_bytes + self.scratch_bytes
+
+    def sweep_scratch(self, age: float) -> SweepReport:
+        """Add the sweep of this host's scratch directories (``scratch.sweep``)."""
+        removed, size, kept = scratch.sweep(age)
+        self.scratch_dirs += removed
+        self.scratch_bytes += size
+        self.kept += kept
+        return self
 
     def __bool__(self) -> bool:
         return bool(self.removed or self.kept or self.failed)

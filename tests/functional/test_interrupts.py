@@ -18,12 +18,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from freezer_rsyncv2 import scratch
 from freezer_rsyncv2.cli import main
 from freezer_rsyncv2.storage.local import LocalStorage
 from freezer_rsyncv2.storage.sweep import AGE_VARIABLE
@@ -206,9 +208,13 @@ def test_backup_interrupted_local(tmp_path: Any, capsys: Any, monkeypatch: Any,
     run(capsys, "restore", "--restore-abs-path", dest, *base)
     treeutil.assert_same_tree(snap0, treeutil.snapshot(dest))
     monkeypatch.setenv(AGE_VARIABLE, "0")
+    monkeypatch.setattr(scratch, "SETTLE", 0.0)     # the killed runs' scratch directories are seconds old
     out = run(capsys, *backup)
     assert "backup level 1" in out
     assert ("swept leftovers of interrupted runs: 1 temporary object removed" in out) == kill
+    # four killed runs, each with its fetched manifests in a scratch directory of this test's TMPDIR
+    assert ("4 local scratch directories removed" in out) == kill
+    assert glob.glob(os.path.join(tempfile.gettempdir(), "rsyncv2-*")) == []
     assert temp_files(container) == []
     assert [level for _c, level in visible(storage)] == [0, 1]
     assert len(glob.glob(f"{container}/data/rsyncv2/{FULL}/*/*")) == 2
@@ -357,6 +363,7 @@ def _level_zero_ts(base: list[str]) -> int:
 HOST_PROGRAM = """
 import sys
 from freezer_rsyncv2.engine.rsyncv2 import Rsyncv2Engine
+from freezer_rsyncv2 import scratch
 from freezer_rsyncv2.cli import main
 from freezer_rsyncv2.storage.local import LocalStorage
 engine = Rsyncv2Engine(storage=LocalStorage(sys.argv[2]), compression="bzip2")
