@@ -245,7 +245,8 @@ class BackupPass:
         signature, if it has one, is the delta's basis."""
         basis = prior if prior is not None and prior.has_signature else None
         start = self._offset
-        read = self._reader.read(e, basis, prev_name)
+        same_size = prior is not None and prev_name is None and prior.entry.size == e.size
+        read = self._reader.read(e, basis, prev_name, prior.digest if same_size and prior is not None else None)
         held: list[bytes] = []
         passed_on = yield from _hold_back(read.pieces(), held)
         result = read.result

@@ -93,9 +93,12 @@ class FileReader:
         self._digest_worker.close()
         self._sig_worker.close()
 
-    def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None) -> FileRead:
-        """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path)."""
-        return FileRead(self, e, basis, prev_name)
+    def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None,
+             below_digest: bytes | None = None) -> FileRead:
+        """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path).
+        ``below_digest``: the digest of the same path's content below, if it has its size; a small
+        file found with that content again yields no record (a touched file)."""
+        return FileRead(self, e, basis, prev_name, below_digest)
 
     def path_of(self, e: fsentry.Entry) -> bytes:
         return self.root if self._file_root else os.path.join(self.root, e.path)
@@ -124,11 +127,12 @@ class FileRead:
     """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
 
     def __init__(self, reader: FileReader, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                 prev_name: bytes | None) -> None:
+                 prev_name: bytes | None, below_digest: bytes | None = None) -> None:
         self._reader = reader
         self._entry = e
         self._basis = basis
         self._prev_name = prev_name
+        self._below_digest = below_digest
         self._result: ReadResult | None = None
 
     @property
@@ -210,6 +214,9 @@ class FileRead:
         read = self._reader.region_reader(fd, e.path, SIGNED_MIN)
         data = b"".join(read(0, st.st_size))
         digest = _digest_of(data)
+        if digest == self._below_digest and not changed_while_read(st, os.fstat(fd), len(data)):
+            self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
+            return
         yield records.entry(e, data=records.DATA_FULL)
         if data:
             yield records.literal(data)

@@ -32,9 +32,9 @@ class Reading:
     def entry(self, name):
         return next(e for e in fswalk.walk(self.root) if e.path == os.fsencode(name))
 
-    def read(self, entry, basis=None):
+    def read(self, entry, basis=None, below_digest=None):
         """(decoded records, result) of reading ``entry``."""
-        read = self.reader.read(entry, basis, None)
+        read = self.reader.read(entry, basis, None, below_digest)
         try:
             data = b"".join(read.pieces())
         finally:
@@ -108,6 +108,21 @@ def test_a_touched_file_is_found_by_its_digest_without_a_delta(tmp_path):
     assert [r[0] for r in recs[1:]] == [records.LITERAL, records.COPY, records.END_FILE]
     assert result.digest == hashes_of(data[:7] + b"X" + data[8:])[0]
     assert result.copied_bytes == 4 * BLOCK
+
+
+def test_a_touched_small_file_is_found_by_its_digest_before_any_record(tmp_path):
+    data = os.urandom(3000)         # under SIGNED_MIN: no signature below, only a digest
+    write(tmp_path / "f", data)
+    reading = Reading(tmp_path)
+    digest = hashes_of(data)[0]
+    recs, result = reading.read(reading.entry("f"), None, below_digest=digest)
+    assert recs == [] and result.digest == digest and not result.changed
+    assert (result.literal_bytes, result.copied_bytes) == (0, 0)
+    # another content of the same size is sent whole
+    write(tmp_path / "f", data[:10] + bytes([data[10] ^ 1]) + data[11:])
+    recs, result = reading.read(reading.entry("f"), None, below_digest=digest)
+    assert [r[0] for r in recs] == [records.ENTRY, records.LITERAL, records.END_FILE]
+    assert result.digest != digest and result.literal_bytes == len(data)
 
 
 def test_a_sparse_file_reads_only_its_data(tmp_path):
