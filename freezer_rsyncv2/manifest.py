@@ -69,9 +69,10 @@ class ManifestEntry:
 class ManifestWriter:
     """Writes one level's manifest; records must arrive in sort order.
 
-    Records go to a spill file as they come (bounded memory); ``late`` records
-    (files decided after the main pass) are merged in by ``close``, which
-    writes the paths prefix-coded in their final order.  An entry with a
+    Records go to a spill file as they come (bounded memory), in their final
+    form (paths prefix-coded); ``late`` records (files decided after the
+    main pass) are merged in by ``close``, which then codes the paths again
+    in their final order.  An entry with a
     signature is one MANIFEST record followed by its SIGBLOCKS (and, for a
     delta, SIGZERO) records, each under the record size cap.  ``frames``,
     set before ``close`` by whoever encoded the level's data, is written as
@@ -87,6 +88,7 @@ class ManifestWriter:
         self._spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path)))
         self._late: list[tuple[bytes, list[Any]]] = []
         self._last: bytes | None = None
+        self._last_path = b""
         self.count = 0
         self.frames: frames.FrameTable | None = None
 
@@ -100,9 +102,10 @@ class ManifestWriter:
         if self._last is not None and key <= self._last:
             raise ValueError(f"manifest records out of order at {path!r}")
         self._last = key
-        self._spill.write(records.pack([path, fields, len(packed)]))
+        self._spill.write(_coded(path, fields, self._last_path))
+        self._last_path = path
         for piece in packed:
-            self._spill.write(records.pack(piece))
+            self._spill.write(piece)
 
     def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None,
             at: int | None = None, data: str | None = None, below: fsentry.Entry | None = None,
@@ -158,24 +161,41 @@ class ManifestWriter:
         self._record(path, None, [], False)
 
     def _merged(self) -> Iterator[bytes]:
+        """The records in their final order: the spill as it is, or with the late ones merged in."""
         self._spill.seek(0)
-        unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
-
-        def main() -> Iterator[tuple[bytes, list[Any]]]:
-            for path, fields, count in unpacker:
-                yield sort_key(path), [path, fields, [next(unpacker) for _ in range(count)]]
-
+        if not self._late:
+            while chunk := self._spill.read(READ_CHUNK):
+                yield chunk
+            return
         late = sorted(self._late, key=lambda item: item[0])
         last = b""
-        for _key, (path, fields, packed) in heapq.merge(main(), late, key=lambda i: i[0]):
-            if fields is None:
-                yield records.tombstone(path)
-            else:
-                shared = _shared(last, path)
-                head = {"pp": shared, "p": path[shared:]} if shared else {"p": path}
-                yield records.pack([records.MANIFEST, {**head, **fields}])
+        for _key, (path, fields, packed) in heapq.merge(self._spilled(), late, key=lambda i: i[0]):
+            yield _coded(path, fields, last)
             last = path
             yield from packed
+
+    def _spilled(self) -> Iterator[tuple[bytes, list[Any]]]:
+        """The spill's entries as ``_late`` holds them: (key, [path, fields, packed signature records])."""
+        unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+        entry: list[Any] | None = None
+        last = b""
+        for rec in unpacker:
+            if rec[0] in (records.SIGBLOCKS, records.SIGZERO):
+                if entry is None:
+                    raise RuntimeError("manifest spill: signature records before any entry")
+                entry[2].append(records.pack(rec))
+                continue
+            if entry is not None:
+                yield sort_key(entry[0]), entry
+            if rec[0] == records.TOMBSTONE:
+                entry = [rec[1], None, []]
+            else:
+                fields = rec[1]
+                path = last[:fields.pop("pp", 0)] + fields.pop("p")
+                entry = [path, fields, []]
+            last = entry[0]
+        if entry is not None:
+            yield sort_key(entry[0]), entry
 
     def close(self) -> int:
         """Encode everything to the manifest path; returns its size."""
@@ -196,6 +216,16 @@ class ManifestWriter:
         self._spill.close()
         os.replace(tmp, self._path)
         return os.path.getsize(self._path)
+
+
+def _coded(path: bytes, fields: dict[str, Any] | None, last: bytes) -> bytes:
+    """The record of an entry (``fields`` without ``p``; None: a tombstone), its path
+    coded as the bytes it shares with ``last``, the path of the record before."""
+    if fields is None:
+        return records.tombstone(path)
+    shared = _shared(last, path)
+    head = {"pp": shared, "p": path[shared:]} if shared else {"p": path}
+    return records.pack([records.MANIFEST, {**head, **fields}])
 
 
 def _shared(a: bytes, b: bytes) -> int:
