@@ -71,8 +71,8 @@ class ManifestWriter:
 
     Records go to a spill file as they come (bounded memory), in their final
     form (paths prefix-coded); ``late`` records (files decided after the
-    main pass) are merged in by ``close``, which then codes the paths again
-    in their final order.  An entry with a
+    main pass, in sort order among themselves) go to a second one, merged
+    in by ``close``, which then codes the paths again in their final order.  An entry with a
     signature is one MANIFEST record followed by its SIGBLOCKS (and, for a
     delta, SIGZERO) records, each under the record size cap.  ``frames``,
     set before ``close`` by whoever encoded the level's data, is written as
@@ -85,27 +85,20 @@ class ManifestWriter:
         self._codec = codec
         self._cipher = cipher
         self._begin = where.fields() if where is not None else {place.LEVEL: level}
-        self._spill = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path)))
-        self._late: list[tuple[bytes, list[Any]]] = []
-        self._last: bytes | None = None
-        self._last_path = b""
+        self._spill = _Spill(os.path.dirname(os.path.abspath(path)))
+        self._late: _Spill | None = None      # made by the first late record
         self.count = 0
         self.frames: frames.FrameTable | None = None
 
     def _record(self, path: bytes, fields: dict[str, Any] | None, packed: list[bytes], late: bool) -> None:
         """One entry: its map (None: a tombstone) without ``p``, then its signature records."""
-        key = sort_key(path)
         self.count += 1
+        spill = self._spill
         if late:
-            self._late.append((key, [path, fields, packed]))
-            return
-        if self._last is not None and key <= self._last:
-            raise ValueError(f"manifest records out of order at {path!r}")
-        self._last = key
-        self._spill.write(_coded(path, fields, self._last_path))
-        self._last_path = path
-        for piece in packed:
-            self._spill.write(piece)
+            if self._late is None:
+                self._late = _Spill(self._spill.folder)
+            spill = self._late
+        spill.write(path, fields, packed)
 
     def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None,
             at: int | None = None, data: str | None = None, below: fsentry.Entry | None = None,
@@ -162,21 +155,67 @@ class ManifestWriter:
 
     def _merged(self) -> Iterator[bytes]:
         """The records in their final order: the spill as it is, or with the late ones merged in."""
-        self._spill.seek(0)
-        if not self._late:
-            while chunk := self._spill.read(READ_CHUNK):
-                yield chunk
+        if self._late is None:
+            yield from self._spill.chunks()
             return
-        late = sorted(self._late, key=lambda item: item[0])
         last = b""
-        for _key, (path, fields, packed) in heapq.merge(self._spilled(), late, key=lambda i: i[0]):
+        for _key, (path, fields, packed) in heapq.merge(self._spill.entries(), self._late.entries(),
+                                                        key=lambda i: i[0]):
             yield _coded(path, fields, last)
             last = path
             yield from packed
 
-    def _spilled(self) -> Iterator[tuple[bytes, list[Any]]]:
-        """The spill's entries as ``_late`` holds them: (key, [path, fields, packed signature records])."""
-        unpacker = msgpack.Unpacker(self._spill, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+    def close(self) -> int:
+        """Encode everything to the manifest path; returns its size."""
+        enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec, self._cipher)
+        tmp = self._path + ".tmp"
+        table = self.frames
+        tail = [] if table is None else list(records.frame_runs(table.header_len, table.stored, table.plain))
+        with open(tmp, "wb") as out:
+            for piece in enc.write(records.begin(self._begin)):
+                out.write(piece)
+            for packed in itertools.chain(self._merged(), tail):
+                for piece in enc.write(packed):
+                    out.write(piece)
+            for piece in enc.write(records.end({"entries": self.count})):
+                out.write(piece)
+            for piece in enc.close():
+                out.write(piece)
+        self._spill.close()
+        if self._late is not None:
+            self._late.close()
+        os.replace(tmp, self._path)
+        return os.path.getsize(self._path)
+
+
+class _Spill:
+    """A temporary file of manifest records in sort order, in their final form."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._file = tempfile.TemporaryFile(dir=folder)
+        self._last_key: bytes | None = None
+        self._last_path = b""
+
+    def write(self, path: bytes, fields: dict[str, Any] | None, packed: list[bytes]) -> None:
+        key = sort_key(path)
+        if self._last_key is not None and key <= self._last_key:
+            raise ValueError(f"manifest records out of order at {path!r}")
+        self._last_key = key
+        self._file.write(_coded(path, fields, self._last_path))
+        self._last_path = path
+        for piece in packed:
+            self._file.write(piece)
+
+    def chunks(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        while chunk := self._file.read(READ_CHUNK):
+            yield chunk
+
+    def entries(self) -> Iterator[tuple[bytes, list[Any]]]:
+        """(key, [path, fields, packed signature records]) of each entry, in order."""
+        self._file.seek(0)
+        unpacker = msgpack.Unpacker(self._file, raw=False, strict_map_key=False, max_buffer_size=64 << 20)
         entry: list[Any] | None = None
         last = b""
         for rec in unpacker:
@@ -197,25 +236,8 @@ class ManifestWriter:
         if entry is not None:
             yield sort_key(entry[0]), entry
 
-    def close(self) -> int:
-        """Encode everything to the manifest path; returns its size."""
-        enc = encoder.StreamEncoder(frames.KIND_MANIFEST, self._codec, self._cipher)
-        tmp = self._path + ".tmp"
-        table = self.frames
-        tail = [] if table is None else list(records.frame_runs(table.header_len, table.stored, table.plain))
-        with open(tmp, "wb") as out:
-            for piece in enc.write(records.begin(self._begin)):
-                out.write(piece)
-            for packed in itertools.chain(self._merged(), tail):
-                for piece in enc.write(packed):
-                    out.write(piece)
-            for piece in enc.write(records.end({"entries": self.count})):
-                out.write(piece)
-            for piece in enc.close():
-                out.write(piece)
-        self._spill.close()
-        os.replace(tmp, self._path)
-        return os.path.getsize(self._path)
+    def close(self) -> None:
+        self._file.close()
 
 
 def _coded(path: bytes, fields: dict[str, Any] | None, last: bytes) -> bytes:

@@ -164,3 +164,31 @@ def test_signature_kind_on_a_directory(tmp_path):
     m = _crafted(tmp_path / "m", records.manifest(e, B=64, sg="f"))
     with pytest.raises(errors.CorruptRecordError, match="signature kind"):
         list(mf.read(m))
+
+
+def test_late_entries_wait_in_their_own_spill_and_merge_in_order(tmp_path):
+    """Late entries (renames decided after the walk) interleave with the others,
+    signatures and prefix-coded paths included, without being held in memory."""
+    writer = mf.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
+    sigs = {}
+    for i in range(3000):
+        path = b"dir%02d/file%05d" % (i % 7, i)
+        sigs[path] = signature(random_blocks(3, 64, i), 64) if i % 3 == 0 else None
+    paths = sorted(sigs, key=lambda p: p.split(b"/"))
+    for n, path in enumerate(paths):        # main and late entries, each in sort order
+        me = mf.ManifestEntry(make_entry(path=path, size=64 * 3), b"d" * 32, sigs[path])
+        writer.add(me, late=n % 2 == 1)
+    assert writer._late is not None and not isinstance(writer._late, list)
+    writer.close()
+    got = list(mf.overlay([str(tmp_path / "m")]))
+    assert [me.entry.path for me in got] == paths
+    for me in got:
+        expected = sigs[me.entry.path]
+        assert (me.signature() == expected) if expected is not None else not me.has_signature
+
+
+def test_late_entries_out_of_order_are_refused(tmp_path):
+    writer = mf.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
+    writer.add(mf.ManifestEntry(make_entry(path=b"b")), late=True)
+    with pytest.raises(ValueError, match="out of order"):
+        writer.add(mf.ManifestEntry(make_entry(path=b"a")), late=True)
