@@ -31,11 +31,14 @@ from freezer_rsyncv2.engine import file_reader
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
+from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import place, records
 
 LOG = log.getLogger(__name__)
 
 RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
+RENAME_BATCH = 8192             # held files whose rename bases are looked up together
+RENAME_BATCH_SIG = 32 << 20     # ... and the bytes of those bases' signatures
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
 WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
 _STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
@@ -281,21 +284,39 @@ class BackupPass:
 
     # -- renames ----------------------------------------------------------
     def _renames(self) -> Iterator[bytes]:
-        if not self._held:
-            return
-        pairs: dict[bytes, bytes] = {}       # new path -> old path
+        """The held files, in walk order: a rename's as a delta over its old path's content.
+
+        The old paths' entries (their signatures) are looked up for a batch
+        of held files at a time (``_rename_batches``), so a level renaming a
+        whole tree holds a bounded share of their signatures at once."""
+        for batch in self._rename_batches():
+            pairs: dict[bytes, bytes] = {}       # new path -> old path
+            for e in batch:
+                old_path = self._deleted_inodes.get((e.dev, e.ino))
+                if old_path is not None:
+                    pairs[e.path] = old_path
+            bases = {}
+            if pairs and self.rename_lookup is not None:
+                bases = self.rename_lookup(set(pairs.values()))
+            for e in batch:
+                old_path = pairs.get(e.path)
+                basis = bases.pop(old_path, None) if old_path else None
+                yield from self._send_file(e, basis, None, late=True,
+                                           prev_name=old_path if basis else None)
+
+    def _rename_batches(self) -> Iterator[list[fsentry.Entry]]:
+        """The held files in walk order, in lists of at most ``RENAME_BATCH`` files whose
+        signatures come to about ``RENAME_BATCH_SIG`` bytes at most."""
+        batch: list[fsentry.Entry] = []
+        sig_bytes = 0
         for e in self._held:
-            old_path = self._deleted_inodes.get((e.dev, e.ino))
-            if old_path is not None:
-                pairs[e.path] = old_path
-        bases = {}
-        if pairs and self.rename_lookup is not None:
-            bases = self.rename_lookup(set(pairs.values()))
-        for e in self._held:         # held in walk order, i.e. sort_key order
-            old_path = pairs.get(e.path)
-            basis = bases.get(old_path) if old_path else None
-            yield from self._send_file(e, basis, None, late=True,
-                                       prev_name=old_path if basis else None)
+            batch.append(e)
+            sig_bytes += e.size // rsig.block_size_for(e.size) * (records.WEAK_LEN + records.STRONG_LEN)
+            if len(batch) >= RENAME_BATCH or sig_bytes >= RENAME_BATCH_SIG:
+                yield batch
+                batch, sig_bytes = [], 0
+        if batch:
+            yield batch
 
 
 #: Items a ``Spilled`` list keeps in memory before it writes them to a temporary file.

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2.engine import file_reader
+from freezer_rsyncv2.engine import backup_pass, file_reader
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 from tests.unprivileged import run_unprivileged
@@ -62,6 +62,31 @@ def test_rename_with_edit_and_directory_rename(make_engine, src, restore_dir):
     engine = make_engine(compression="none")
     backup(engine, src)
     assert engine.last_summary.literal_bytes < 5000
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
+
+
+def test_a_renamed_tree_is_matched_in_batches(make_engine, src, restore_dir, monkeypatch):
+    """Rename bases are looked up a few files at a time: every one is still found."""
+    for i in range(7):
+        treeutil.write(os.path.join(src, "old", "f%d.bin" % i), rnd(100000, 10 + i))
+    backup(make_engine(compression="none"), src)
+    os.rename(os.path.join(src, "old"), os.path.join(src, "new"))
+    monkeypatch.setattr(backup_pass, "RENAME_BATCH", 2)
+    lookups = []
+    real = backup_pass.BackupPass._rename_batches
+
+    def counted(self):
+        for batch in real(self):
+            lookups.append(len(batch))
+            yield batch
+    monkeypatch.setattr(backup_pass.BackupPass, "_rename_batches", counted)
+    engine = make_engine(compression="none")
+    backup(engine, src)
+    assert lookups == [2, 2, 2, 1]
+    assert engine.last_summary.literal_bytes == 0
+    assert engine.last_summary.copied_bytes == 7 * 100000
     dest = restore_dir()
     restore(make_engine(), dest)
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
