@@ -20,9 +20,10 @@ Three jobs, each tool on its own store:
 Ours is the CLI with ``--compression zstd``; restic runs with its defaults,
 borg with ``-e none`` and ``--compression zstd,3`` (bench_vm.py's command
 lines).  Every step is one child process (wall time with interpreter start,
-peak RSS from GNU time) with the page cache warm; a tool that is not on PATH
-is skipped.  Exit code: 0 every target that could be computed passed, 1 a
-target failed, 2 a tool failed or a restore differs.
+peak RSS from GNU time) with the page cache warm and nothing left to write
+back (``sync`` first); a tool that is not on PATH is skipped.  Exit code: 0
+every target that could be computed passed, 1 a target failed, 2 a tool
+failed or a restore differs.
 """
 
 from __future__ import annotations

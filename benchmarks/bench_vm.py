@@ -236,6 +236,9 @@ class Bench:
         if tool.name in self.failed or not argv:
             return None
         before = tree_bytes(tool.store)
+        # What the step before wrote (a source tree, another tool's store) is flushed
+        # first, so that no step pays for another's writeback; the page cache stays warm.
+        os.sync()
         try:
             # stdout to stderr: our CLI logs its errors to stdout, ChildFailed keeps stderr
             run = run_command(["/bin/sh", "-c", 'exec "$@" >&2', "sh"] + argv, cwd=cwd)
