@@ -201,6 +201,32 @@ def test_dereference_symlinks(make_engine, src, tmp_path, restore_dir):
     assert open(p, "rb").read() == b"pointed to"
 
 
+def test_dereferenced_links_follow_their_targets_across_levels(make_engine, src, tmp_path, restore_dir):
+    """What a followed link points to is what the quick check compares: a changed
+    target, a link moved to another target, an unchanged one."""
+    first, second, still = (tmp_path / n for n in ("first.txt", "second.txt", "still.txt"))
+    first.write_bytes(b"one")
+    second.write_bytes(b"two, longer")
+    still.write_bytes(b"same")
+    os.symlink(str(first), os.path.join(src, "moves"))
+    os.symlink(str(still), os.path.join(src, "stays"))
+    os.symlink(str(second), os.path.join(src, "edited"))
+    backup(make_engine(symlinks="soft"), src)
+    os.remove(os.path.join(src, "moves"))
+    os.symlink(str(second), os.path.join(src, "moves"))
+    os.utime(second, ns=(10**18, 10**18))
+    with open(second, "r+b") as f:
+        f.write(b"TWO")                       # same size
+    os.utime(second, ns=(10**18, 10**18))     # and the same mtime: its ctime tells
+    engine = make_engine(symlinks="soft")
+    assert backup(engine, src) == 1
+    assert engine.last_summary.files_unchanged == 1
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    assert {n: open(os.path.join(dest, n), "rb").read() for n in os.listdir(dest)} == {
+        "moves": b"TWO, longer", "stays": b"same", "edited": b"TWO, longer"}
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="ownership needs root")
 def test_ownership_by_name_and_number(make_engine, src, restore_dir):
     treeutil.write(os.path.join(src, "numeric"), b"n")
