@@ -25,6 +25,7 @@ from oslo_log import log
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
 from freezer_rsyncv2.engine import file_reader
@@ -82,7 +83,7 @@ class BackupPass:
 
     def __init__(self, config: cfgmod.EngineConfig, root: str,
                  previous: Iterable[mf.Prior],
-                 manifest: mf.ManifestWriter, level: int,
+                 manifest: mw.ManifestWriter, level: int,
                  summary: prog.Summary,
                  progress: prog.Progress = prog.NULL,
                  rename_lookup: Callable[[set[bytes]], dict] | None = None,

@@ -25,6 +25,7 @@ from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import interrupt
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import handoff, threads
 from freezer_rsyncv2.engine import backup_pass
@@ -223,17 +224,17 @@ class Rsyncv2Engine(base.BackupEngine):
         return self.config.max_segment_size if block is None else min(self.config.max_segment_size, block)
 
     def _start_level(self, manifest_path: str
-                     ) -> tuple[list[str], prog.Summary, mf.ManifestWriter]:
+                     ) -> tuple[list[str], prog.Summary, mw.ManifestWriter]:
         """The chain below, a fresh summary and the new level's manifest writer."""
         previous = self._previous_paths(manifest_path)
         summary = prog.Summary(level=len(previous))
         self.last_summary = None
-        writer = mf.ManifestWriter(manifest_path + ".new", self._codec(),
+        writer = mw.ManifestWriter(manifest_path + ".new", self._codec(),
                                    self._cipher(), level=len(previous),
                                    where=self.place)
         return previous, summary, writer
 
-    def _finish_level(self, manifest_path: str, writer: mf.ManifestWriter,
+    def _finish_level(self, manifest_path: str, writer: mw.ManifestWriter,
                       summary: prog.Summary) -> None:
         summary.manifest_bytes = self.write_engine_meta(manifest_path, writer)
         summary.finish()
@@ -247,7 +248,7 @@ class Rsyncv2Engine(base.BackupEngine):
         yield from stream.close_many()
 
     def _produce(self, backup_path: str, previous: list[str],
-                 writer: mf.ManifestWriter, summary: prog.Summary,
+                 writer: mw.ManifestWriter, summary: prog.Summary,
                  write_queue: handoff.RichQueue) -> None:
         """Helper thread: the level's records into the queue."""
         self._sign_delta(backup_path, previous, writer, summary, write_queue)
@@ -266,7 +267,7 @@ class Rsyncv2Engine(base.BackupEngine):
         self._finish_level(manifest_path, writer, summary)
 
     def _sign_delta(self, fs_path: str, previous: list[str],
-                    writer: mf.ManifestWriter, summary: prog.Summary,
+                    writer: mw.ManifestWriter, summary: prog.Summary,
                     write_queue: Any) -> None:
         """Queue the level's record bytes in lists of pieces.
 
@@ -298,7 +299,7 @@ class Rsyncv2Engine(base.BackupEngine):
             write_queue.put(batch)
 
     def write_engine_meta(self, manifest_path: str,
-                          files_meta: mf.ManifestWriter) -> int:
+                          files_meta: mw.ManifestWriter) -> int:
         """Encode the level's manifest (engine metadata) at manifest_path."""
         size = files_meta.close()
         os.replace(manifest_path + ".new", manifest_path)

@@ -9,7 +9,7 @@ import pytest
 
 from freezer_rsyncv2 import cli
 from freezer_rsyncv2 import errors
-from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import partial
 from freezer_rsyncv2 import verify as verify_mod
 from freezer_rsyncv2.engine import rsyncv2
@@ -232,14 +232,14 @@ def test_verify_checks_the_index_against_the_data(make_engine, src, monkeypatch)
     backup(make_engine(), src)
     assert verify_mod.verify(make_engine(), NAME).levels == [0, 1]
     change_level2(src)
-    real_add = mf.ManifestWriter.add
+    real_add = mw.ManifestWriter.add
 
     def off_by_one(writer, me, *args, **kwargs):
         if me.entry.path == b"renamed.bin" and kwargs.get("at") is not None:
             kwargs["at"] += 1
         return real_add(writer, me, *args, **kwargs)
     with monkeypatch.context() as patch:
-        patch.setattr(mf.ManifestWriter, "add", off_by_one)
+        patch.setattr(mw.ManifestWriter, "add", off_by_one)
         backup(make_engine(), src)
     with pytest.raises(errors.IntegrityError, match="level 2 of host_test: the manifest's index does not match"):
         verify_mod.verify(make_engine(), NAME)

@@ -5,6 +5,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import compression, encoder, frames, records
@@ -29,7 +30,7 @@ def random_blocks(n, block_len, seed):
 
 def write(path, *entries, level=0):
     """A manifest of (ManifestEntry, basis signature or None) pairs."""
-    writer = mf.ManifestWriter(str(path), compression.by_name("none"),
+    writer = mw.ManifestWriter(str(path), compression.by_name("none"),
                                level=level)
     for me, basis in entries:
         writer.add(me, basis=basis)
@@ -169,7 +170,7 @@ def test_signature_kind_on_a_directory(tmp_path):
 def test_late_entries_wait_in_their_own_spill_and_merge_in_order(tmp_path):
     """Late entries (renames decided after the walk) interleave with the others,
     signatures and prefix-coded paths included, without being held in memory."""
-    writer = mf.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
+    writer = mw.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
     sigs = {}
     for i in range(3000):
         path = b"dir%02d/file%05d" % (i % 7, i)
@@ -188,7 +189,7 @@ def test_late_entries_wait_in_their_own_spill_and_merge_in_order(tmp_path):
 
 
 def test_late_entries_out_of_order_are_refused(tmp_path):
-    writer = mf.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
+    writer = mw.ManifestWriter(str(tmp_path / "m"), compression.by_name("zstd"))
     writer.add(mf.ManifestEntry(make_entry(path=b"b")), late=True)
     with pytest.raises(ValueError, match="out of order"):
         writer.add(mf.ManifestEntry(make_entry(path=b"a")), late=True)

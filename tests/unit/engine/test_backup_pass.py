@@ -3,7 +3,7 @@
 import os
 
 from freezer_rsyncv2 import config as cfgmod
-from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.engine import backup_pass, file_reader
 from freezer_rsyncv2.stream import compression
@@ -12,7 +12,7 @@ from tests.unprivileged import run_unprivileged
 
 def level_zero(tmp_path, read_range=None):
     """The summary of a level 0 of ``tmp_path / "src"``."""
-    writer = mf.ManifestWriter(str(tmp_path / "manifest"), compression.by_name("zstd"))
+    writer = mw.ManifestWriter(str(tmp_path / "manifest"), compression.by_name("zstd"))
     summary = prog.Summary(level=0)
     bpass = backup_pass.BackupPass(cfgmod.EngineConfig(), str(tmp_path / "src"), [], writer, 0, summary,
                                    read_range=read_range)

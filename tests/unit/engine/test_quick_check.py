@@ -14,6 +14,7 @@ import pytest
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.fs import walk as fswalk
@@ -35,7 +36,7 @@ def _tree(src):
 
 
 def _level(src, manifest, level, previous, summary=None):
-    writer = mf.ManifestWriter(str(manifest), compression.by_name("zstd"), level=level)
+    writer = mw.ManifestWriter(str(manifest), compression.by_name("zstd"), level=level)
     summary = summary or prog.Summary(level=level)
     bpass = backup_pass.BackupPass(cfgmod.EngineConfig(), str(src), previous, writer, level, summary)
     data = list(bpass.records())

@@ -10,6 +10,7 @@ import random
 
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.engine import backup_pass
 from freezer_rsyncv2.rsync import signature as rsig
@@ -51,7 +52,7 @@ def _change(src, rng):
 
 def _level(src, out, level, previous):
     manifest = out / f"manifest-{level}"
-    writer = mf.ManifestWriter(str(manifest), compression.by_name("zstd"), level=level)
+    writer = mw.ManifestWriter(str(manifest), compression.by_name("zstd"), level=level)
     bpass = backup_pass.BackupPass(cfgmod.EngineConfig(), str(src), previous, writer, level,
                                    prog.Summary(level=level))
     data = list(bpass.records())

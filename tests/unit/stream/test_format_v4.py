@@ -8,6 +8,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
+from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.stream import compression, encoder, frames, records
 
@@ -120,13 +121,13 @@ def test_a_change_entry_still_needs_its_path_and_kind():
 
 def test_manifest_round_trip_with_changes_prefixes_late_records_and_frames(tmp_path):
     zero = str(tmp_path / "m0")
-    w = mf.ManifestWriter(zero, compression.by_name("zstd"))
+    w = mw.ManifestWriter(zero, compression.by_name("zstd"))
     olds = [entry(b"d", kind=fsentry.KIND_DIR), entry(b"d/a.txt"), entry(b"d/b.txt"), entry(b"e.txt")]
     for at, e in enumerate(olds):
         w.add(mf.ManifestEntry(e), at=at * 100)
     w.close()
     one = str(tmp_path / "m1")
-    w = mf.ManifestWriter(one, compression.by_name("zstd"), level=1)
+    w = mw.ManifestWriter(one, compression.by_name("zstd"), level=1)
     touched = dataclasses.replace(olds[1], mtime_ns=5)
     w.add(mf.ManifestEntry(touched), at=10, below=olds[1])
     w.add(mf.ManifestEntry(entry(b"z-new")), at=30, late=True)
@@ -161,7 +162,7 @@ def test_a_level_of_touched_files_is_small(tmp_path):
     sizes = {}
     for name, below in (("whole", None), ("changes", olds)):
         path = str(tmp_path / name)
-        w = mf.ManifestWriter(path, compression.by_name("zstd"), level=1)
+        w = mw.ManifestWriter(path, compression.by_name("zstd"), level=1)
         for i, e in enumerate(now):
             w.add(mf.ManifestEntry(e), at=i * 50, below=None if below is None else below[i])
         w.close()
@@ -224,7 +225,7 @@ def test_signature_records_after_an_unsigned_entry_are_refused(tmp_path):
 
 def test_writer_marks_new_unsigned_content_and_the_overlay_keeps_its_digest(tmp_path):
     path = str(tmp_path / "m")
-    w = mf.ManifestWriter(path, compression.by_name("zstd"))
+    w = mw.ManifestWriter(path, compression.by_name("zstd"))
     w.add(mf.ManifestEntry(entry(b"small"), b"d" * 32), at=0, data=records.DATA_FULL)
     w.close()
     (rec,) = list(mf.read(path))
