@@ -39,6 +39,7 @@ LOG = log.getLogger(__name__)
 
 RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
 RENAME_BATCH = 8192             # held files whose rename bases are looked up together
+RENAME_TRACK_MAX = 1 << 18      # deleted files a level remembers as rename sources (~40 MB)
 RENAME_BATCH_SIG = 32 << 20     # ... and the bytes of those bases' signatures
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
 WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
@@ -102,6 +103,7 @@ class BackupPass:
         self._rewritten: set[bytes] = set()
         self._absent: set[bytes] = set()    # files skipped with no old state
         self._deleted_inodes: dict[tuple[int, int], bytes] = {}
+        self._untracked = False     # deleted files past RENAME_TRACK_MAX were not remembered
         # Both grow with the tree (new big files, deleted paths): past
         # SPILL_AFTER items they wait in temporary files, in walk order.
         self._held: Spilled = Spilled(records.entry_map, lambda m: records.entry_from_map(m)[0])
@@ -185,7 +187,12 @@ class BackupPass:
                 self._deleted_dir = path
         if old.entry.kind == fsentry.KIND_FILE and old.has_signature \
                 and old.entry.size >= RENAME_MIN:
-            self._deleted_inodes[(old.entry.dev, old.entry.ino)] = path
+            if len(self._deleted_inodes) < RENAME_TRACK_MAX:
+                self._deleted_inodes[(old.entry.dev, old.entry.ino)] = path
+            elif not self._untracked:
+                self._untracked = True
+                LOG.info("more than %d deleted files of %d bytes or more: the others' new names, "
+                         "if they were renamed, are stored whole", RENAME_TRACK_MAX, RENAME_MIN)
 
     def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None
                ) -> Iterator[bytes]:

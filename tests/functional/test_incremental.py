@@ -92,6 +92,26 @@ def test_a_renamed_tree_is_matched_in_batches(make_engine, src, restore_dir, mon
     treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
 
 
+def test_renames_past_the_table_of_deleted_files_are_stored_whole(make_engine, src, restore_dir,
+                                                                  monkeypatch, caplog):
+    """A level remembers at most RENAME_TRACK_MAX deleted files as rename sources: the
+    rest are sent whole, and the restore is the same."""
+    for i in range(3):
+        treeutil.write(os.path.join(src, "old", "f%d.bin" % i), rnd(100000, 20 + i))
+    backup(make_engine(compression="none"), src)
+    os.rename(os.path.join(src, "old"), os.path.join(src, "new"))
+    monkeypatch.setattr(backup_pass, "RENAME_TRACK_MAX", 2)
+    engine = make_engine(compression="none")
+    with caplog.at_level("INFO"):
+        backup(engine, src)
+    assert engine.last_summary.copied_bytes == 2 * 100000
+    assert engine.last_summary.literal_bytes == 100000
+    assert sum("more than 2 deleted files" in r.getMessage() for r in caplog.records) == 1
+    dest = restore_dir()
+    restore(make_engine(), dest)
+    treeutil.assert_same_tree(treeutil.snapshot(src), treeutil.snapshot(dest))
+
+
 @pytest.fixture
 def many_files(src):
     for i in range(10000):
