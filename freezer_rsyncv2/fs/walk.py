@@ -7,7 +7,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -97,10 +97,6 @@ class _Frame:
     key: tuple[int, int]
 
 
-_KIND_OF_FMT = {fmt: kind_of_mode(fmt) for fmt in (
-    stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK)}
-
-
 class Walker:
     """State of one walk: hardlink table, ancestor set, options."""
 
@@ -179,10 +175,10 @@ class Walker:
                            f"{exc.strerror}")
             return None
 
-    def tree(self, root: bytes, root_st: os.stat_result, names: list[bytes]) -> Iterator[Entry]:
-        """The Entry of each object ``found`` meets, in its order."""
-        for found in self.found(root, root_st, names):
-            entry = self.make_entry(found)
+    def entries(self, found: Iterable[Found]) -> Iterator[Entry]:
+        """The Entry of each of ``found``, in its order (those ``make_entry`` skips left out)."""
+        for item in found:
+            entry = self.make_entry(item)
             if entry is not None:
                 yield entry
 
@@ -217,7 +213,7 @@ class Walker:
                 if again is None:
                     continue
                 st = again
-            kind = _KIND_OF_FMT.get(stat.S_IFMT(st.st_mode))
+            kind = kind_of_mode(st.st_mode)
             if kind is None:
                 what = "socket" if stat.S_ISSOCK(st.st_mode) else "unsupported file type"
                 self.warn(rel, f"{what} skipped")
@@ -273,7 +269,7 @@ def walk(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),
     of its own (freezer-agent's ``--dereference-symlink hard``).
     """
     walker, found = start(root, exclude, dereference, on_warning, hardlinks)
-    return (e for e in map(walker.make_entry, found) if e is not None)
+    return walker.entries(found)
 
 
 def start(root: StrOrBytesPath, exclude: Sequence[str | bytes] = (),

@@ -144,7 +144,7 @@ def test_walk_forgets_a_hardlink_group_once_all_its_names_are_met(tmp_path):
             os.link(first, src / ("g%d-%s" % (group, other)))
     walker = fswalk.Walker((), False, lambda p, m: None)
     names = sorted(os.listdir(bytes(src)))
-    entries = {e.path: e for e in walker.tree(bytes(src), os.lstat(src), names)}
+    entries = {e.path: e for e in walker.entries(walker.found(bytes(src), os.lstat(src), names))}
     assert walker.links == {}
     for group in range(5):
         assert entries[b"g%d-a" % group].hardlink_to is None
@@ -159,7 +159,7 @@ def test_walk_keeps_a_group_whose_other_names_are_outside(tmp_path):
     os.link(src / "a", tmp_path / "elsewhere")
     os.link(src / "a", src / "b")
     walker = fswalk.Walker((), False, lambda p, m: None)
-    entries = list(walker.tree(bytes(src), os.lstat(src), [b"a", b"b"]))
+    entries = list(walker.entries(walker.found(bytes(src), os.lstat(src), [b"a", b"b"])))
     assert [e.hardlink_to for e in entries] == [None, b"a"]
     assert list(walker.links.values()) == [(b"a", 1)]     # one name not met
 
