@@ -38,8 +38,8 @@ from freezer_rsyncv2.stream import place, records
 LOG = log.getLogger(__name__)
 
 RENAME_MIN = 64 * 1024          # smaller new files are not worth a rename search
-RENAME_BATCH = 8192             # held files whose rename bases are looked up together
 RENAME_TRACK_MAX = 1 << 18      # deleted files a level remembers as rename sources (~40 MB)
+RENAME_BATCH = 8192             # held files whose rename bases are looked up together
 RENAME_BATCH_SIG = 32 << 20     # ... and the bytes of those bases' signatures
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
 WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
@@ -256,8 +256,7 @@ class BackupPass:
         signature, if it has one, is the delta's basis."""
         basis = prior if prior is not None and prior.has_signature else None
         start = self._offset
-        same_size = prior is not None and prev_name is None and prior.entry.size == e.size
-        read = self._reader.read(e, basis, prev_name, prior.digest if same_size and prior is not None else None)
+        read = self._reader.read(e, basis, prev_name, prior if prev_name is None else None)
         held: list[bytes] = []
         passed_on = yield from _hold_back(read.pieces(), held)
         result = read.result

@@ -94,11 +94,11 @@ class FileReader:
         self._sig_worker.close()
 
     def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None,
-             below_digest: bytes | None = None) -> FileRead:
+             below: mf.ManifestEntry | None = None) -> FileRead:
         """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path).
-        ``below_digest``: the digest of the same path's content below, if it has its size; a small
-        file found with that content again yields no record (a touched file)."""
-        return FileRead(self, e, basis, prev_name, below_digest)
+        ``below``: the same path's entry in the chain below; a file found with its content again
+        (``_touched_only``) yields no record (a touched file)."""
+        return FileRead(self, e, basis, prev_name, below)
 
     def path_of(self, e: fsentry.Entry) -> bytes:
         return self.root if self._file_root else os.path.join(self.root, e.path)
@@ -127,12 +127,12 @@ class FileRead:
     """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
 
     def __init__(self, reader: FileReader, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                 prev_name: bytes | None, below_digest: bytes | None = None) -> None:
+                 prev_name: bytes | None, below: mf.ManifestEntry | None = None) -> None:
         self._reader = reader
         self._entry = e
         self._basis = basis
         self._prev_name = prev_name
-        self._below_digest = below_digest
+        self._below = below
         self._result: ReadResult | None = None
 
     @property
@@ -160,10 +160,10 @@ class FileRead:
             return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
         read = self._reader.region_reader(fd, e.path, block_len)
-        if self._basis is not None and self._touched_only(self._basis, st):
+        if self._basis is not None and self._touched_only(st):
             content = b"".join(read(0, st.st_size))
             digest = _digest_of(content)
-            if digest == self._basis.digest and not changed_while_read(st, os.fstat(fd), len(content)):
+            if self._same_as_below(digest, st, fd, len(content)):
                 # The content below: the caller makes it a metadata change.
                 self._result = ReadResult(e, digest=digest)
                 return
@@ -196,12 +196,18 @@ class FileRead:
         self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
                                   literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
 
-    def _touched_only(self, basis: mf.ManifestEntry, st: os.stat_result) -> bool:
-        """Whether to check the content against the basis's digest before any delta: a file
-        of ``PRECHECK_MAX`` bytes or less, of its basis's size (a touched file is then a
-        metadata change at the cost of a digest, not of the rsync matcher)."""
-        return (self._prev_name is None and basis.digest is not None
-                and st.st_size == basis.entry.size and st.st_size <= PRECHECK_MAX)
+    def _touched_only(self, st: os.stat_result) -> bool:
+        """Whether to check the content against the digest below before any record: a file
+        of ``PRECHECK_MAX`` bytes or less, of its size below (a touched file is then a
+        metadata change at the cost of a digest, not of the rsync matcher or of its data)."""
+        below = self._below
+        return (self._prev_name is None and below is not None and below.digest is not None
+                and st.st_size == below.entry.size and st.st_size <= PRECHECK_MAX)
+
+    def _same_as_below(self, digest: bytes, st: os.stat_result, fd: int, read: int) -> bool:
+        """Whether what was read (``read`` bytes, ``digest``) is the content below, unchanged while read."""
+        return (self._below is not None and digest == self._below.digest
+                and not changed_while_read(st, os.fstat(fd), read))
 
     def _small(self, fd: int, st: os.stat_result, e: fsentry.Entry) -> Iterator[bytes]:
         """A small file sent whole: one read, its digest, ENTRY, LITERAL and END_FILE.
@@ -214,7 +220,7 @@ class FileRead:
         read = self._reader.region_reader(fd, e.path, SIGNED_MIN)
         data = b"".join(read(0, st.st_size))
         digest = _digest_of(data)
-        if digest == self._below_digest and not changed_while_read(st, os.fstat(fd), len(data)):
+        if self._touched_only(st) and self._same_as_below(digest, st, fd, len(data)):
             self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
             return
         yield records.entry(e, data=records.DATA_FULL)

@@ -32,9 +32,9 @@ class Reading:
     def entry(self, name):
         return next(e for e in fswalk.walk(self.root) if e.path == os.fsencode(name))
 
-    def read(self, entry, basis=None, below_digest=None):
-        """(decoded records, result) of reading ``entry``."""
-        read = self.reader.read(entry, basis, None, below_digest)
+    def read(self, entry, basis=None, below=None):
+        """(decoded records, result) of reading ``entry``; ``below``: its entry in the chain below."""
+        read = self.reader.read(entry, basis, None, below)
         try:
             data = b"".join(read.pieces())
         finally:
@@ -97,13 +97,13 @@ def test_a_touched_file_is_found_by_its_digest_without_a_delta(tmp_path):
     write(tmp_path / "f", data)
     reading = Reading(tmp_path)
     digest, signature = hashes_of(data)
-    basis = mf.ManifestEntry(reading.entry("f"), digest, signature)
-    recs, result = reading.read(reading.entry("f"), basis)
+    basis = mf.ManifestEntry(reading.entry("f"), digest, signature)    # the same path's entry below
+    recs, result = reading.read(reading.entry("f"), basis, below=basis)
     assert recs == [] and result.digest == digest and not result.changed
     assert (result.literal_bytes, result.copied_bytes) == (0, 0)
     # one byte changed: the delta goes on from what was read
     write(tmp_path / "f", data[:7] + b"X" + data[8:])
-    recs, result = reading.read(reading.entry("f"), basis)
+    recs, result = reading.read(reading.entry("f"), basis, below=basis)
     assert recs[0][1]["data"] == records.DATA_DELTA
     assert [r[0] for r in recs[1:]] == [records.LITERAL, records.COPY, records.END_FILE]
     assert result.digest == hashes_of(data[:7] + b"X" + data[8:])[0]
@@ -115,12 +115,13 @@ def test_a_touched_small_file_is_found_by_its_digest_before_any_record(tmp_path)
     write(tmp_path / "f", data)
     reading = Reading(tmp_path)
     digest = hashes_of(data)[0]
-    recs, result = reading.read(reading.entry("f"), None, below_digest=digest)
+    below = mf.ManifestEntry(reading.entry("f"), digest)
+    recs, result = reading.read(reading.entry("f"), None, below=below)
     assert recs == [] and result.digest == digest and not result.changed
     assert (result.literal_bytes, result.copied_bytes) == (0, 0)
     # another content of the same size is sent whole
     write(tmp_path / "f", data[:10] + bytes([data[10] ^ 1]) + data[11:])
-    recs, result = reading.read(reading.entry("f"), None, below_digest=digest)
+    recs, result = reading.read(reading.entry("f"), None, below=below)
     assert [r[0] for r in recs] == [records.ENTRY, records.LITERAL, records.END_FILE]
     assert result.digest != digest and result.literal_bytes == len(data)
 
