@@ -69,6 +69,17 @@ def new(name: str, parallel: bool = False, keep_leaves: bool = False) -> Any:
     return _MAKERS[_known(name)](parallel, keep_leaves)
 
 
+def of_bytes(name: str, data: Any) -> bytes:
+    """The named digest of a content held whole (one call: ``blake3-tree``'s without a hasher
+    when it is one leaf)."""
+    if _known(name) == BLAKE3_TREE:
+        return treehash.digest_of(data)
+    hasher = new(name)
+    hasher.update(data)
+    digest: bytes = hasher.digest()
+    return digest
+
+
 def of_level(begin: dict[str, Any]) -> str:
     """The digest a level's files use, from its BEGIN record's fields."""
     return _known(begin.get("dg", SHA256))

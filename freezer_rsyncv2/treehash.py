@@ -175,6 +175,10 @@ class TreeHash:
 
 def digest_of(data: Any) -> bytes:
     """The blake3-tree digest of ``data`` in one call."""
+    size = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    if size <= LEAF:        # one leaf, which is the root: two hashes and no hasher
+        root = blake3.blake3(_LEAF_TAG).update(data).digest()
+        return blake3.blake3(_ROOT_TAG + size.to_bytes(8, "big") + root).digest()
     hasher = TreeHash()
     hasher.update(data)
     return hasher.digest()

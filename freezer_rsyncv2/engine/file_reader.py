@@ -122,6 +122,15 @@ class FileReader:
                 yield chunk
         return read
 
+    def read_all(self, fd: int, path: bytes, size: int) -> bytes:
+        """The first ``size`` bytes of the open file in one piece (short after a read error):
+        a content held whole, for its digest first (``FileRead``)."""
+        reader = self._range_reader or read_range
+        data = b"".join(reader(fd, 0, size, extents.READ_SIZE, path, self.warn))
+        self.summary.bytes_read += len(data)
+        self.progress.advance(len(data))
+        return data
+
 
 class FileRead:
     """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
@@ -159,17 +168,16 @@ class FileRead:
             yield from self._small(fd, st, e)
             return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
-        read = self._reader.region_reader(fd, e.path, block_len)
         if self._basis is not None and self._touched_only(st):
-            content = b"".join(read(0, st.st_size))
-            digest = _digest_of(content)
+            content = self._reader.read_all(fd, e.path, st.st_size)
+            digest = digests.of_bytes(digests.DEFAULT, content)
             if self._same_as_below(digest, st, fd, len(content)):
                 # The content below: the caller makes it a metadata change.
                 self._result = ReadResult(e, digest=digest)
                 return
-
-            def read(offset: int, length: int) -> Iterator[bytes]:     # what was read, again
-                yield content[offset:offset + length]
+            read = _held(content)       # what was read, again
+        else:
+            read = self._reader.region_reader(fd, e.path, block_len)
         ranges = fswalk.data_ranges(fd, st.st_size, keep_offset=False)     # read with pread only
         out = file_records.for_basis(self._basis, self._prev_name)
         yield records.entry(e, **out.fields(sparse=sum(length for _o, length in ranges) < st.st_size))
@@ -217,9 +225,8 @@ class FileRead:
         hole), without its per-file set-up: no extent map, signature or
         zero detection (most files of a source tree are this small).
         """
-        read = self._reader.region_reader(fd, e.path, SIGNED_MIN)
-        data = b"".join(read(0, st.st_size))
-        digest = _digest_of(data)
+        data = self._reader.read_all(fd, e.path, st.st_size)
+        digest = digests.of_bytes(digests.DEFAULT, data)
         if self._touched_only(st) and self._same_as_below(digest, st, fd, len(data)):
             self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
             return
@@ -234,12 +241,11 @@ class FileRead:
         self._result = ReadResult(e, digest=digest, changed=changed, literal_bytes=len(data))
 
 
-def _digest_of(data: bytes) -> bytes:
-    """The file digest (``digests.DEFAULT``) of a content held whole."""
-    hasher = digests.new(digests.DEFAULT)
-    hasher.update(data)
-    digest: bytes = hasher.digest()
-    return digest
+def _held(content: bytes) -> Callable[[int, int], Iterator[bytes]]:
+    """``read(offset, length)`` of a content already read whole."""
+    def read(offset: int, length: int) -> Iterator[bytes]:
+        yield content[offset:offset + length]
+    return read
 
 
 class Unreadable(Exception):

@@ -30,6 +30,20 @@ def test_zeros_is_the_same_as_zero_bytes(name):
     assert a.digest() == b.digest()
 
 
+@pytest.mark.parametrize("name", ["sha256", "blake3", "blake3-tree"])
+@pytest.mark.parametrize("size", [0, 5, treehash.LEAF, treehash.LEAF + 7])
+def test_of_bytes_is_the_streaming_digest(name, size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    h = digests.new(name)
+    h.update(data)
+    assert digests.of_bytes(name, data) == h.digest()
+
+
+def test_of_bytes_refuses_an_unknown_digest():
+    with pytest.raises(errors.UnsupportedVersionError):
+        digests.of_bytes("md5", b"")
+
+
 def test_a_level_without_a_name_uses_sha256():
     assert digests.of_level({"level": 0}) == "sha256"
     h = digests.new(digests.of_level({}))

@@ -99,6 +99,7 @@ def test_one_update_matches_the_reference(size: int) -> None:
     data = noise(size, size)
     expected = ref_digest(data)
     assert digest_of(data) == expected
+    assert digest_of(bytearray(data)) == digest_of(memoryview(data)) == expected
     hasher = TreeHash(parallel=True)
     hasher.update(data)
     assert hasher.size == size
