@@ -289,14 +289,13 @@ def overlay_lazy(paths: Sequence[str], cipher_factory: frames.CipherFactory = fr
     A path whose entry resolves to None (see ``Prior``) is one the chain
     does not hold for this purpose.
     """
-    streams: list[Iterator[tuple[bytes, int, tuple[Any, ...]]]] = []
-    for level, path in enumerate(paths):
-        where = places[level] if places else None
-        streams.append(_levelled(level, _read(path, cipher_factory, where, None)))
-    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
+    streams = [_read(path, cipher_factory, places[level] if places else None, None)
+               for level, path in enumerate(paths)]
+    merged = streams[0] if len(streams) == 1 else (
+        (key, rec) for key, _level, rec in heapq.merge(*(_levelled(level, s) for level, s in enumerate(streams))))
     current_key = None
     current: Prior | None = None
-    for key, _level, rec in merged:
+    for key, rec in merged:
         if key != current_key:
             if current is not None:
                 yield current

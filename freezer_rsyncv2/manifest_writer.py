@@ -201,8 +201,9 @@ def _coded(path: bytes, fields: dict[str, Any] | None, last: bytes) -> bytes:
     if fields is None:
         return records.tombstone(path)
     shared = _shared(last, path)
-    head = {"pp": shared, "p": path[shared:]} if shared else {"p": path}
-    return records.pack([records.MANIFEST, {**head, **fields}])
+    if shared:
+        return records.pack([records.MANIFEST, {"pp": shared, "p": path[shared:], **fields}])
+    return records.pack([records.MANIFEST, {"p": path, **fields}])
 
 
 def _shared(a: bytes, b: bytes) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -97,6 +98,12 @@ _REQUIRED = tuple(key for key, (_a, _t, required) in _ENTRY_FIELDS.items() if re
 _REQUIRED_SET = frozenset(_REQUIRED)
 _KEYS_REQUIRED = tuple((key, required) for key, (_a, _t, required) in _ENTRY_FIELDS.items())
 _ALL_FIELDS = operator.attrgetter(*(attr for attr, _t, _r in _ENTRY_FIELDS.values()))
+#: Entry keys a data stream's ENTRY leaves out (version 4): a restore makes
+#: its own inode, device and ctime; only a manifest's change detection and
+#: rename search use them.
+_MANIFEST_ONLY = ("i", "d", "n", "ct")
+_STREAM_KEYS_REQUIRED = tuple(item for item in _KEYS_REQUIRED if item[0] not in _MANIFEST_ONLY)
+_STREAM_FIELDS = operator.attrgetter(*(_ENTRY_FIELDS[key][0] for key, _r in _STREAM_KEYS_REQUIRED))
 # Keys that ride along an entry map but are not Entry attributes.
 _EXTRA_FIELDS = {
     "data": str, "pn": bytes, "bl": int, "bs": int, "sp": bool,
@@ -149,10 +156,22 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "B": (1, rsig.MAX_FIXED_BLOCK),
     "o": (0, MAX_INT),
 }
+#: key -> (Entry attribute, type, low, high): an int's inclusive bounds, a bytes' length at most
+#: ``high`` (a str is not bounded here); ``entry_from_map``'s one lookup per key.
+_FIELD_CHECKS: dict[str, tuple[Any, ...]] = {
+    key: (attr, typ) + INT_BOUNDS.get(key, (0, MAX_PATH)) for key, (attr, typ, _r) in _ENTRY_FIELDS.items()}
+
+
+_PACKERS = threading.local()
 
 
 def pack(obj: Any) -> bytes:
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    """The msgpack bytes of a record (a Packer per thread, kept: ``msgpack.packb`` makes one a call)."""
+    try:
+        packer = _PACKERS.packer
+    except AttributeError:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(obj)
     return packed
 
 
@@ -160,16 +179,8 @@ def begin(meta: dict[str, Any]) -> bytes:
     return pack([BEGIN, meta])
 
 
-#: Entry keys a data stream's ENTRY leaves out (version 4): a restore makes
-#: its own inode, device and ctime; only a manifest's change detection and
-#: rename search use them.
-_MANIFEST_ONLY = ("i", "d", "n", "ct")
-
-
 def entry(e: fsentry.Entry, **extra: Any) -> bytes:
-    m = entry_map(e, extra)
-    for key in _MANIFEST_ONLY:
-        m.pop(key, None)
+    m = entry_map(e, extra, _STREAM_KEYS_REQUIRED, _STREAM_FIELDS)
     return pack([ENTRY, m])
 
 
@@ -237,10 +248,13 @@ def end(totals: dict[str, Any]) -> bytes:
     return pack([END, totals])
 
 
-def entry_map(e: fsentry.Entry, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The msgpack map of an entry; None-valued and default fields left out."""
+def entry_map(e: fsentry.Entry, extra: dict[str, Any] | None = None,
+              keys: tuple[tuple[str, bool], ...] | None = None,
+              fields: Callable[[fsentry.Entry], tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    """The msgpack map of an entry; None-valued and default fields left out.
+    ``keys``/``fields``: only these keys (``entry``'s, without ``_MANIFEST_ONLY``)."""
     out: dict[str, Any] = {}
-    for (key, required), value in zip(_KEYS_REQUIRED, _ALL_FIELDS(e)):
+    for (key, required), value in zip(keys or _KEYS_REQUIRED, (fields or _ALL_FIELDS)(e)):
         if required or value not in (None, 0):
             out[key] = value
     if e.xattrs:
@@ -318,7 +332,7 @@ def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, A
     extra: dict[str, Any] = {}
     for key, value in m.items():
         raw: Any = value        # checked below; isinstance would narrow ``value`` to object
-        spec = _ENTRY_FIELDS.get(key)
+        spec = _FIELD_CHECKS.get(key)
         if spec is None:
             extra_type = _EXTRA_FIELDS.get(key)
             if extra_type is None or (key in V4_KEYS and not v4):
@@ -329,15 +343,14 @@ def entry_from_map(m: Any, v4: bool = False) -> tuple[fsentry.Entry, dict[str, A
                 _check_bounds(path, key, raw)
             extra[key] = raw
             continue
-        attr, typ, _required = spec
+        attr, typ, lo, hi = spec
         if type(value) is not typ:      # msgpack gives exact types; a bool is no int
             if not isinstance(value, typ) or isinstance(value, bool):
                 raise errors.CorruptRecordError(f"entry {path!r} field {key!r} has type {type(value).__name__}")
         if typ is int:
-            lo, hi = INT_BOUNDS[key]
             if not lo <= raw <= hi:
                 _check_bounds(path, key, raw)
-        elif typ is bytes and len(raw) > MAX_PATH:
+        elif typ is bytes and len(raw) > hi:
             raise errors.CorruptRecordError(f"entry {path!r} field {key!r} too long")
         kwargs[attr] = raw
     if not m.keys() >= _REQUIRED_SET:
