@@ -12,6 +12,7 @@ to the end of the pass and sent as deltas against the old path
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import stat
@@ -28,7 +29,7 @@ from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
-from freezer_rsyncv2.engine import file_reader
+from freezer_rsyncv2.engine import digest_helper, file_reader
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
@@ -53,6 +54,44 @@ _FILE_COUNTS = {"new": "files_new", "changed": "files_changed", "meta": "files_m
 #: without changing the inode's ctime (a device's numbers are no concern
 #: of a fast path; a hardlink's group is the walk's, decided on its Entry).
 _QUICK_KINDS = frozenset((fsentry.KIND_FILE, fsentry.KIND_DIR, fsentry.KIND_SYMLINK))
+
+
+#: What the pass merges: (found, its entry below, unchanged), or (None, an entry below the walk no longer has, False).
+_Matched = tuple[fswalk.Found | None, mf.Prior | None, bool]
+
+
+def _matched(found: Iterator[fswalk.Found], old: mf.Prior | None, prev: Iterator[mf.Prior]
+             ) -> Iterator[_Matched]:
+    """The walk and the chain's entries (``old`` first, then ``prev``), both in sort_key
+    order, merged: each found object with its entry below and whether it is
+    ``_unchanged``, and the entries below that the walk no longer has."""
+    for f in found:
+        match = None
+        if old is not None:
+            if old.path != f.path:
+                key = fswalk.sort_key(f.path)
+                while old is not None and old.key < key:
+                    yield None, old, False
+                    old = next(prev, None)
+            if old is not None and old.path == f.path:
+                match, old = old, next(prev, None)
+        yield f, match, match is not None and _unchanged(f, match)
+    while old is not None:
+        yield None, old, False
+        old = next(prev, None)
+
+
+def _precheck(f: fswalk.Found, prior: mf.Prior) -> bool:
+    """Whether the pass will likely read ``f`` whole to compare it with its digest below
+    (``file_reader``'s touched-file check): a file of its size below, up to
+    ``PRECHECK_MAX`` bytes, whose mtime moved.  From the unchecked map: the
+    answer is only used against the entry below once it is checked."""
+    st = f.st
+    if f.kind != fsentry.KIND_FILE or st.st_size > file_reader.PRECHECK_MAX:
+        return False
+    m = prior.fields()
+    return (m is not None and m.get("k") == fsentry.KIND_FILE and m.get("s") == st.st_size
+            and m.get("mt") != st.st_mtime_ns and "dg" in m)
 
 
 def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
@@ -111,6 +150,7 @@ class BackupPass:
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
         self._reader = file_reader.FileReader(config, self.root, summary, progress, self._warn, read_range)
+        self._tickets: dict[bytes, int] = {}    # path -> the digest helper's ticket (_asked_ahead)
         self._offset = 0        # record bytes yielded so far: the next record's plaintext offset
 
     # -- the pass ---------------------------------------------------------
@@ -137,17 +177,13 @@ class BackupPass:
         # The first manifest entry may wait for the key derivation: walk
         # meanwhile (the walk needs no key).
         old, walked = threads.first_while(prev, found, WALK_AHEAD)
-        for f in itertools.chain(walked, found):
-            match = None
-            if old is not None:
-                if old.path != f.path:
-                    key = fswalk.sort_key(f.path)
-                    while old is not None and old.key < key:
-                        self._deleted(old)
-                        old = next(prev, None)
-                if old is not None and old.path == f.path:
-                    match, old = old, next(prev, None)
-            if match is not None and _unchanged(f, match):
+        for f, match, unchanged in self._asked_ahead(_matched(itertools.chain(walked, found), old, prev)):
+            if f is None:
+                assert match is not None
+                self._deleted(match)
+                continue
+            ticket = self._tickets.pop(f.path, None) if self._tickets else None
+            if unchanged:
                 self._status(f.kind, f.path, "unchanged")
                 continue
             e = walker.make_entry(f)
@@ -155,15 +191,31 @@ class BackupPass:
                 if match is not None:
                     self._deleted(match)
                 continue
-            yield from self._entry(e, match.resolve() if match is not None else None)
-        while old is not None:
-            self._deleted(old)
-            old = next(prev, None)
+            yield from self._entry(e, match.resolve() if match is not None else None, ticket)
         yield from self._renames()
         for path in self._deletes:
             yield records.delete(path)
         yield records.end({"entries": self.summary.entries,
                            "deleted": self.summary.entries_deleted})
+
+    def _asked_ahead(self, items: Iterator[_Matched]) -> Iterator[_Matched]:
+        """``items``, ``digest_helper.READ_AHEAD`` late: each file the pass will check for
+        its content below (``_precheck``) is asked of the digest helper as it passes."""
+        window: collections.deque[_Matched] = collections.deque()
+        for item in items:
+            f, match, unchanged = item
+            if f is not None and match is not None and not unchanged and _precheck(f, match):
+                ticket = self._reader.ask(f.abspath)
+                if ticket is None:
+                    yield from window
+                    yield item
+                    yield from items        # the helper is out of use
+                    return
+                self._tickets[f.path] = ticket
+            window.append(item)
+            if len(window) > digest_helper.READ_AHEAD:
+                yield window.popleft()
+        yield from window
 
     def _warn(self, path: bytes, message: str) -> None:
         warning = prog.EntryWarning(path, message, fswalk.show_path(path))
@@ -194,13 +246,13 @@ class BackupPass:
                 LOG.info("more than %d deleted files of %d bytes or more: the others' new names, "
                          "if they were renamed, are stored whole", RENAME_TRACK_MAX, RENAME_MIN)
 
-    def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None
+    def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None, ticket: int | None = None
                ) -> Iterator[bytes]:
         if old is not None and old.entry.kind == fsentry.KIND_DIR \
                 and e.kind != fsentry.KIND_DIR:
             self._replaced_dir = e.path  # restore replaces the whole tree
         if e.kind == fsentry.KIND_FILE:
-            yield from self._file(e, old)
+            yield from self._file(e, old, ticket)
             return
         if e.kind == fsentry.KIND_HARDLINK:
             if e.hardlink_to in self._absent:
@@ -228,7 +280,7 @@ class BackupPass:
         self.progress.entry(path, status)
 
     # -- regular files ----------------------------------------------------
-    def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None
+    def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None, ticket: int | None = None
               ) -> Iterator[bytes]:
         prior = old if old is not None and old.entry.kind == fsentry.KIND_FILE else None
         if prior is not None and prior.entry.size == e.size \
@@ -245,18 +297,20 @@ class BackupPass:
         if old is None and self.level > 0 and e.size >= RENAME_MIN:
             self._held.append(e)    # maybe a rename: decided after the walk
             return
-        yield from self._send_file(e, prior, old)
+        yield from self._send_file(e, prior, old, ticket=ticket)
 
     def _send_file(self, e: fsentry.Entry, prior: mf.ManifestEntry | None, old: mf.ManifestEntry | None,
-                   prev_name: bytes | None = None, late: bool = False) -> Iterator[bytes]:
+                   prev_name: bytes | None = None, late: bool = False, ticket: int | None = None
+                   ) -> Iterator[bytes]:
         """Read the file once; hold its records back while they are small, so
         an unchanged content (touched file) becomes a metadata-only record.
 
         ``prior``: the file's entry below (or a rename's old path's); its
-        signature, if it has one, is the delta's basis."""
+        signature, if it has one, is the delta's basis.  ``ticket``: the
+        digest helper's for this file (``_asked_ahead``)."""
         basis = prior if prior is not None and prior.has_signature else None
         start = self._offset
-        read = self._reader.read(e, basis, prev_name, prior if prev_name is None else None)
+        read = self._reader.read(e, basis, prev_name, prior if prev_name is None else None, ticket)
         held: list[bytes] = []
         passed_on = yield from _hold_back(read.pieces(), held)
         result = read.result

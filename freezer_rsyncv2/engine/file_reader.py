@@ -25,8 +25,9 @@ from freezer_rsyncv2 import digests
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
-from freezer_rsyncv2.engine import content_hash, extents, file_records
+from freezer_rsyncv2.engine import content_hash, digest_helper, extents, file_records
 from freezer_rsyncv2.fs import entry as fsentry
+from freezer_rsyncv2.fs.openfile import Unreadable, changed_while_read, open_regular
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import records
@@ -35,7 +36,6 @@ Warn = Callable[[bytes, str], None]
 #: ``(fd, offset, length, step, path, warn)`` -> the range's bytes in chunks of ``step``; short on a read error
 ReadRange = Callable[[int, int, int, int, bytes, Warn], Iterator[bytes]]
 
-_NOATIME = getattr(os, "O_NOATIME", 0)
 #: Files smaller than this get no block signature (``records.SIG_NONE``): a
 #: change sends them whole, a few hundred bytes more than a delta after
 #: compression, and a tree of small files skips the rolling hash and 20
@@ -83,22 +83,36 @@ class FileReader:
         # cores) while this one reads and matches.
         self._digest_worker = threads.OrderedWorker("rsyncv2-digest")
         self._sig_worker = threads.OrderedWorker("rsyncv2-signature")
+        # Touched files' digests, read ahead in a process of their own; not
+        # with a test's reader (``read_range``), which must see every read.
+        self._helper = digest_helper.DigestHelper(config.dereference, PRECHECK_MAX) \
+            if read_range is None and _plain_reads() else None
         try:
             self._file_root = not stat.S_ISDIR(os.stat(self.root).st_mode)
         except OSError:
             self._file_root = False
 
     def close(self) -> None:
-        """Discard pending work and stop the helper threads (idempotent)."""
+        """Discard pending work and stop the helper threads and process (idempotent)."""
         self._digest_worker.close()
         self._sig_worker.close()
+        if self._helper is not None:
+            self._helper.close()
+
+    def ask(self, path: bytes) -> int | None:
+        """A ticket (for ``read``) for the digest of the file at ``path`` (absolute), read ahead
+        by the digest helper; None without one.  Asked for a file that ``read`` will check
+        for its content below (``_touched_only``)."""
+        return self._helper.ask(path) if self._helper is not None else None
 
     def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None,
-             below: mf.ManifestEntry | None = None) -> FileRead:
+             below: mf.ManifestEntry | None = None, ticket: int | None = None) -> FileRead:
         """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path).
         ``below``: the same path's entry in the chain below; a file found with its content again
-        (``_touched_only``) yields no record (a touched file)."""
-        return FileRead(self, e, basis, prev_name, below)
+        (``_touched_only``) yields no record (a touched file).  ``ticket``: ``ask``'s for this file;
+        when the helper's answer shows the content below, the file is not opened again."""
+        answer = self._helper.answer(ticket) if self._helper is not None else None
+        return FileRead(self, e, basis, prev_name, below, answer)
 
     def path_of(self, e: fsentry.Entry) -> bytes:
         return self.root if self._file_root else os.path.join(self.root, e.path)
@@ -127,21 +141,27 @@ class FileReader:
         a content held whole, for its digest first (``FileRead``)."""
         reader = self._range_reader or read_range
         data = b"".join(reader(fd, 0, size, extents.READ_SIZE, path, self.warn))
-        self.summary.bytes_read += len(data)
-        self.progress.advance(len(data))
+        self.counted(len(data))
         return data
+
+    def counted(self, size: int) -> None:
+        """Count ``size`` bytes read (of one file, whole)."""
+        self.summary.bytes_read += size
+        self.progress.advance(size)
 
 
 class FileRead:
     """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
 
     def __init__(self, reader: FileReader, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                 prev_name: bytes | None, below: mf.ManifestEntry | None = None) -> None:
+                 prev_name: bytes | None, below: mf.ManifestEntry | None = None,
+                 answer: digest_helper.Answer | None = None) -> None:
         self._reader = reader
         self._entry = e
         self._basis = basis
         self._prev_name = prev_name
         self._below = below
+        self._answer = answer
         self._result: ReadResult | None = None
 
     @property
@@ -152,6 +172,8 @@ class FileRead:
 
     def pieces(self) -> Iterator[bytes]:
         """The file's records: ENTRY, its data records, END_FILE; none when it is skipped."""
+        if self._answered():
+            return
         try:
             fd, st = open_regular(self._reader.path_of(self._entry), self._reader.config.dereference)
         except Unreadable as skip:
@@ -163,12 +185,12 @@ class FileRead:
             os.close(fd)
 
     def _records(self, fd: int, st: os.stat_result) -> Iterator[bytes]:
-        e = _refresh(self._entry, st)
+        e = _refresh(self._entry, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
         if self._basis is None and st.st_size < SIGNED_MIN:
             yield from self._small(fd, st, e)
             return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
-        if self._basis is not None and self._touched_only(st):
+        if self._basis is not None and self._touched_only(st.st_size):
             content = self._reader.read_all(fd, e.path, st.st_size)
             digest = digests.of_bytes(digests.DEFAULT, content)
             if self._same_as_below(digest, st, fd, len(content)):
@@ -204,13 +226,28 @@ class FileRead:
         self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
                                   literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
 
-    def _touched_only(self, st: os.stat_result) -> bool:
+    def _answered(self) -> bool:
+        """Whether the digest helper's answer shows the content below, unchanged while read
+        (a touched file, as ``_records`` would find it): the file is not opened."""
+        a = self._answer
+        if a is None or a.changed or not stat.S_ISREG(a.mode) or not self._touched_only(a.size) \
+                or (self._basis is None and a.size >= SIGNED_MIN):     # as _records takes it
+            return False
+        assert self._below is not None      # _touched_only
+        if a.digest != self._below.digest:
+            return False
+        self._reader.counted(a.size)
+        self._result = ReadResult(_refresh(self._entry, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.mode),
+                                  digest=a.digest)
+        return True
+
+    def _touched_only(self, size: int) -> bool:
         """Whether to check the content against the digest below before any record: a file
         of ``PRECHECK_MAX`` bytes or less, of its size below (a touched file is then a
         metadata change at the cost of a digest, not of the rsync matcher or of its data)."""
         below = self._below
         return (self._prev_name is None and below is not None and below.digest is not None
-                and st.st_size == below.entry.size and st.st_size <= PRECHECK_MAX)
+                and size == below.entry.size and size <= PRECHECK_MAX)
 
     def _same_as_below(self, digest: bytes, st: os.stat_result, fd: int, read: int) -> bool:
         """Whether what was read (``read`` bytes, ``digest``) is the content below, unchanged while read."""
@@ -227,7 +264,7 @@ class FileRead:
         """
         data = self._reader.read_all(fd, e.path, st.st_size)
         digest = digests.of_bytes(digests.DEFAULT, data)
-        if self._touched_only(st) and self._same_as_below(digest, st, fd, len(data)):
+        if self._touched_only(st.st_size) and self._same_as_below(digest, st, fd, len(data)):
             self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
             return
         yield records.entry(e, data=records.DATA_FULL)
@@ -248,53 +285,19 @@ def _held(content: bytes) -> Callable[[int, int], Iterator[bytes]]:
     return read
 
 
-class Unreadable(Exception):
-    """The file cannot be read for this backup; the message says why."""
-
-
-def open_regular(path: bytes, follow_symlinks: bool) -> tuple[int, os.stat_result]:
-    """A descriptor of the regular file at ``path``, open for reading, and its stat.
-
-    Raises ``Unreadable`` when it cannot be opened or is no longer a regular
-    file.  The access time is left alone where the system allows it.
-    """
-    flags = os.O_RDONLY | _NOATIME | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = _open_without_atime(path, flags)
-    except OSError as err:
-        raise Unreadable(f"cannot open: {err.strerror}") from err
-    try:
-        st = os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise Unreadable("no longer a regular file")
-    return fd, st
-
-
-def _open_without_atime(path: bytes, flags: int) -> int:
-    try:
-        return os.open(path, flags)
-    except PermissionError:     # O_NOATIME is for the file's owner only
-        return os.open(path, flags & ~_NOATIME)
-
-
-def changed_while_read(before: os.stat_result, after: os.stat_result, read: int) -> bool:
-    """Whether a file opened with stat ``before`` changed while ``read`` bytes of it were read."""
-    return not (read == before.st_size and after.st_size == before.st_size
-                and after.st_mtime_ns == before.st_mtime_ns)
-
-
-def _refresh(e: fsentry.Entry, st: os.stat_result) -> fsentry.Entry:
-    """The entry as the open file is now (it may have changed since the walk)."""
-    e.size = st.st_size
-    e.mtime_ns = st.st_mtime_ns
-    e.ctime_ns = st.st_ctime_ns
-    e.ino = st.st_ino
-    e.mode = stat.S_IMODE(st.st_mode)
+def _refresh(e: fsentry.Entry, size: int, mtime_ns: int, ctime_ns: int, ino: int, mode: int) -> fsentry.Entry:
+    """The entry as the open file is now (its stat then; it may have changed since the walk)."""
+    e.size = size
+    e.mtime_ns = mtime_ns
+    e.ctime_ns = ctime_ns
+    e.ino = ino
+    e.mode = stat.S_IMODE(mode)
     return e
+
+
+def _plain_reads() -> bool:
+    """Whether this module's ``read_range`` is its own (a test may have replaced it)."""
+    return read_range is _READ_RANGE
 
 
 def read_range(fd: int, offset: int, length: int, step: int, path: bytes, warn: Warn) -> Iterator[bytes]:
@@ -313,3 +316,6 @@ def read_range(fd: int, offset: int, length: int, step: int, path: bytes, warn: 
             return
         yield chunk
         offset += len(chunk)
+
+
+_READ_RANGE = read_range
