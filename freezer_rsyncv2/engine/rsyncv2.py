@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oslo_log import log
 
@@ -34,8 +34,10 @@ from freezer_rsyncv2.engine import restore_pass
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.storage import sweep as sweeping
-from freezer_rsyncv2.stream import (
-    compression, crypto, encoder, frames, place, records)
+from freezer_rsyncv2.stream import compression, encoder, frames, place, records
+
+if TYPE_CHECKING:
+    from freezer_rsyncv2.stream import crypto
 
 LOG = log.getLogger(__name__)
 
@@ -122,6 +124,8 @@ class Rsyncv2Engine(base.BackupEngine):
         if self._keyring is None:
             if not self.config.encrypt_key:
                 raise ValueError("no pass file: this engine does not encrypt")
+            # Imported here: cryptography's bindings cost a backup without encryption 10-15 ms.
+            from freezer_rsyncv2.stream import crypto
             self._keyring = crypto.Keyring.from_pass_file(self.config.encrypt_key)
         return self._keyring
 
