@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -304,6 +305,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted(err, progress)
 
 
+def console() -> None:
+    """The ``freezer-rsyncv2`` command: ``main``, then the exit.
+
+    Everything still alive is frozen out of the garbage collector first: the
+    interpreter's exit would otherwise run its cyclic collections over all
+    of it while it tears the modules down (30-40 ms after a backup), only to
+    free memory that the system frees anyway.  Files are closed by then and
+    exit handlers still run.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 def _run(args: argparse.Namespace, progress) -> int:
     try:
         return COMMANDS[args.command](args, progress)
@@ -349,4 +364,4 @@ def _interrupted(err: BaseException, progress) -> int:
 
 
 if __name__ == "__main__":      # pragma: no cover
-    sys.exit(main())
+    console()

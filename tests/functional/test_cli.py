@@ -144,6 +144,22 @@ def test_restore_from_date(env, capsys, clock):
     assert open(os.path.join(env["dest"], "a.txt"), "rb").read() == b"alpha\n"
 
 
+def test_the_console_command_exits_with_main_s_code(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"alpha\n")
+    common = ["--container", str(tmp_path / "store"), "--backup-name", "b"]
+    command = [sys.executable, "-c", "from freezer_rsyncv2 import cli; cli.console()"]
+    done = subprocess.run(command + ["backup", "--path-to-backup", str(src)] + common, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    dest = tmp_path / "dest"
+    assert subprocess.run(command + ["restore", "--restore-abs-path", str(dest)] + common).returncode == 0
+    assert (dest / "a.txt").read_bytes() == b"alpha\n"
+    missing = subprocess.run(command + ["restore", "--restore-abs-path", str(dest), "--container",
+                                        str(tmp_path / "none"), "--backup-name", "b"], capture_output=True)
+    assert missing.returncode == 1 and b"error: container" in missing.stderr
+
+
 def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "freezer_rsyncv2.cli",
                           "--help"], capture_output=True, text=True,
