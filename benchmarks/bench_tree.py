@@ -20,8 +20,9 @@ Three jobs, each tool on its own store:
 Ours is the CLI with ``--compression zstd``; restic runs with its defaults,
 borg with ``-e none`` and ``--compression zstd,3`` (bench_vm.py's command
 lines).  Every step is one child process (wall time with interpreter start,
-peak RSS from GNU time) with the page cache warm and nothing left to write
-back (``sync`` first); a tool that is not on PATH is skipped.  Exit code: 0
+peak RSS from GNU time) with what it reads in the page cache (read first:
+borg drops what it reads from the cache) and nothing left to write back
+(``sync`` first); a tool that is not on PATH is skipped.  Exit code: 0
 every target that could be computed passed, 1 a target failed, 2 a tool
 failed or a restore differs.
 """

@@ -108,19 +108,24 @@ def data_ranges(path: str) -> list[tuple[int, int]]:
     """The file's data ranges by SEEK_DATA/SEEK_HOLE (all of it where holes are not reported)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size, pos, out = os.fstat(fd).st_size, 0, []
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:        # only a hole is left
-                    break
-                raise
-            pos = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append((start, pos))
-        return out
+        return data_ranges_fd(fd)
     finally:
         os.close(fd)
+
+
+def data_ranges_fd(fd: int) -> list[tuple[int, int]]:
+    """``data_ranges`` of an open file."""
+    size, pos, out = os.fstat(fd).st_size, 0, []
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:        # only a hole is left
+                break
+            raise
+        pos = os.lseek(fd, start, os.SEEK_HOLE)
+        out.append((start, pos))
+    return out
 
 
 def compare(expected: str, got: str) -> tuple[str | None, int]:
@@ -153,6 +158,27 @@ def tree_bytes(path: str) -> int:
     for top, _dirs, files in os.walk(path):
         total += sum(os.lstat(os.path.join(top, f)).st_size for f in files)
     return total
+
+
+def warm(path: str) -> int:
+    """Read the data of every file under ``path`` (data ranges only) into the page cache; the bytes read.
+
+    borg drops from the cache what it reads (``posix_fadvise(DONTNEED)``),
+    so the tool after it would otherwise read its input from the disk."""
+    done = 0
+    files = [path] if os.path.isfile(path) else (
+        os.path.join(top, name) for top, _dirs, names in os.walk(path) for name in names)
+    for name in files:
+        if os.path.islink(name) or not os.path.isfile(name):
+            continue
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            for start, end in data_ranges_fd(fd):
+                for pos in range(start, end, CHUNK):
+                    done += len(os.pread(fd, min(CHUNK, end - pos), pos))
+        finally:
+            os.close(fd)
+    return done
 
 
 def reason(output: str) -> str:
@@ -236,8 +262,11 @@ class Bench:
         if tool.name in self.failed or not argv:
             return None
         before = tree_bytes(tool.store)
-        # What the step before wrote (a source tree, another tool's store) is flushed
-        # first, so that no step pays for another's writeback; the page cache stays warm.
+        # Every step starts alike: what it reads in the page cache (the source,
+        # or the tool's own store for a restore) and nothing left to write back
+        # (what the step before wrote: a source tree, another tool's store).
+        if record:
+            warm(tool.store if op == "restore" else tool.src)
         os.sync()
         try:
             # stdout to stderr: our CLI logs its errors to stdout, ChildFailed keeps stderr

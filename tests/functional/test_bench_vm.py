@@ -80,3 +80,22 @@ def test_bench_vm_compare_reads_holes_as_zeros(tmp_path):
     assert "differ" in bench_vm.compare(sparse, dense)[0]
     os.truncate(dense, size - 1)
     assert "size" in bench_vm.compare(sparse, dense)[0]
+
+
+def test_warm_reads_the_data_of_every_file_once(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import bench_vm
+    finally:
+        sys.path.remove(BENCHMARKS)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "small").write_bytes(b"x" * 1000)
+    with open(tmp_path / "sparse", "wb") as f:
+        f.seek(64 << 20)
+        f.write(b"y" * 4096)
+    os.symlink("small", tmp_path / "d" / "link")
+    data = sum(end - start for start, end in bench_vm.data_ranges(str(tmp_path / "sparse")))
+    assert data < 64 << 20      # the hole is not data
+    assert bench_vm.warm(str(tmp_path)) == 1000 + data
+    assert bench_vm.warm(str(tmp_path / "d" / "small")) == 1000
+    assert bench_vm.warm(str(tmp_path / "missing")) == 0
