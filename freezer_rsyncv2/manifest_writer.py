@@ -208,11 +208,7 @@ def _coded(path: bytes, fields: dict[str, Any] | None, last: bytes) -> bytes:
 
 def _shared(a: bytes, b: bytes) -> int:
     """Bytes ``b`` shares with ``a`` at their start (at most 255: one msgpack byte)."""
-    lo, hi = 0, min(len(a), len(b), 255)
-    while lo < hi:          # a[:lo] == b[:lo]; the first difference is before hi
-        mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    n = min(len(a), len(b), 255)
+    # The first differing byte is the highest set bit of the two heads XORed (big-endian).
+    differ = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - (differ.bit_length() + 7) // 8

@@ -61,6 +61,8 @@ def read_xattrs(target: XattrTarget, *, follow_symlinks: bool = False,
             on_error(f"cannot list xattrs: {exc.strerror}")
         return {}
     result: dict[bytes, bytes] = {}
+    if not names:       # most objects
+        return result
     for name in sorted(names):
         if not is_managed(name, include_acl):
             continue

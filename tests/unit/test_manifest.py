@@ -193,3 +193,15 @@ def test_late_entries_out_of_order_are_refused(tmp_path):
     writer.add(mf.ManifestEntry(make_entry(path=b"b")), late=True)
     with pytest.raises(ValueError, match="out of order"):
         writer.add(mf.ManifestEntry(make_entry(path=b"a")), late=True)
+
+
+def test_a_path_shares_its_head_with_the_one_before():
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        a = bytes(rng.choice(list(b"ab/"), rng.integers(0, 300)))
+        b = a[:rng.integers(0, len(a) + 1)] + bytes(rng.choice(list(b"ab/"), rng.integers(0, 300)))
+        expected = 0
+        while expected < min(len(a), len(b), 255) and a[expected] == b[expected]:
+            expected += 1
+        assert mw._shared(a, b) == expected
+    assert mw._shared(b"x" * 400, b"x" * 400) == 255 and mw._shared(b"", b"abc") == 0
