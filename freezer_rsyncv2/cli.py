@@ -146,7 +146,7 @@ def cmd_backup(args: argparse.Namespace, progress) -> int:
         if engine.last_sweep:
             print(f"  swept leftovers of interrupted runs: {describe_sweep(engine.last_sweep, age)}")
         if s.partial:
-            print(f"  PARTIAL: {len(s.warnings)} warnings (see the log); exit code 3")
+            print(f"  PARTIAL: {s.warning_count} warnings (see the log); exit code 3")
             return EXIT_WARNINGS
     return EXIT_OK
 

@@ -183,7 +183,8 @@ def json_text(fields: dict[str, Any], name: str, raw: bytes | None) -> None:
 
 
 def summary_json(summary: Any) -> dict[str, Any]:
-    """The JSON fields of a backup's ``progress.Summary``, its warnings as {path, message}."""
+    """The JSON fields of a backup's ``progress.Summary``, its warnings as {path, message}
+    (the first ``progress.KEPT_WARNINGS``; ``warnings_left_out`` says how many more)."""
     fields = summary.as_dict()
     warnings = []
     for warning in summary.warnings:
@@ -191,6 +192,7 @@ def summary_json(summary: Any) -> dict[str, Any]:
         json_text(item, "path", warning.path)
         warnings.append(item)
     fields["warnings"] = warnings
+    fields["warnings_left_out"] = summary.warning_count - len(warnings)
     return fields
 
 

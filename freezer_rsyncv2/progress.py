@@ -18,9 +18,18 @@ class EntryWarning:
         return f"{self.shown}: {self.message}"
 
 
+#: Warnings a summary keeps (each is logged when it happens): a tree of a
+#: million unreadable files must not hold a million of them.
+KEPT_WARNINGS = 1000
+
+
 @dataclasses.dataclass
 class Summary:
-    """Honest totals of one run; ``partial`` when entries were skipped or changed."""
+    """Honest totals of one run; ``partial`` when entries were skipped or changed.
+
+    ``warnings`` holds the first ``KEPT_WARNINGS`` of them (``add_warning``);
+    ``warning_count`` counts them all.
+    """
 
     level: int | None = None
     files_new: int = 0
@@ -35,12 +44,19 @@ class Summary:
     stored_bytes: int = 0
     manifest_bytes: int = 0
     warnings: list[EntryWarning] = dataclasses.field(default_factory=list)
+    warning_count: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
     elapsed: float = 0.0
 
     @property
     def partial(self) -> bool:
-        return bool(self.warnings)
+        return self.warning_count > 0
+
+    def add_warning(self, warning: EntryWarning) -> None:
+        """Count ``warning``; keep it if fewer than ``KEPT_WARNINGS`` are kept."""
+        self.warning_count += 1
+        if len(self.warnings) < KEPT_WARNINGS:
+            self.warnings.append(warning)
 
     def finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
@@ -48,7 +64,8 @@ class Summary:
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("started")
-        out["warnings"] = len(self.warnings)
+        out.pop("warning_count")
+        out["warnings"] = self.warning_count
         out["partial"] = self.partial
         return out
 

@@ -220,7 +220,7 @@ class BackupPass:
     def _warn(self, path: bytes, message: str) -> None:
         warning = prog.EntryWarning(path, message, fswalk.show_path(path))
         LOG.warning("%s", warning)
-        self.summary.warnings.append(warning)
+        self.summary.add_warning(warning)
         self.progress.warning(path, message)
 
     def _deleted(self, prior: mf.Prior) -> None:

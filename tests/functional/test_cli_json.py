@@ -56,3 +56,28 @@ def test_backup_json_lists_its_warnings(tmp_path: Any, clock: Any, capsys: Any, 
     (warning,) = doc["summary"]["warnings"]
     assert warning["path_base64"] == "bW92aW5n6S5iaW4="       # b"moving\xe9.bin", not UTF-8
     assert "changed while being read" in warning["message"] and doc["summary"]["partial"] is True
+
+
+def test_a_summary_keeps_the_first_warnings_and_counts_them_all(
+        tmp_path: Any, clock: Any, capsys: Any, monkeypatch: Any) -> None:
+    import socket
+
+    from freezer_rsyncv2 import progress
+    monkeypatch.setattr(progress, "KEPT_WARNINGS", 2)
+    src = tmp_path / "src"
+    treeutil.write(str(src / "a.txt"), b"alpha\n")
+    sockets = []
+    for i in range(5):          # each is skipped with a warning
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(src / f"s{i}"))
+        sockets.append(sock)
+    capsys.readouterr()
+    try:
+        assert run("backup", "--path-to-backup", src, "--container", tmp_path / "store", "--backup-name", "n",
+                   "--hostname", "h", "--json") == 3
+    finally:
+        for sock in sockets:
+            sock.close()
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert [w["path"] for w in summary["warnings"]] == ["s0", "s1"]
+    assert summary["warnings_left_out"] == 3 and summary["partial"] is True and summary["files_new"] == 1
