@@ -20,7 +20,7 @@ from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs.walk import sort_key
 from freezer_rsyncv2.rsync import sigdelta
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import frames, place, records
+from freezer_rsyncv2.stream import entrymap, frames, place, records
 
 READ_CHUNK = 1 << 20
 
@@ -86,7 +86,7 @@ def read(path: str, cipher_factory: frames.CipherFactory = frames.null_cipher_fo
     for _key, rec in _read(path, cipher_factory, where, index):
         if rec[0] == records.MANIFEST:
             _t, m, v4, runs = rec
-            yield (records.MANIFEST, *records.entry_from_map(m, v4), runs)
+            yield (records.MANIFEST, *entrymap.entry_from_map(m, v4), runs)
         else:
             yield rec
 
@@ -95,8 +95,8 @@ def read_lazy(path: str, cipher_factory: frames.CipherFactory = frames.null_ciph
               where: place.Place | None = None, index: list[frames.FrameTable] | None = None
               ) -> Iterator[tuple[Any, ...]]:
     """``read``, an entry's map left to be checked when it is used: its
-    records are ``(MANIFEST, map, v4, runs)`` (``records.lazy_map``;
-    ``records.entry_from_map(map, v4)`` checks the rest)."""
+    records are ``(MANIFEST, map, v4, runs)`` (``entrymap.lazy_map``;
+    ``entrymap.entry_from_map(map, v4)`` checks the rest)."""
     for _key, rec in _read(path, cipher_factory, where, index):
         yield rec
 
@@ -117,7 +117,7 @@ def _read(path: str, cipher_factory: frames.CipherFactory, where: place.Place | 
             v4 = info["version"] >= 4
             continue
         if rtype in (records.SIGBLOCKS, records.SIGZERO):
-            if held is None or held[1].get("sg") not in (records.SIG_FULL, records.SIG_DELTA):
+            if held is None or held[1].get("sg") not in (entrymap.SIG_FULL, entrymap.SIG_DELTA):
                 raise errors.CorruptRecordError(f"{records.NAMES[rtype]} record without its MANIFEST record in {path}")
             held[3].append(
                 sigdelta.SigRun(rec[1], len(rec[2]) // records.WEAK_LEN,
@@ -174,19 +174,19 @@ def _to_entry(rec: tuple[Any, ...], base: ManifestEntry | None, whole_chain: boo
             if not whole_chain:
                 return None     # the levels below are not at hand: sent again next time
             raise errors.CorruptRecordError(f"change entry of {e.path!r} has no entry of its kind below")
-        return base.stat_only(records.merge_changes(base.entry, e, extra["dm"]), digest)
+        return base.stat_only(entrymap.merge_changes(base.entry, e, extra["dm"]), digest)
     if "w" in extra:        # versions 1 and 2: the whole signature inline
         block_len, weak, strong = extra.get("B", 0), extra["w"], extra.get("S", b"")
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
             rsig.Signature.from_bytes(block_len, e.size, weak, strong)))
     kind = extra.get("sg")
-    if kind == records.SIG_NONE:
+    if kind == entrymap.SIG_NONE:
         return ManifestEntry(e, digest)
-    if kind == records.SIG_FULL:
+    if kind == entrymap.SIG_FULL:
         block_len = extra["B"]
         return ManifestEntry(e, digest, block_len=block_len, make=lambda: (
             sigdelta.apply(None, block_len, e.size, runs, delta=False)))
-    if kind == records.SIG_DELTA:
+    if kind == entrymap.SIG_DELTA:
         block_len = extra["B"]
         if base is None or not base.has_signature or base.block_len != block_len:
             if not whole_chain:     # the levels below are not at hand
@@ -217,7 +217,7 @@ class Prior:
     over the map below), unchecked: a backup compares it with what the
     walk found and, when every compared value is the file's own, uses
     nothing from it.  ``resolve()`` checks the maps of the path's levels
-    (``records.entry_from_map``) and builds its ManifestEntry; None when a
+    (``entrymap.entry_from_map``) and builds its ManifestEntry; None when a
     change entry's level below is not at hand (``overlay``'s
     ``whole_chain``).
     """
@@ -257,7 +257,7 @@ class Prior:
                 prior = prior.below
             base = prior._resolved[0] if prior is not None else None
             for prior in reversed(chain):       # iterative: a chain may have many levels
-                e, extra = records.entry_from_map(prior.map, prior.v4)
+                e, extra = entrymap.entry_from_map(prior.map, prior.v4)
                 base = _to_entry((records.MANIFEST, e, extra, prior.runs), base, prior.whole_chain)
                 prior._resolved.append(base)
         return self._resolved[0]

@@ -18,7 +18,7 @@ from freezer_rsyncv2.fs.walk import sort_key
 from freezer_rsyncv2.manifest import READ_CHUNK, ManifestEntry
 from freezer_rsyncv2.rsync import sigdelta
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import compression, encoder, frames, place, records
+from freezer_rsyncv2.stream import compression, encoder, entrymap, frames, place, records
 
 
 class ManifestWriter:
@@ -64,22 +64,22 @@ class ManifestWriter:
         when it has the same block length only the blocks that differ
         from it are stored (a delta), else the whole signature.  ``at``:
         where the entry's records start in the level's data plaintext;
-        ``data``: how a file's content travelled there (``records.DATA_FULL``
+        ``data``: how a file's content travelled there (``entrymap.DATA_FULL``
         or ``DATA_DELTA``, against ``prev_name`` for a rename).  ``below``:
         the path's entry in the chain below; an entry without a signature is
         then written as its changes over it.  New content (``data`` given)
-        without a signature is written as such (``records.SIG_NONE``).
+        without a signature is written as such (``entrymap.SIG_NONE``).
         """
         extra: dict[str, Any] = {} if at is None else {"o": at}
         if data is not None and not me.has_signature:       # new content, no signature
-            fields = records.entry_map(me.entry, {"dg": me.digest, "sg": records.SIG_NONE, "da": data,
-                                                  "pn": prev_name, **extra})
+            fields = entrymap.entry_map(me.entry, {"dg": me.digest, "sg": entrymap.SIG_NONE, "da": data,
+                                                   "pn": prev_name, **extra})
             del fields["p"]
             self._record(me.entry.path, fields, [], late)
             return
         if not me.has_signature:
-            changes = records.change_map(me.entry, below) if below is not None else None
-            fields = records.entry_map(me.entry) if changes is None else changes
+            changes = entrymap.change_map(me.entry, below) if below is not None else None
+            fields = entrymap.entry_map(me.entry) if changes is None else changes
             if me.digest is not None:
                 fields["dg"] = me.digest
             fields.update(extra)
@@ -88,14 +88,14 @@ class ManifestWriter:
             return
         sig = me.signature()
         if basis is not None and basis.block_len == sig.block_len:
-            kind, runs = records.SIG_DELTA, sigdelta.diff(basis, sig, records.MAX_SIG_RUN)
+            kind, runs = entrymap.SIG_DELTA, sigdelta.diff(basis, sig, records.MAX_SIG_RUN)
         else:
-            kind, runs = records.SIG_FULL, sigdelta.runs(sig, records.MAX_SIG_RUN)
+            kind, runs = entrymap.SIG_FULL, sigdelta.runs(sig, records.MAX_SIG_RUN)
         if data is not None:
             extra["da"] = data
         if prev_name is not None:
             extra["pn"] = prev_name
-        fields = records.entry_map(me.entry, {"dg": me.digest, "B": sig.block_len, "sg": kind, **extra})
+        fields = entrymap.entry_map(me.entry, {"dg": me.digest, "B": sig.block_len, "sg": kind, **extra})
         del fields["p"]
         packed = []
         for run in runs:

@@ -31,7 +31,7 @@ from freezer_rsyncv2 import inventory
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.engine import base
 from freezer_rsyncv2.fs import entry as fsentry
-from freezer_rsyncv2.stream import frames, place, records
+from freezer_rsyncv2.stream import entrymap, frames, place, records
 
 LOG = log.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def plan(tree: inventory.Tree, wanted: set[bytes]) -> list[LevelPlan]:
                 # any path this level deleted (a rename's old path is one).
                 below.add(e.path)
                 unsaid = True
-            elif extra["da"] == records.DATA_DELTA:
+            elif extra["da"] == entrymap.DATA_DELTA:
                 basis = extra.get("pn", e.path)
                 below.add(basis)
                 if basis != e.path:

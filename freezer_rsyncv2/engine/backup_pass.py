@@ -34,7 +34,7 @@ from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import place, records
+from freezer_rsyncv2.stream import entrymap, place, records
 
 LOG = log.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class BackupPass:
         self._untracked = False     # deleted files past RENAME_TRACK_MAX were not remembered
         # Both grow with the tree (new big files, deleted paths): past
         # SPILL_AFTER items they wait in temporary files, in walk order.
-        self._held: Spilled = Spilled(records.entry_map, lambda m: records.entry_from_map(m)[0])
+        self._held: Spilled = Spilled(entrymap.entry_map, lambda m: entrymap.entry_from_map(m)[0])
         self._deletes: Spilled = Spilled(bytes, bytes)
         self._deleted_dir: bytes | None = None    # removed at the end
         self._replaced_dir: bytes | None = None   # removed during the pass
@@ -267,7 +267,7 @@ class BackupPass:
         if changed:
             self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=old.entry if old is not None else None)
             self._status(e.kind, e.path, "new" if old is None else "changed")
-            yield records.entry(e, data=records.DATA_NONE)
+            yield records.entry(e, data=entrymap.DATA_NONE)
         else:
             self._status(e.kind, e.path, "unchanged")
 
@@ -292,7 +292,7 @@ class BackupPass:
                 return
             self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=prior.entry)
             self._status(e.kind, e.path, "meta")
-            yield records.entry(e, data=records.DATA_META)
+            yield records.entry(e, data=entrymap.DATA_META)
             return
         if old is None and self.level > 0 and e.size >= RENAME_MIN:
             self._held.append(e)    # maybe a rename: decided after the walk
@@ -327,7 +327,7 @@ class BackupPass:
             self.manifest.add(mf.ManifestEntry(result.entry), late=late, at=start,
                               below=prior.entry if prior is not None else None)
             self._status(e.kind, e.path, "meta")
-            yield records.entry(result.entry, data=records.DATA_META)
+            yield records.entry(result.entry, data=entrymap.DATA_META)
             return
         yield from held
         # Counted once stored: a touched file's records were dropped above.
@@ -340,7 +340,7 @@ class BackupPass:
         delta_basis = basis if prev_name is None else None
         self.manifest.add(mf.ManifestEntry(result.entry, result.digest, result.signature), late=late,
                           basis=delta_basis.signature() if delta_basis is not None else None, at=start,
-                          data=records.DATA_FULL if basis is None else records.DATA_DELTA, prev_name=prev_name)
+                          data=entrymap.DATA_FULL if basis is None else entrymap.DATA_DELTA, prev_name=prev_name)
         self._status(e.kind, e.path, "new" if old is None else "changed")
 
     # -- renames ----------------------------------------------------------

@@ -30,13 +30,13 @@ from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs.openfile import Unreadable, changed_while_read, open_regular
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import entrymap, records
 
 Warn = Callable[[bytes, str], None]
 #: ``(fd, offset, length, step, path, warn)`` -> the range's bytes in chunks of ``step``; short on a read error
 ReadRange = Callable[[int, int, int, int, bytes, Warn], Iterator[bytes]]
 
-#: Files smaller than this get no block signature (``records.SIG_NONE``): a
+#: Files smaller than this get no block signature (``entrymap.SIG_NONE``): a
 #: change sends them whole, a few hundred bytes more than a delta after
 #: compression, and a tree of small files skips the rolling hash and 20
 #: bytes of manifest a block.
@@ -267,7 +267,7 @@ class FileRead:
         if self._touched_only(st.st_size) and self._same_as_below(digest, st, fd, len(data)):
             self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
             return
-        yield records.entry(e, data=records.DATA_FULL)
+        yield records.entry(e, data=entrymap.DATA_FULL)
         if data:
             yield records.literal(data)
         yield records.end_file(len(data), digest)

@@ -11,7 +11,7 @@ from typing import Any
 
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.rsync import matcher as rmatch
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import entrymap, records
 
 
 class WholeRecords:
@@ -23,7 +23,7 @@ class WholeRecords:
 
     def fields(self, sparse: bool) -> dict[str, Any]:
         """The ENTRY record's data fields."""
-        return {"data": records.DATA_FULL, "sp": sparse or None}
+        return {"data": entrymap.DATA_FULL, "sp": sparse or None}
 
     def data(self, chunk: bytes) -> Iterable[bytes]:
         self.literal_bytes += len(chunk)
@@ -54,7 +54,7 @@ class DeltaRecords:
 
     def fields(self, sparse: bool) -> dict[str, Any]:
         """The ENTRY record's data fields: the basis is ``prev_name`` (a rename) or the same path."""
-        return {"data": records.DATA_DELTA, "sp": sparse or None, "pn": self._prev_name,
+        return {"data": entrymap.DATA_DELTA, "sp": sparse or None, "pn": self._prev_name,
                 "bl": self._basis.block_len, "bs": self._basis.entry.size}
 
     def data(self, chunk: bytes) -> Iterator[bytes]:

@@ -23,7 +23,7 @@ from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs import restore as fsrestore
 from freezer_rsyncv2.rsync import matcher as rmatch
 from freezer_rsyncv2.rsync import patcher as rpatch
-from freezer_rsyncv2.stream import frames, place, records
+from freezer_rsyncv2.stream import entrymap, frames, place, records
 
 LOG = log.getLogger(__name__)
 
@@ -236,8 +236,8 @@ class RestorePass:
                 f"second entry for {e.path!r} in one level")
         self.tree.reached(e.path)
         kind = e.kind
-        data = extra.get("data", records.DATA_NONE)
-        if kind != fsentry.KIND_FILE and data != records.DATA_NONE:
+        data = extra.get("data", entrymap.DATA_NONE)
+        if kind != fsentry.KIND_FILE and data != entrymap.DATA_NONE:
             raise errors.CorruptRecordError(
                 f"entry {e.path!r} of kind {kind!r} carries data {data!r}")
         if kind == fsentry.KIND_FILE:
@@ -260,15 +260,15 @@ class RestorePass:
 
     def _file(self, e: fsentry.Entry, extra: dict, data: str,
               it: Iterator) -> None:
-        if data == records.DATA_META:
+        if data == entrymap.DATA_META:
             self.tree.set_meta(e)
             return
-        if data not in (records.DATA_FULL, records.DATA_DELTA):
+        if data not in (entrymap.DATA_FULL, entrymap.DATA_DELTA):
             raise errors.CorruptRecordError(
                 f"file {e.path!r} has data kind {data!r}")
         self.files += 1
-        fdata = _FileData(it, e.path, data == records.DATA_DELTA)
-        if data == records.DATA_FULL:
+        fdata = _FileData(it, e.path, data == entrymap.DATA_DELTA)
+        if data == entrymap.DATA_FULL:
             pieces: Iterable = fdata.ops()
             self._write(e, pieces, fdata)
             return

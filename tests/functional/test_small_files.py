@@ -6,7 +6,7 @@ import pytest
 
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2.engine import backup_pass, file_reader
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import entrymap, records
 from tests.functional import treeutil
 from tests.functional.conftest import backup, restore
 
@@ -25,7 +25,7 @@ def test_small_files_across_levels(make_engine, src, restore_dir):
     treeutil.write(big, os.urandom(file_reader.SIGNED_MIN * 4))
     backup(make_engine(), src)
     zero = _manifest_records(make_engine.container, 0)
-    assert zero[b"small.txt"]["sg"] == records.SIG_NONE and zero[b"big.bin"]["sg"] == records.SIG_FULL
+    assert zero[b"small.txt"]["sg"] == entrymap.SIG_NONE and zero[b"big.bin"]["sg"] == entrymap.SIG_FULL
     # Unchanged: no record at all; touched: a change entry; rewritten: whole.
     engine = make_engine()
     backup(engine, src)
@@ -41,7 +41,7 @@ def test_small_files_across_levels(make_engine, src, restore_dir):
     engine = make_engine()
     backup(engine, src)
     three = _manifest_records(make_engine.container, 3)[b"small.txt"]
-    assert three["sg"] == records.SIG_NONE and three["da"] == records.DATA_FULL
+    assert three["sg"] == entrymap.SIG_NONE and three["da"] == entrymap.DATA_FULL
     assert engine.last_summary.files_changed == 1
     dest = restore_dir()
     restore(make_engine(), dest)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
-from freezer_rsyncv2.stream import compression, encoder, frames, records
+from freezer_rsyncv2.stream import compression, encoder, entrymap, frames, records
 from tests.hostile import streamkit as sk
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -85,7 +85,7 @@ EDGES = sorted({v for base in (0, 0o7777, 1 << 20, 1 << 24, 1 << 31, 1 << 32,
                 if -(1 << 63) <= v < 1 << 64})
 ints = st.one_of(st.integers(-2, 5000), st.sampled_from(EDGES),
                  st.integers(-(1 << 63), (1 << 64) - 1))
-#: every integer key of an entry map (records.INT_BOUNDS checks the list)
+#: every integer key of an entry map (entrymap.INT_BOUNDS checks the list)
 INT_KEYS = ["m", "u", "g", "s", "mt", "at", "ct", "i", "d", "n", "rd",
             "bl", "bs"]
 entry_fields = st.fixed_dictionaries(
@@ -111,7 +111,7 @@ record = st.one_of(
 
 def test_the_fuzz_covers_every_integer_field():
     # "B" and "o" belong to manifests (an ENTRY with them is refused: tests/unit/stream/test_format_v4.py)
-    assert set(INT_KEYS) | {"B", "o"} == set(records.INT_BOUNDS)
+    assert set(INT_KEYS) | {"B", "o"} == set(entrymap.INT_BOUNDS)
     for edge in (1 << 31, 1 << 32, (1 << 32) - 1, 1 << 63, (1 << 63) - 1,
                  (1 << 64) - 1, -(1 << 63), -1, 0o10000, (1 << 24) + 1):
         assert edge in EDGES
@@ -185,7 +185,7 @@ hostile_fields = st.lists(st.tuples(
     st.one_of(st.sampled_from(EDGES), st.integers(-(1 << 63), (1 << 64) - 1))),
     min_size=1, max_size=3, unique_by=lambda t: t[0])
 fair_fields = st.lists(
-    st.sampled_from(INT_KEYS).flatmap(lambda key: st.tuples(st.just(key), st.integers(*records.INT_BOUNDS[key]))),
+    st.sampled_from(INT_KEYS).flatmap(lambda key: st.tuples(st.just(key), st.integers(*entrymap.INT_BOUNDS[key]))),
     max_size=2).map(dict)
 
 

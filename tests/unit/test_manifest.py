@@ -8,7 +8,7 @@ from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.rsync import signature as rsig
-from freezer_rsyncv2.stream import compression, encoder, frames, records
+from freezer_rsyncv2.stream import compression, encoder, entrymap, frames, records
 
 
 def make_entry(path=b"disk.img", size=0, mtime=1, kind=fsentry.KIND_FILE):
@@ -46,7 +46,7 @@ def test_a_signature_of_40000_blocks_spans_records(tmp_path):
     recs = list(mf.read(path))
     assert len(recs) == 1
     _t, e, extra, runs = recs[0]
-    assert extra["sg"] == records.SIG_FULL and extra["B"] == 64
+    assert extra["sg"] == entrymap.SIG_FULL and extra["B"] == 64
     assert [r.count for r in runs] == [records.MAX_SIG_RUN,
                                        40000 - records.MAX_SIG_RUN]
     (got,) = mf.overlay([path])
@@ -79,7 +79,7 @@ def test_a_level_stores_only_changed_blocks_and_overlays_them(tmp_path):
         make_entry(size=len(new_data), mtime=2), b"1" * 32, new), old),
         level=1)
     (_t, _e, extra, runs), = mf.read(m1)
-    assert extra["sg"] == records.SIG_DELTA
+    assert extra["sg"] == entrymap.SIG_DELTA
     assert [(r.first, r.count, r.weak is None) for r in runs] == [
         (7, 2, False), (100, 1, True), (50000, 3, False)]
     (got,) = mf.overlay([m0, m1])

@@ -11,7 +11,7 @@ from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
 from freezer_rsyncv2.engine import content_hash, file_reader
 from freezer_rsyncv2.fs import walk as fswalk
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import entrymap, records
 from tests.unprivileged import run_unprivileged
 
 MiB = 1 << 20
@@ -68,7 +68,7 @@ def test_a_whole_file_is_literals_then_its_digest(tmp_path):
     recs, result = reading.read(entry)
     digest, signature = hashes_of(data)
     assert [r[0] for r in recs] == [records.ENTRY, records.LITERAL, records.END_FILE]
-    assert recs[0][1]["data"] == records.DATA_FULL and "sp" not in recs[0][1]
+    assert recs[0][1]["data"] == entrymap.DATA_FULL and "sp" not in recs[0][1]
     assert recs[1][1] == data
     assert recs[2][1:] == [len(data), digest]
     assert result.skipped is None and not result.changed
@@ -86,7 +86,7 @@ def test_a_file_read_again_against_its_signature_is_copies(tmp_path):
     # a basis without a digest is not compared first (see the test below)
     basis = mf.ManifestEntry(reading.entry("f"), None, signature)
     recs, result = reading.read(reading.entry("f"), basis)
-    assert recs[0][1]["data"] == records.DATA_DELTA
+    assert recs[0][1]["data"] == entrymap.DATA_DELTA
     assert recs[0][1]["bl"] == BLOCK and recs[0][1]["bs"] == len(data)
     assert [r[0] for r in recs[1:]] == [records.COPY, records.END_FILE]
     assert result.digest == digest and (result.literal_bytes, result.copied_bytes) == (0, len(data))
@@ -104,7 +104,7 @@ def test_a_touched_file_is_found_by_its_digest_without_a_delta(tmp_path):
     # one byte changed: the delta goes on from what was read
     write(tmp_path / "f", data[:7] + b"X" + data[8:])
     recs, result = reading.read(reading.entry("f"), basis, below=basis)
-    assert recs[0][1]["data"] == records.DATA_DELTA
+    assert recs[0][1]["data"] == entrymap.DATA_DELTA
     assert [r[0] for r in recs[1:]] == [records.LITERAL, records.COPY, records.END_FILE]
     assert result.digest == hashes_of(data[:7] + b"X" + data[8:])[0]
     assert result.copied_bytes == 4 * BLOCK

@@ -10,7 +10,7 @@ from freezer_rsyncv2 import errors
 from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2.fs import entry as fsentry
-from freezer_rsyncv2.stream import compression, encoder, frames, records
+from freezer_rsyncv2.stream import compression, encoder, entrymap, frames, records
 
 
 def entry(path, kind=fsentry.KIND_FILE, **kw):
@@ -38,25 +38,25 @@ def manifest_rec(m):
 # -- records -------------------------------------------------------------------
 
 def test_a_path_shares_its_prefix_with_the_one_before():
-    a = records.entry_map(entry(b"dir/sub/a.txt"))
-    b = {"pp": 8, **records.entry_map(entry(b"b.txt"))}
+    a = entrymap.entry_map(entry(b"dir/sub/a.txt"))
+    b = {"pp": 8, **entrymap.entry_map(entry(b"b.txt"))}
     recs = decoded(manifest_rec(a), manifest_rec(b), records.tombstone(b"dir/sub/c"),
-                   manifest_rec({"pp": 8, **records.entry_map(entry(b"d"))}))
+                   manifest_rec({"pp": 8, **entrymap.entry_map(entry(b"d"))}))
     assert [r[1].path if r[0] == records.MANIFEST else r[1] for r in recs] == \
         [b"dir/sub/a.txt", b"dir/sub/b.txt", b"dir/sub/c", b"dir/sub/d"]
 
 
 @pytest.mark.parametrize("shared", [0, 14, -1, True, "3"])
 def test_a_prefix_longer_than_the_path_before_or_not_a_count_is_refused(shared):
-    a = records.entry_map(entry(b"dir/sub/a.txt"))
-    b = {"pp": shared, **records.entry_map(entry(b"b.txt"))}
+    a = entrymap.entry_map(entry(b"dir/sub/a.txt"))
+    b = {"pp": shared, **entrymap.entry_map(entry(b"b.txt"))}
     with pytest.raises(errors.CorruptRecordError):
         decoded(manifest_rec(a), manifest_rec(b))
 
 
 def test_a_prefix_cannot_make_an_unsafe_path():
-    a = records.entry_map(entry(b"dir"))
-    b = {"pp": 3, **records.entry_map(entry(b"x"))}
+    a = entrymap.entry_map(entry(b"dir"))
+    b = {"pp": 3, **entrymap.entry_map(entry(b"x"))}
     b["p"] = b"/../../etc/passwd"
     with pytest.raises(errors.UnsafePathError):
         decoded(manifest_rec(a), manifest_rec(b))
@@ -64,15 +64,15 @@ def test_a_prefix_cannot_make_an_unsafe_path():
 
 @pytest.mark.parametrize("key,value", [("pp", 1), ("o", 5), ("da", "full"), ("dm", True)])
 def test_version_4_keys_are_refused_in_a_version_3_manifest(key, value):
-    m = records.entry_map(entry(b"a"), {"sg": "f", "B": 4096} if key == "da" else {})
+    m = entrymap.entry_map(entry(b"a"), {"sg": "f", "B": 4096} if key == "da" else {})
     m[key] = value
     with pytest.raises(errors.CorruptRecordError, match="unknown field"):
-        decoded(manifest_rec(records.entry_map(entry(b"a0"))), manifest_rec(m), version=3)
+        decoded(manifest_rec(entrymap.entry_map(entry(b"a0"))), manifest_rec(m), version=3)
 
 
 @pytest.mark.parametrize("key,value", [("o", 5), ("da", "full"), ("dm", True)])
 def test_manifest_keys_are_refused_in_a_data_stream_entry(key, value):
-    m = records.entry_map(entry(b"a"), {"data": "meta"})
+    m = entrymap.entry_map(entry(b"a"), {"data": "meta"})
     m[key] = value
     with pytest.raises(errors.CorruptRecordError, match="unknown field"):
         decoded(records.pack([records.ENTRY, m]))
@@ -94,15 +94,15 @@ def test_malformed_frames_records_are_refused(stored, plain):
 def test_a_change_entry_names_only_what_changed_and_is_completed_from_below():
     below = entry(b"a", xattrs={b"user.k": b"v"})
     now = dataclasses.replace(below, mode=0o600, mtime_ns=below.mtime_ns + 1, xattrs={})
-    assert records.change_map(now, below) is None           # cannot say "no xattrs any more"
+    assert entrymap.change_map(now, below) is None           # cannot say "no xattrs any more"
     now.xattrs = {b"user.k": b"w"}
-    m = records.change_map(now, below)
+    m = entrymap.change_map(now, below)
     assert set(m) == {"p", "k", "m", "mt", "x", "dm"}
     (rec,) = decoded(manifest_rec(m))
     assert rec[2]["dm"] == {"p", "k", "m", "mt", "x"}
-    assert records.merge_changes(below, rec[1], rec[2]["dm"]) == now
+    assert entrymap.merge_changes(below, rec[1], rec[2]["dm"]) == now
     other = entry(b"a", kind=fsentry.KIND_DIR)
-    assert records.change_map(other, below) is None
+    assert entrymap.change_map(other, below) is None
 
 
 @pytest.mark.parametrize("extra", [{"sg": "f", "B": 4096}, {"dm": 1}])
@@ -201,9 +201,9 @@ def test_frame_table_spans_and_reads_from_the_middle():
 # -- files without a signature ----------------------------------------------------
 
 def test_new_content_without_a_signature():
-    m = records.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
+    m = entrymap.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
     (rec,) = decoded(manifest_rec(m))
-    assert rec[2]["sg"] == records.SIG_NONE
+    assert rec[2]["sg"] == entrymap.SIG_NONE
     with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
         decoded(manifest_rec({**m, "B": 700}))
     with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
@@ -215,7 +215,7 @@ def test_new_content_without_a_signature():
 def test_signature_records_after_an_unsigned_entry_are_refused(tmp_path):
     path = tmp_path / "m"
     enc = encoder.StreamEncoder(frames.KIND_MANIFEST, compression.by_name("none"))
-    m = records.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
+    m = entrymap.entry_map(entry(b"small"), {"sg": "n", "da": "full", "dg": b"d" * 32})
     plain = [records.begin({"level": 0}), manifest_rec(m), records.sig_blocks(0, b"w" * 4, b"s" * 16),
              records.end({})]
     path.write_bytes(b"".join(b"".join(enc.write(p)) for p in plain) + b"".join(enc.close()))
@@ -226,7 +226,7 @@ def test_signature_records_after_an_unsigned_entry_are_refused(tmp_path):
 def test_writer_marks_new_unsigned_content_and_the_overlay_keeps_its_digest(tmp_path):
     path = str(tmp_path / "m")
     w = mw.ManifestWriter(path, compression.by_name("zstd"))
-    w.add(mf.ManifestEntry(entry(b"small"), b"d" * 32), at=0, data=records.DATA_FULL)
+    w.add(mf.ManifestEntry(entry(b"small"), b"d" * 32), at=0, data=entrymap.DATA_FULL)
     w.close()
     (rec,) = list(mf.read(path))
     assert rec[2]["sg"] == "n" and rec[2]["da"] == "full" and rec[3] == []
@@ -235,6 +235,6 @@ def test_writer_marks_new_unsigned_content_and_the_overlay_keeps_its_digest(tmp_
 
 
 def test_unsigned_content_must_say_how_it_travelled():
-    m = records.entry_map(entry(b"small"), {"sg": "n", "dg": b"d" * 32})
+    m = entrymap.entry_map(entry(b"small"), {"sg": "n", "dg": b"d" * 32})
     with pytest.raises(errors.CorruptRecordError, match="malformed signature kind"):
         decoded(manifest_rec(m))

@@ -6,7 +6,7 @@ import pytest
 
 from freezer_rsyncv2 import errors
 from freezer_rsyncv2.fs import entry as fsentry
-from freezer_rsyncv2.stream import records
+from freezer_rsyncv2.stream import entrymap, records
 
 
 def make_entry(path=b"dir/file", kind=fsentry.KIND_FILE, **kw):
@@ -28,13 +28,13 @@ def stream(*body):
 def test_round_trip_every_record():
     e = make_entry(xattrs={b"user.a": b"\x00\x01"}, link_target=None)
     out = decode(*stream(
-        records.entry(e, data=records.DATA_DELTA, pn=b"old/name", bl=700,
+        records.entry(e, data=entrymap.DATA_DELTA, pn=b"old/name", bl=700,
                       bs=1400),
         records.literal(b"abc"), records.copy(0, 2), records.hole(4096),
         records.end_file(10, b"d" * 32), records.delete(b"gone"),
         records.manifest(e, dg=b"d" * 32, B=700, w=b"wwww", S=b"s" * 16),
         records.tombstone(b"gone2"),
-        records.manifest(e, dg=b"d" * 32, B=700, sg=records.SIG_DELTA),
+        records.manifest(e, dg=b"d" * 32, B=700, sg=entrymap.SIG_DELTA),
         records.sig_blocks(3, b"w" * 8, b"s" * 32), records.sig_zero(9, 2)))
     assert [r[0] for r in out] == [
         records.BEGIN, records.ENTRY, records.LITERAL, records.COPY,
@@ -62,7 +62,7 @@ def test_non_utf8_path_survives():
     b"/etc/passwd", b"../x", b"a/../../x", b"a//b", b"./a", b"a/.", b"",
     b"a\x00b", b"x" * 256, b"a/" * 2100])
 def test_unsafe_paths_are_rejected(path):
-    raw = records.pack([records.ENTRY, {**records.entry_map(make_entry()),
+    raw = records.pack([records.ENTRY, {**entrymap.entry_map(make_entry()),
                                         "p": path}])
     with pytest.raises((errors.UnsafePathError, errors.CorruptRecordError)):
         decode(*stream(raw))
@@ -77,12 +77,12 @@ def test_unsafe_paths_are_rejected(path):
     [records.END_FILE, 1, b"short"], [99, 1], [], "notalist",
     [records.COPY, 0, 1, 2], [records.ENTRY, "x"],
     [records.ENTRY, {"p": b"a", "k": "f"}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "k": "z"}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "m": True}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "zz": 1}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "data": "evil"}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "s": -1}],
-    [records.ENTRY, {**records.entry_map(make_entry()), "x": {b"": b"v"}}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "k": "z"}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "m": True}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "zz": 1}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "data": "evil"}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "s": -1}],
+    [records.ENTRY, {**entrymap.entry_map(make_entry()), "x": {b"": b"v"}}],
     [records.SIGBLOCKS, 0, b"", b""],
     [records.SIGBLOCKS, 0, b"www", b"s" * 16],
     [records.SIGBLOCKS, 0, b"wwww", b"s" * 15],
@@ -136,7 +136,7 @@ def test_literal_head_is_the_start_of_a_literal_record(size):
 
 def _mixed_stream():
     e = make_entry()
-    body = [records.entry(e, data=records.DATA_FULL)]
+    body = [records.entry(e, data=entrymap.DATA_FULL)]
     for size in (1, 255, 256, 65535, 65536, records.MAX_LITERAL):
         body.append(records.literal(os.urandom(size)))
     body += [records.copy(3, 4), records.hole(4096),
@@ -183,10 +183,10 @@ def test_over_long_record_is_refused_without_reading_it_all():
 # -- integer ranges (hostile storage, round 2, finding 3) ---------------------
 
 def test_every_integer_field_has_bounds():
-    ints = {k for k, (_a, typ, _r) in records._ENTRY_FIELDS.items()
+    ints = {k for k, (_a, typ, _r) in entrymap._ENTRY_FIELDS.items()
             if typ is int}
-    ints |= {k for k, typ in records._EXTRA_FIELDS.items() if typ is int}
-    assert ints == set(records.INT_BOUNDS)
+    ints |= {k for k, typ in entrymap._EXTRA_FIELDS.items() if typ is int}
+    assert ints == set(entrymap.INT_BOUNDS)
 
 
 OUT_OF_RANGE = [
@@ -206,9 +206,9 @@ OUT_OF_RANGE = [
 
 @pytest.mark.parametrize("key,value", OUT_OF_RANGE)
 def test_out_of_range_integers_are_refused_by_name(key, value):
-    m = {**records.entry_map(make_entry()), key: value}
+    m = {**entrymap.entry_map(make_entry()), key: value}
     with pytest.raises(errors.CorruptRecordError) as exc:
-        records.entry_from_map(m)
+        entrymap.entry_from_map(m)
     assert type(exc.value) is errors.CorruptRecordError
     shown = ("%#o" % value) if key == "m" else str(value)
     assert repr(key) in str(exc.value) and shown in str(exc.value)
@@ -219,7 +219,7 @@ def test_out_of_range_integers_are_refused_by_name(key, value):
     if -(1 << 63) <= v < 1 << 64])          # what msgpack can carry
 def test_out_of_range_integers_are_refused_in_a_stream(key, value):
     for rtype in (records.ENTRY, records.MANIFEST):
-        raw = records.pack([rtype, {**records.entry_map(make_entry()),
+        raw = records.pack([rtype, {**entrymap.entry_map(make_entry()),
                                     key: value}])
         with pytest.raises(errors.CorruptRecordError, match=repr(key)):
             decode(*stream(raw))
@@ -236,18 +236,18 @@ def test_out_of_range_integers_are_refused_in_a_stream(key, value):
     ("B", 1), ("B", 1 << 24),
 ])
 def test_integers_at_the_bounds_are_taken(key, value):
-    raw = records.pack([records.MANIFEST, {**records.entry_map(make_entry()),
+    raw = records.pack([records.MANIFEST, {**entrymap.entry_map(make_entry()),
                                            key: value}])
     rec = decode(*stream(raw))[1]
-    attr = records._ENTRY_FIELDS.get(key, (None,))[0]
+    attr = entrymap._ENTRY_FIELDS.get(key, (None,))[0]
     got = rec[2][key] if attr is None else getattr(rec[1], attr)
     assert got == value
 
 
 def test_bool_is_no_integer():
-    for key in records.INT_BOUNDS:
+    for key in entrymap.INT_BOUNDS:
         with pytest.raises(errors.CorruptRecordError):
-            records.entry_from_map({**records.entry_map(make_entry()),
+            entrymap.entry_from_map({**entrymap.entry_map(make_entry()),
                                     key: True})
 
 
