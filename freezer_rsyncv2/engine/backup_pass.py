@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import IO, Any
@@ -29,9 +28,8 @@ from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2 import threads
-from freezer_rsyncv2.engine import digest_helper, file_reader
+from freezer_rsyncv2.engine import chain_merge, digest_helper, file_reader
 from freezer_rsyncv2.fs import entry as fsentry
-from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.rsync import signature as rsig
 from freezer_rsyncv2.stream import entrymap, place, records
@@ -50,72 +48,10 @@ _STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
 
 _FILE_COUNTS = {"new": "files_new", "changed": "files_changed", "meta": "files_meta",
                 "unchanged": "files_unchanged"}
-#: Kinds ``_unchanged`` may decide on: their other fields cannot change
-#: without changing the inode's ctime (a device's numbers are no concern
-#: of a fast path; a hardlink's group is the walk's, decided on its Entry).
-_QUICK_KINDS = frozenset((fsentry.KIND_FILE, fsentry.KIND_DIR, fsentry.KIND_SYMLINK))
-
-
-#: What the pass merges: (found, its entry below, unchanged), or (None, an entry below the walk no longer has, False).
-_Matched = tuple[fswalk.Found | None, mf.Prior | None, bool]
-
-
-def _matched(found: Iterator[fswalk.Found], old: mf.Prior | None, prev: Iterator[mf.Prior]
-             ) -> Iterator[_Matched]:
-    """The walk and the chain's entries (``old`` first, then ``prev``), both in sort_key
-    order, merged: each found object with its entry below and whether it is
-    ``_unchanged``, and the entries below that the walk no longer has."""
-    for f in found:
-        match = None
-        if old is not None:
-            if old.path != f.path:
-                key = fswalk.sort_key(f.path)
-                while old is not None and old.key < key:
-                    yield None, old, False
-                    old = next(prev, None)
-            if old is not None and old.path == f.path:
-                match, old = old, next(prev, None)
-        yield f, match, match is not None and _unchanged(f, match)
-    while old is not None:
-        yield None, old, False
-        old = next(prev, None)
-
-
-def _precheck(f: fswalk.Found, prior: mf.Prior) -> bool:
-    """Whether the pass will likely read ``f`` whole to compare it with its digest below
-    (``file_reader``'s touched-file check): a file of its size below, up to
-    ``PRECHECK_MAX`` bytes, whose mtime moved.  From the unchecked map: the
-    answer is only used against the entry below once it is checked."""
-    st = f.st
-    if f.kind != fsentry.KIND_FILE or st.st_size > file_reader.PRECHECK_MAX:
-        return False
-    m = prior.fields()
-    return (m is not None and m.get("k") == fsentry.KIND_FILE and m.get("s") == st.st_size
-            and m.get("mt") != st.st_mtime_ns and "dg" in m)
 
 
 def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in _STAT_FIELDS)
-
-
-def _unchanged(f: fswalk.Found, prior: mf.Prior) -> bool:
-    """Whether ``f`` is the object ``prior`` describes, without reading more
-    of it or checking ``prior``: the same inode with the same ctime, kind,
-    size, mtime, permissions and owners.  Its xattrs, symlink target and
-    content could not change without changing its ctime (rsync's quick
-    check, with the inode's ctime and number beside it).  False sends the
-    entry the long way (``_entry``), which decides for itself."""
-    st = f.st
-    if f.kind not in _QUICK_KINDS or (f.kind == fsentry.KIND_FILE and st.st_nlink > 1):
-        return False
-    m = prior.fields()
-    return (m is not None and m.get("ct") == st.st_ctime_ns and m.get("i") == st.st_ino
-            and m.get("k") == f.kind and m.get("mt") == st.st_mtime_ns
-            and m.get("s") == (st.st_size if f.kind == fsentry.KIND_FILE else 0)
-            and m.get("m") == stat.S_IMODE(st.st_mode)
-            and m.get("u") == st.st_uid and m.get("g") == st.st_gid
-            and m.get("un") == owners.user_name(st.st_uid)
-            and m.get("gn") == owners.group_name(st.st_gid))
 
 
 class BackupPass:
@@ -177,7 +113,7 @@ class BackupPass:
         # The first manifest entry may wait for the key derivation: walk
         # meanwhile (the walk needs no key).
         old, walked = threads.first_while(prev, found, WALK_AHEAD)
-        for f, match, unchanged in self._asked_ahead(_matched(itertools.chain(walked, found), old, prev)):
+        for f, match, unchanged in self._asked_ahead(chain_merge.matched(itertools.chain(walked, found), old, prev)):
             if f is None:
                 assert match is not None
                 self._deleted(match)
@@ -198,13 +134,13 @@ class BackupPass:
         yield records.end({"entries": self.summary.entries,
                            "deleted": self.summary.entries_deleted})
 
-    def _asked_ahead(self, items: Iterator[_Matched]) -> Iterator[_Matched]:
+    def _asked_ahead(self, items: Iterator[chain_merge.Matched]) -> Iterator[chain_merge.Matched]:
         """``items``, ``digest_helper.READ_AHEAD`` late: each file the pass will check for
-        its content below (``_precheck``) is asked of the digest helper as it passes."""
-        window: collections.deque[_Matched] = collections.deque()
+        its content below (``chain_merge.precheck``) is asked of the digest helper as it passes."""
+        window: collections.deque[chain_merge.Matched] = collections.deque()
         for item in items:
             f, match, unchanged = item
-            if f is not None and match is not None and not unchanged and _precheck(f, match):
+            if f is not None and match is not None and not unchanged and chain_merge.precheck(f, match):
                 ticket = self._reader.ask(f.abspath)
                 if ticket is None:
                     yield from window

@@ -17,6 +17,7 @@ from freezer_rsyncv2 import manifest as mf
 from freezer_rsyncv2 import manifest_writer as mw
 from freezer_rsyncv2 import progress as prog
 from freezer_rsyncv2.engine import backup_pass
+from freezer_rsyncv2.fs import owners
 from freezer_rsyncv2.fs import walk as fswalk
 from freezer_rsyncv2.stream import compression, encoder, frames, records
 
@@ -109,7 +110,7 @@ def test_a_changed_size_or_owner_name_is_no_quick_match(chain, monkeypatch):
         f.write(b"more")
     os.utime(src / "d" / "e" / "c", ns=(T0, T0))    # the mtime as before, the size not
     made = _made(monkeypatch)
-    monkeypatch.setattr(backup_pass.owners, "group_name", lambda gid: "renamed")
+    monkeypatch.setattr(owners, "group_name", lambda gid: "renamed")
     _data, summary = _level(src, tmp / "m1", 1, mf.overlay_lazy([str(tmp / "m0")]))
     # a group renamed in the group database: every entry names it anew
     assert len(made) == 8
