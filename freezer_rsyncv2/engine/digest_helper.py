@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import msgpack
 from oslo_log import log
 
-import freezer_rsyncv2
+from freezer_rsyncv2 import digests
 from freezer_rsyncv2.fs import digest_child
 
 LOG = log.getLogger(__name__)
@@ -64,8 +64,10 @@ _TYPES = (int, int, int, int, int, bool, bytes)
 class DigestHelper:
     """Tickets for files' digests (``ask``), answers when they are there (``answer``); ``close`` ends it."""
 
-    def __init__(self, follow_symlinks: bool, max_size: int) -> None:
-        self._argv = [sys.executable, "-m", digest_child.__name__, "1" if follow_symlinks else "0", str(max_size)]
+    def __init__(self, follow_symlinks: bool, max_size: int, digest: str = digests.DEFAULT) -> None:
+        # -I: the current directory (a tree being backed up) and PYTHON* variables stay out of its imports.
+        self._argv = [sys.executable, "-I", "-m", digest_child.__name__, "1" if follow_symlinks else "0",
+                      str(max_size), digest]
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
         self._next = 0
@@ -119,13 +121,9 @@ class DigestHelper:
         proc.wait()
 
     def _start(self) -> None:
-        env = dict(os.environ)
-        # The library's own directory first: the helper imports what this process did.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(freezer_rsyncv2.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             self._proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, env=env)
+                                          stderr=subprocess.DEVNULL)
         except OSError as err:
             LOG.debug("digest helper not started (%s): files are read by the backup pass only", err)
             self._stopped = True

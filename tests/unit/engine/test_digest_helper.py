@@ -161,7 +161,7 @@ def test_the_child_serves_requests_in_order(tmp_path):
     with os.fdopen(requests_w, "wb") as out:
         for i, path in enumerate(paths + [tmp_path / "missing"]):
             out.write(msgpack.packb([i, os.fsencode(path)], use_bin_type=True))
-    digest_child.serve(False, 1 << 20, requests_r, answers_w)
+    digest_child.serve(False, 1 << 20, digests.DEFAULT, requests_r, answers_w)
     os.close(requests_r)
     os.close(answers_w)
     with os.fdopen(answers_r, "rb") as got:
@@ -185,3 +185,44 @@ def test_a_file_changing_while_read_is_marked_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pread", growing)
     answer = digest_child.digest_file(os.fsencode(path), False, 1 << 20)
     assert answer[5] is True and answer[2] == 3
+
+
+def test_the_named_digest_is_the_one_answered(tmp_path, eager):
+    import hashlib
+    path = tmp_path / "f"
+    path.write_bytes(b"content")
+    helper = digest_helper.DigestHelper(False, 1 << 20, digests.SHA256)
+    try:
+        assert _answer(helper, helper.ask(os.fsencode(path))).digest == hashlib.sha256(b"content").digest()
+    finally:
+        helper.close()
+
+
+def test_an_unknown_digest_ends_the_helper(tmp_path, eager):
+    helper = digest_helper.DigestHelper(False, 1 << 20, "md5")
+    try:
+        ticket = helper.ask(os.fsencode(tmp_path))
+        deadline = time.monotonic() + WAIT
+        while not helper._stopped and time.monotonic() < deadline:
+            assert helper.answer(ticket) is None
+            time.sleep(0.01)
+        assert helper._stopped
+    finally:
+        helper.close()
+
+
+def test_the_current_directory_stays_out_of_the_helper_s_imports(tmp_path, eager, monkeypatch):
+    """A backup often runs in the tree it backs up: a module there must not be imported."""
+    marker = tmp_path / "imported"
+    for name in ("msgpack", "blake3", "freezer_rsyncv2"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(9)\n")
+    (tmp_path / "f").write_bytes(b"data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    helper = digest_helper.DigestHelper(False, 1 << 20)
+    try:
+        answer = _answer(helper, helper.ask(os.fsencode(tmp_path / "f")))
+        assert answer is not None and answer.digest == digests.of_bytes(digests.DEFAULT, b"data")
+    finally:
+        helper.close()
+    assert not marker.exists()
