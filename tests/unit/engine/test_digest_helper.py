@@ -32,6 +32,15 @@ def _answer(helper, ticket):
     raise AssertionError(f"no answer for ticket {ticket}")
 
 
+def _stops_without_answer(helper, ticket):
+    """The helper stops (it ended or talked nonsense) and ``ticket`` gets no answer meanwhile."""
+    deadline = time.monotonic() + WAIT
+    while not helper._stopped and time.monotonic() < deadline:
+        assert helper.answer(ticket) is None
+        time.sleep(0.01)
+    assert helper._stopped
+
+
 def _files(tmp_path, count=8):
     paths = []
     for i in range(count):
@@ -120,11 +129,8 @@ def test_a_helper_that_dies_gives_no_more_answers(tmp_path, eager):
         helper._proc.kill()
         helper._proc.wait()
         second = helper.ask(os.fsencode(paths[1]))
-        deadline = time.monotonic() + WAIT
-        while not helper._stopped and time.monotonic() < deadline:
-            assert helper.answer(second) is None
-            time.sleep(0.01)
-        assert helper._stopped and helper.ask(os.fsencode(paths[1])) is None
+        _stops_without_answer(helper, second)
+        assert helper.ask(os.fsencode(paths[1])) is None
     finally:
         helper.close()
 
@@ -135,11 +141,7 @@ def test_a_helper_talking_nonsense_is_stopped(tmp_path, eager):
                     "sys.stdout.flush(); sys.stdin.read()"]
     try:
         ticket = helper.ask(os.fsencode(tmp_path))
-        deadline = time.monotonic() + WAIT
-        while not helper._stopped and time.monotonic() < deadline:
-            assert helper.answer(ticket) is None
-            time.sleep(0.01)
-        assert helper._stopped
+        _stops_without_answer(helper, ticket)
     finally:
         helper.close()
 
@@ -202,11 +204,7 @@ def test_an_unknown_digest_ends_the_helper(tmp_path, eager):
     helper = digest_helper.DigestHelper(False, 1 << 20, "md5")
     try:
         ticket = helper.ask(os.fsencode(tmp_path))
-        deadline = time.monotonic() + WAIT
-        while not helper._stopped and time.monotonic() < deadline:
-            assert helper.answer(ticket) is None
-            time.sleep(0.01)
-        assert helper._stopped
+        _stops_without_answer(helper, ticket)
     finally:
         helper.close()
 
