@@ -215,8 +215,10 @@ class Prior:
 
     ``fields()`` is its map as the chain leaves it (a change entry's keys
     over the map below), unchecked: a backup compares it with what the
-    walk found and, when every compared value is the file's own, uses
-    nothing from it.  ``resolve()`` checks the maps of the path's levels
+    walk (or the digest helper) found and uses nothing from it but what a
+    change entry leaves below, for a restore to check: its stat when the
+    object is unchanged or only its metadata changed, its digest when a
+    touched file holds the same content.  ``resolve()`` checks the maps of the path's levels
     (``entrymap.entry_from_map``) and builds its ManifestEntry; None when a
     change entry's level below is not at hand (``overlay``'s
     ``whole_chain``).
@@ -247,6 +249,17 @@ class Prior:
                 return None
             m = {**m, **change}
         return m
+
+    def signed(self) -> bool:
+        """Whether ``resolve()`` gives an entry with a signature: said by the
+        map when it holds one (a full signature, or over the whole chain a
+        delta), else by ``resolve()``."""
+        m = self.fields()
+        if m is not None and (m.get("sg") == entrymap.SIG_FULL
+                              or (m.get("sg") == entrymap.SIG_DELTA and self.whole_chain)):
+            return True
+        me = self.resolve()
+        return me is not None and me.has_signature
 
     def resolve(self) -> ManifestEntry | None:
         if not self._resolved:

@@ -8,12 +8,11 @@ import heapq
 import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgpack
 
-from freezer_rsyncv2.fs import entry as fsentry
 from freezer_rsyncv2.fs.walk import sort_key
 from freezer_rsyncv2.manifest import READ_CHUNK, ManifestEntry
 from freezer_rsyncv2.rsync import sigdelta
@@ -56,7 +55,7 @@ class ManifestWriter:
         spill.write(path, fields, packed)
 
     def add(self, me: ManifestEntry, late: bool = False, basis: rsig.Signature | None = None,
-            at: int | None = None, data: str | None = None, below: fsentry.Entry | None = None,
+            at: int | None = None, data: str | None = None, below: Mapping[str, Any] | None = None,
             prev_name: bytes | None = None) -> None:
         """Record ``me``; with its signature if it has one.
 
@@ -66,8 +65,9 @@ class ManifestWriter:
         where the entry's records start in the level's data plaintext;
         ``data``: how a file's content travelled there (``entrymap.DATA_FULL``
         or ``DATA_DELTA``, against ``prev_name`` for a rename).  ``below``:
-        the path's entry in the chain below; an entry without a signature is
-        then written as its changes over it.  New content (``data`` given)
+        the path's map in the chain below (``manifest.Prior.fields``,
+        unchecked); an entry without a signature is then written as its
+        changes over it (``entrymap.change_map``).  New content (``data`` given)
         without a signature is written as such (``entrymap.SIG_NONE``).
         """
         extra: dict[str, Any] = {} if at is None else {"o": at}

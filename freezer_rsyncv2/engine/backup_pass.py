@@ -42,16 +42,17 @@ RENAME_BATCH = 8192             # held files whose rename bases are looked up to
 RENAME_BATCH_SIG = 32 << 20     # ... and the bytes of those bases' signatures
 HOLD_LIMIT = 1 << 20            # record bytes held back per file (see _file)
 WALK_AHEAD = 32768              # entries walked while the first manifest entry waits (~17 MB)
-_STAT_FIELDS = ("mode", "uid", "gid", "uname", "gname", "mtime_ns",
-                "link_target", "rdev", "hardlink_to", "xattrs")
+#: The keys whose values, with the kind, make an entry changed if they differ from its map below.
+_STAT_KEYS = ("m", "u", "g", "un", "gn", "mt", "l", "rd", "h", "x")
 
 
 _FILE_COUNTS = {"new": "files_new", "changed": "files_changed", "meta": "files_meta",
                 "unchanged": "files_unchanged"}
 
 
-def _same_stat(a: fsentry.Entry, b: fsentry.Entry) -> bool:
-    return all(getattr(a, f) == getattr(b, f) for f in _STAT_FIELDS)
+#: Whether an entry has the values of its map below (unchecked) in ``_STAT_KEYS``; with the inode's too.
+_same_stat = entrymap.same_values(_STAT_KEYS)
+_same_inode_and_stat = entrymap.same_values(("ct", "i") + _STAT_KEYS)
 
 
 class BackupPass:
@@ -127,7 +128,7 @@ class BackupPass:
                 if match is not None:
                     self._deleted(match)
                 continue
-            yield from self._entry(e, match.resolve() if match is not None else None, ticket)
+            yield from self._entry(e, match, ticket)
         yield from self._renames()
         for path in self._deletes:
             yield records.delete(path)
@@ -182,27 +183,29 @@ class BackupPass:
                 LOG.info("more than %d deleted files of %d bytes or more: the others' new names, "
                          "if they were renamed, are stored whole", RENAME_TRACK_MAX, RENAME_MIN)
 
-    def _entry(self, e: fsentry.Entry, old: mf.ManifestEntry | None, ticket: int | None = None
+    def _entry(self, e: fsentry.Entry, match: mf.Prior | None, ticket: int | None = None
                ) -> Iterator[bytes]:
-        if old is not None and old.entry.kind == fsentry.KIND_DIR \
-                and e.kind != fsentry.KIND_DIR:
+        """``e`` against its path's entry below, ``match``: compared with its map (``Prior.fields``),
+        resolved only when its content is used (a file's delta basis)."""
+        below = match.fields() if match is not None else None
+        kind_below = below.get("k") if below is not None else None
+        if kind_below == fsentry.KIND_DIR and e.kind != fsentry.KIND_DIR:
             self._replaced_dir = e.path  # restore replaces the whole tree
         if e.kind == fsentry.KIND_FILE:
-            yield from self._file(e, old, ticket)
+            yield from self._file(e, match, below, ticket)
             return
         if e.kind == fsentry.KIND_HARDLINK:
             if e.hardlink_to in self._absent:
                 self._warn(e.path, "skipped, it links to a file that could not be read")
                 return
-            changed = (old is None or old.entry.kind != e.kind
-                       or not _same_stat(old.entry, e)
+            changed = (below is None or kind_below != e.kind
+                       or not _same_stat(e, below)
                        or e.hardlink_to in self._rewritten)
         else:
-            changed = (old is None or old.entry.kind != e.kind
-                       or not _same_stat(old.entry, e))
+            changed = below is None or kind_below != e.kind or not _same_stat(e, below)
         if changed:
-            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=old.entry if old is not None else None)
-            self._status(e.kind, e.path, "new" if old is None else "changed")
+            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=below)
+            self._status(e.kind, e.path, "new" if below is None else "changed")
             yield records.entry(e, data=entrymap.DATA_NONE)
         else:
             self._status(e.kind, e.path, "unchanged")
@@ -216,54 +219,64 @@ class BackupPass:
         self.progress.entry(path, status)
 
     # -- regular files ----------------------------------------------------
-    def _file(self, e: fsentry.Entry, old: mf.ManifestEntry | None, ticket: int | None = None
-              ) -> Iterator[bytes]:
-        prior = old if old is not None and old.entry.kind == fsentry.KIND_FILE else None
-        if prior is not None and prior.entry.size == e.size \
-                and prior.entry.mtime_ns == e.mtime_ns:
-            # rsync's quick check: same size and mtime means same content.
-            if prior.entry.ctime_ns == e.ctime_ns and prior.entry.ino == e.ino \
-                    and _same_stat(prior.entry, e):
-                self._status(e.kind, e.path, "unchanged")
+    def _file(self, e: fsentry.Entry, match: mf.Prior | None, below: dict[str, Any] | None,
+              ticket: int | None = None) -> Iterator[bytes]:
+        """A regular file: ``below`` is its path's map below (any kind), ``match`` its entry."""
+        if below is not None and below.get("k") == fsentry.KIND_FILE:
+            if below.get("s") == e.size and below.get("mt") == e.mtime_ns:
+                # rsync's quick check: same size and mtime means same content.
+                if _same_inode_and_stat(e, below):
+                    self._status(e.kind, e.path, "unchanged")
+                    return
+                yield from self._meta(e, below)
                 return
-            self.manifest.add(mf.ManifestEntry(e), at=self._offset, below=prior.entry)
-            self._status(e.kind, e.path, "meta")
-            yield records.entry(e, data=entrymap.DATA_META)
+            assert match is not None
+            touched = self._reader.touched(e, below, ticket, match.signed)
+            if touched is not None:     # the digest helper found the content below
+                yield from self._meta(touched, below)
+                return
+            old = match.resolve()
+            prior = old if old is not None and old.entry.kind == fsentry.KIND_FILE else None
+            yield from self._send_file(e, prior, below)
             return
-        if old is None and self.level > 0 and e.size >= RENAME_MIN:
+        if below is None and self.level > 0 and e.size >= RENAME_MIN:
             self._held.append(e)    # maybe a rename: decided after the walk
             return
-        yield from self._send_file(e, prior, old, ticket=ticket)
+        yield from self._send_file(e, None, below)
 
-    def _send_file(self, e: fsentry.Entry, prior: mf.ManifestEntry | None, old: mf.ManifestEntry | None,
-                   prev_name: bytes | None = None, late: bool = False, ticket: int | None = None
-                   ) -> Iterator[bytes]:
+    def _meta(self, e: fsentry.Entry, below: dict[str, Any], late: bool = False, at: int | None = None
+              ) -> Iterator[bytes]:
+        """A file whose content is the one below: its metadata only."""
+        self.manifest.add(mf.ManifestEntry(e), late=late, at=self._offset if at is None else at, below=below)
+        self._status(e.kind, e.path, "meta")
+        yield records.entry(e, data=entrymap.DATA_META)
+
+    def _send_file(self, e: fsentry.Entry, prior: mf.ManifestEntry | None, below: dict[str, Any] | None,
+                   prev_name: bytes | None = None, late: bool = False) -> Iterator[bytes]:
         """Read the file once; hold its records back while they are small, so
         an unchanged content (touched file) becomes a metadata-only record.
 
         ``prior``: the file's entry below (or a rename's old path's); its
-        signature, if it has one, is the delta's basis.  ``ticket``: the
-        digest helper's for this file (``_asked_ahead``)."""
+        signature, if it has one, is the delta's basis.  ``below``: the
+        path's map below (any kind), None for a new path."""
         basis = prior if prior is not None and prior.has_signature else None
         start = self._offset
-        read = self._reader.read(e, basis, prev_name, prior if prev_name is None else None, ticket)
+        same_path = below if prev_name is None and below is not None and below.get("k") == fsentry.KIND_FILE else None
+        read = self._reader.read(e, basis, prev_name, same_path)
         held: list[bytes] = []
         passed_on = yield from _hold_back(read.pieces(), held)
         result = read.result
         if result.skipped is not None:
             # Not readable: no record, so the chain keeps its old state.
             self._warn(e.path, f"skipped, {result.skipped}")
-            if old is None:
+            if below is None:
                 self._absent.add(e.path)
             return
         if result.changed:
             self._warn(e.path, "changed while being read; stored what was read, will be read again next time")
-        if not passed_on and prev_name is None and _same_content(result, prior):
+        if not passed_on and same_path is not None and _same_content(result, same_path):
             # The digest is the one below: the entry inherits it.
-            self.manifest.add(mf.ManifestEntry(result.entry), late=late, at=start,
-                              below=prior.entry if prior is not None else None)
-            self._status(e.kind, e.path, "meta")
-            yield records.entry(result.entry, data=entrymap.DATA_META)
+            yield from self._meta(result.entry, same_path, late, start)
             return
         yield from held
         # Counted once stored: a touched file's records were dropped above.
@@ -277,7 +290,7 @@ class BackupPass:
         self.manifest.add(mf.ManifestEntry(result.entry, result.digest, result.signature), late=late,
                           basis=delta_basis.signature() if delta_basis is not None else None, at=start,
                           data=entrymap.DATA_FULL if basis is None else entrymap.DATA_DELTA, prev_name=prev_name)
-        self._status(e.kind, e.path, "new" if old is None else "changed")
+        self._status(e.kind, e.path, "new" if below is None else "changed")
 
     # -- renames ----------------------------------------------------------
     def _renames(self) -> Iterator[bytes]:
@@ -377,10 +390,10 @@ def _hold_back(pieces: Iterator[bytes], held: list[bytes]) -> Generator[bytes, N
     return False
 
 
-def _same_content(result: file_reader.ReadResult, prior: mf.ManifestEntry | None) -> bool:
-    """Whether a complete read found the content below again (a touched file)."""
-    return (prior is not None and not result.changed and prior.digest is not None
-            and result.digest == prior.digest and result.entry.size == prior.entry.size)
+def _same_content(result: file_reader.ReadResult, below: dict[str, Any]) -> bool:
+    """Whether a complete read found the content of the map ``below`` again (a touched file)."""
+    return (not result.changed and below.get("dg") is not None
+            and result.digest == below["dg"] and result.entry.size == below.get("s"))
 
 
 def _under(path: bytes, top: bytes | None) -> bool:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from freezer_rsyncv2 import config as cfgmod
 from freezer_rsyncv2 import digests
@@ -106,13 +107,28 @@ class FileReader:
         return self._helper.ask(path) if self._helper is not None else None
 
     def read(self, e: fsentry.Entry, basis: mf.ManifestEntry | None, prev_name: bytes | None,
-             below: mf.ManifestEntry | None = None, ticket: int | None = None) -> FileRead:
+             below: Mapping[str, Any] | None = None) -> FileRead:
         """The read of ``e``: a delta against ``basis`` if given (``prev_name``: a rename's old path).
-        ``below``: the same path's entry in the chain below; a file found with its content again
-        (``_touched_only``) yields no record (a touched file).  ``ticket``: ``ask``'s for this file;
-        when the helper's answer shows the content below, the file is not opened again."""
-        answer = self._helper.answer(ticket) if self._helper is not None else None
-        return FileRead(self, e, basis, prev_name, below, answer)
+        ``below``: the same path's map in the chain below (``manifest.Prior.fields``, unchecked);
+        a file found with its content again (``_touched_only``) yields no record (a touched file)."""
+        return FileRead(self, e, basis, prev_name, below)
+
+    def touched(self, e: fsentry.Entry, below: Mapping[str, Any] | None, ticket: int | None,
+                signed: Callable[[], bool]) -> fsentry.Entry | None:
+        """``e`` as the digest helper found it, when its answer for ``ticket`` (``ask``'s) shows
+        the content ``below`` (the same path's map), unchanged while read: a touched file, as
+        ``FileRead`` would find it, not opened again.  Else None (the file is read).
+
+        ``signed()``: whether the entry below has a signature; a file of ``SIGNED_MIN``
+        bytes or more without one is read, for its signature (``FileRead._records``)."""
+        a = self._helper.answer(ticket) if self._helper is not None and ticket is not None else None
+        if a is None or a.changed or not stat.S_ISREG(a.mode) or not _touched_only(below, a.size):
+            return None
+        assert below is not None        # _touched_only
+        if a.digest != below["dg"] or (a.size >= SIGNED_MIN and not signed()):
+            return None
+        self.counted(a.size)
+        return _refresh(e, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.mode)
 
     def path_of(self, e: fsentry.Entry) -> bytes:
         return self.root if self._file_root else os.path.join(self.root, e.path)
@@ -154,14 +170,12 @@ class FileRead:
     """One file's read: iterate ``pieces()`` once to the end, then ``result`` says what it came to."""
 
     def __init__(self, reader: FileReader, e: fsentry.Entry, basis: mf.ManifestEntry | None,
-                 prev_name: bytes | None, below: mf.ManifestEntry | None = None,
-                 answer: digest_helper.Answer | None = None) -> None:
+                 prev_name: bytes | None, below: Mapping[str, Any] | None = None) -> None:
         self._reader = reader
         self._entry = e
         self._basis = basis
         self._prev_name = prev_name
-        self._below = below
-        self._answer = answer
+        self._below = below if prev_name is None else None     # a rename's content is its own
         self._result: ReadResult | None = None
 
     @property
@@ -172,8 +186,6 @@ class FileRead:
 
     def pieces(self) -> Iterator[bytes]:
         """The file's records: ENTRY, its data records, END_FILE; none when it is skipped."""
-        if self._answered():
-            return
         try:
             fd, st = open_regular(self._reader.path_of(self._entry), self._reader.config.dereference)
         except Unreadable as skip:
@@ -190,7 +202,7 @@ class FileRead:
             yield from self._small(fd, st, e)
             return
         block_len = rsig.block_size_for(st.st_size, self._reader.config.block_size)
-        if self._basis is not None and self._touched_only(st.st_size):
+        if self._basis is not None and _touched_only(self._below, st.st_size):
             content = self._reader.read_all(fd, e.path, st.st_size)
             digest = digests.of_bytes(digests.DEFAULT, content)
             if self._same_as_below(digest, st, fd, len(content)):
@@ -226,32 +238,9 @@ class FileRead:
         self._result = ReadResult(e, digest=digest, signature=signature, changed=changed,
                                   literal_bytes=out.literal_bytes, copied_bytes=out.copied_bytes)
 
-    def _answered(self) -> bool:
-        """Whether the digest helper's answer shows the content below, unchanged while read
-        (a touched file, as ``_records`` would find it): the file is not opened."""
-        a = self._answer
-        if a is None or a.changed or not stat.S_ISREG(a.mode) or not self._touched_only(a.size) \
-                or (self._basis is None and a.size >= SIGNED_MIN):     # as _records takes it
-            return False
-        assert self._below is not None      # _touched_only
-        if a.digest != self._below.digest:
-            return False
-        self._reader.counted(a.size)
-        self._result = ReadResult(_refresh(self._entry, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.mode),
-                                  digest=a.digest)
-        return True
-
-    def _touched_only(self, size: int) -> bool:
-        """Whether to check the content against the digest below before any record: a file
-        of ``PRECHECK_MAX`` bytes or less, of its size below (a touched file is then a
-        metadata change at the cost of a digest, not of the rsync matcher or of its data)."""
-        below = self._below
-        return (self._prev_name is None and below is not None and below.digest is not None
-                and size == below.entry.size and size <= PRECHECK_MAX)
-
     def _same_as_below(self, digest: bytes, st: os.stat_result, fd: int, read: int) -> bool:
         """Whether what was read (``read`` bytes, ``digest``) is the content below, unchanged while read."""
-        return (self._below is not None and digest == self._below.digest
+        return (self._below is not None and digest == self._below.get("dg")
                 and not changed_while_read(st, os.fstat(fd), read))
 
     def _small(self, fd: int, st: os.stat_result, e: fsentry.Entry) -> Iterator[bytes]:
@@ -264,7 +253,7 @@ class FileRead:
         """
         data = self._reader.read_all(fd, e.path, st.st_size)
         digest = digests.of_bytes(digests.DEFAULT, data)
-        if self._touched_only(st.st_size) and self._same_as_below(digest, st, fd, len(data)):
+        if _touched_only(self._below, st.st_size) and self._same_as_below(digest, st, fd, len(data)):
             self._result = ReadResult(e, digest=digest)     # the content below: a metadata change
             return
         yield records.entry(e, data=entrymap.DATA_FULL)
@@ -276,6 +265,14 @@ class FileRead:
         if changed:
             e.mtime_ns = -1     # forces a re-read at the next level
         self._result = ReadResult(e, digest=digest, changed=changed, literal_bytes=len(data))
+
+
+def _touched_only(below: Mapping[str, Any] | None, size: int) -> bool:
+    """Whether to check a file of ``size`` bytes against the digest of its map ``below``
+    before any record: a file of ``PRECHECK_MAX`` bytes or less, of its size below (a
+    touched file is then a metadata change at the cost of a digest, not of the rsync
+    matcher or of its data)."""
+    return below is not None and below.get("dg") is not None and size == below.get("s") and size <= PRECHECK_MAX
 
 
 def _held(content: bytes) -> Callable[[int, int], Iterator[bytes]]:

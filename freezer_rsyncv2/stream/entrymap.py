@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from freezer_rsyncv2 import errors
@@ -155,15 +155,19 @@ def _map(e: fsentry.Entry, extra: dict[str, Any] | None, keys: tuple[tuple[str, 
     return out
 
 
-def change_map(e: fsentry.Entry, below: fsentry.Entry) -> dict[str, Any] | None:
-    """Version 4: the map of a ``dm`` entry, ``e`` as changes over ``below``
-    (path, kind and the fields that differ); None when ``e`` lacks a field
-    ``below`` has (a change entry cannot clear one) or the kinds differ."""
-    if e.kind != below.kind:
+def change_map(e: fsentry.Entry, below: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Version 4: the map of a ``dm`` entry, ``e`` as changes over ``below``, the
+    path's map in the chain below (path, kind and the fields that differ);
+    None when ``e`` lacks a field ``below`` has (a change entry cannot clear
+    one) or the kinds differ.  ``below`` is unchecked: its values are only
+    compared, and a value equal to ``e``'s stays below, where a restore
+    checks it (``entry_from_map``)."""
+    if e.kind != below.get("k"):
         return None
     out: dict[str, Any] = {"p": e.path, "k": e.kind}
-    # entry_map's rule of which keys a map has, field by field on both entries
-    for (key, required), now, then in zip(_KEYS_REQUIRED, _ALL_FIELDS(e), _ALL_FIELDS(below)):
+    # entry_map's rule of which keys a map has, field by field on the entry and the map
+    for (key, required), now in zip(_KEYS_REQUIRED, _ALL_FIELDS(e)):
+        then = below.get(key)
         if required:
             if now != then and key not in out:
                 out[key] = now
@@ -172,12 +176,28 @@ def change_map(e: fsentry.Entry, below: fsentry.Entry) -> dict[str, Any] | None:
                 return None         # a change entry cannot clear a field
         elif now != then:
             out[key] = now
-    if e.xattrs != below.xattrs:
+    if e.xattrs != below.get("x", {}):
         if not e.xattrs:
             return None
         out["x"] = dict(e.xattrs)
     out["dm"] = True
     return out
+
+
+def same_values(keys: tuple[str, ...]) -> Callable[[fsentry.Entry, Mapping[str, Any]], bool]:
+    """A test of whether an entry has a map's values in ``keys`` (two or more
+    entry keys or ``x``).  A key the map lacks stands for its Entry default
+    (``entry_from_map``'s); the map is unchecked: only compared."""
+    attrs = operator.attrgetter(*("xattrs" if key == "x" else _ENTRY_FIELDS[key][0] for key in keys))
+    plan: tuple[tuple[str, Any], ...] = tuple(
+        (key, {} if key == "x" else _ENTRY_DEFAULTS[_ENTRY_FIELDS[key][0]]) for key in keys)
+
+    def same(e: fsentry.Entry, m: Mapping[str, Any]) -> bool:
+        for (key, default), value in zip(plan, attrs(e)):
+            if m.get(key, default) != value:
+                return False
+        return True
+    return same
 
 
 def merge_changes(below: fsentry.Entry, e: fsentry.Entry, keys: frozenset[str]) -> fsentry.Entry:

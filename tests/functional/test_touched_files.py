@@ -83,13 +83,13 @@ def counted(monkeypatch):
         return real_answer(self, ticket)
     monkeypatch.setattr(digest_helper.DigestHelper, "answer", waited)
     used = []
-    real = file_reader.FileRead._answered
+    real = file_reader.FileReader.touched
 
-    def answered(self):
-        found = real(self)
-        used.append(found)
+    def touched(self, *args):
+        found = real(self, *args)
+        used.append(found is not None)
         return found
-    monkeypatch.setattr(file_reader.FileRead, "_answered", answered)
+    monkeypatch.setattr(file_reader.FileReader, "touched", touched)
     return used
 
 
@@ -130,3 +130,19 @@ def test_the_helper_changes_nothing_stored(tmp_path, monkeypatch, counted, clock
 
 def treeutil_bytes(root):
     return sum(os.path.getsize(os.path.join(top, name)) for top, _d, files in os.walk(root) for name in files)
+
+
+def test_a_touched_file_the_helper_answers_is_decided_from_its_map(make_engine, src, monkeypatch, counted):
+    """Only the edited files' entries below are checked and built: their signatures are the deltas' bases."""
+    monkeypatch.setattr(digest_helper, "START_AFTER", 1)
+    monkeypatch.setattr(digest_helper, "SEND_BYTES", 1)
+    resolved = []
+    real = mf.Prior.resolve
+
+    def resolve(self):
+        resolved.append(self.path)
+        return real(self)
+    monkeypatch.setattr(mf.Prior, "resolve", resolve)
+    summary, used = _two_levels(make_engine, src, counted)
+    assert summary.files_meta == FILES - len(EDITED) and sum(used) == FILES - len(EDITED)
+    assert set(resolved) == {f"d{i % 7}/f{i:04d}.txt".encode() for i in EDITED}

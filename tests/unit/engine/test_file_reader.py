@@ -33,7 +33,7 @@ class Reading:
         return next(e for e in fswalk.walk(self.root) if e.path == os.fsencode(name))
 
     def read(self, entry, basis=None, below=None):
-        """(decoded records, result) of reading ``entry``; ``below``: its entry in the chain below."""
+        """(decoded records, result) of reading ``entry``; ``below``: its map in the chain below."""
         read = self.reader.read(entry, basis, None, below)
         try:
             data = b"".join(read.pieces())
@@ -98,12 +98,13 @@ def test_a_touched_file_is_found_by_its_digest_without_a_delta(tmp_path):
     reading = Reading(tmp_path)
     digest, signature = hashes_of(data)
     basis = mf.ManifestEntry(reading.entry("f"), digest, signature)    # the same path's entry below
-    recs, result = reading.read(reading.entry("f"), basis, below=basis)
+    below = entrymap.entry_map(basis.entry, {"dg": digest})                # ... as its map
+    recs, result = reading.read(reading.entry("f"), basis, below=below)
     assert recs == [] and result.digest == digest and not result.changed
     assert (result.literal_bytes, result.copied_bytes) == (0, 0)
     # one byte changed: the delta goes on from what was read
     write(tmp_path / "f", data[:7] + b"X" + data[8:])
-    recs, result = reading.read(reading.entry("f"), basis, below=basis)
+    recs, result = reading.read(reading.entry("f"), basis, below=below)
     assert recs[0][1]["data"] == entrymap.DATA_DELTA
     assert [r[0] for r in recs[1:]] == [records.LITERAL, records.COPY, records.END_FILE]
     assert result.digest == hashes_of(data[:7] + b"X" + data[8:])[0]
@@ -115,7 +116,7 @@ def test_a_touched_small_file_is_found_by_its_digest_before_any_record(tmp_path)
     write(tmp_path / "f", data)
     reading = Reading(tmp_path)
     digest = hashes_of(data)[0]
-    below = mf.ManifestEntry(reading.entry("f"), digest)
+    below = entrymap.entry_map(reading.entry("f"), {"dg": digest, "sg": entrymap.SIG_NONE})
     recs, result = reading.read(reading.entry("f"), None, below=below)
     assert recs == [] and result.digest == digest and not result.changed
     assert (result.literal_bytes, result.copied_bytes) == (0, 0)

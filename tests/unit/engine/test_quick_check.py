@@ -151,14 +151,33 @@ def test_an_unknown_key_in_an_unchanged_entry_is_refused(chain):
 
 
 def test_a_tampered_value_is_refused_where_it_would_be_used(chain):
+    """A file whose content changed is read as a delta over its entry below: that entry is checked."""
     src, tmp = chain
 
     def bad_mode(m):
         if m["p"] == b"d/e/c":
             m["m"] = 0o7777777
     bad = _rewritten(tmp / "m0", tmp / "bad", bad_mode)
+    (src / "d" / "e" / "c").write_bytes(b"3" * 6100)
     with pytest.raises(errors.CorruptRecordError, match="field 'm' out of range"):
         _level(src, tmp / "m1", 1, mf.overlay_lazy([bad]))
+
+
+def test_a_tampered_value_the_walk_replaces_is_only_compared(chain):
+    """A file's metadata change is written over its map below, compared and never used:
+    the level carries the file's own value; the chain stays refused where it is tampered with."""
+    src, tmp = chain
+
+    def bad_mode(m):
+        if m["p"] == b"d/e/c":
+            m["m"] = 0o7777777
+    bad = _rewritten(tmp / "m0", tmp / "bad", bad_mode)
+    _data, summary = _level(src, tmp / "m1", 1, mf.overlay_lazy([bad]))
+    assert summary.files_meta == 1 and summary.files_changed == 0
+    (rec,) = [r for r in mf.read(str(tmp / "m1")) if r[0] == records.MANIFEST and r[1].path == b"d/e/c"]
+    assert "m" in rec[2]["dm"] and rec[1].mode == 0o644 == os.stat(src / "d" / "e" / "c").st_mode & 0o7777
+    with pytest.raises(errors.CorruptRecordError, match="field 'm' out of range"):
+        list(mf.overlay([bad, str(tmp / "m1")]))
 
 
 def test_a_tampered_value_equal_to_the_stat_is_harmless(chain, monkeypatch):

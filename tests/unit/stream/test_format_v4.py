@@ -94,15 +94,16 @@ def test_malformed_frames_records_are_refused(stored, plain):
 def test_a_change_entry_names_only_what_changed_and_is_completed_from_below():
     below = entry(b"a", xattrs={b"user.k": b"v"})
     now = dataclasses.replace(below, mode=0o600, mtime_ns=below.mtime_ns + 1, xattrs={})
-    assert entrymap.change_map(now, below) is None           # cannot say "no xattrs any more"
+    below_map = entrymap.entry_map(below)
+    assert entrymap.change_map(now, below_map) is None       # cannot say "no xattrs any more"
     now.xattrs = {b"user.k": b"w"}
-    m = entrymap.change_map(now, below)
+    m = entrymap.change_map(now, below_map)
     assert set(m) == {"p", "k", "m", "mt", "x", "dm"}
     (rec,) = decoded(manifest_rec(m))
     assert rec[2]["dm"] == {"p", "k", "m", "mt", "x"}
     assert entrymap.merge_changes(below, rec[1], rec[2]["dm"]) == now
     other = entry(b"a", kind=fsentry.KIND_DIR)
-    assert entrymap.change_map(other, below) is None
+    assert entrymap.change_map(other, below_map) is None
 
 
 @pytest.mark.parametrize("extra", [{"sg": "f", "B": 4096}, {"dm": 1}])
@@ -129,7 +130,7 @@ def test_manifest_round_trip_with_changes_prefixes_late_records_and_frames(tmp_p
     one = str(tmp_path / "m1")
     w = mw.ManifestWriter(one, compression.by_name("zstd"), level=1)
     touched = dataclasses.replace(olds[1], mtime_ns=5)
-    w.add(mf.ManifestEntry(touched), at=10, below=olds[1])
+    w.add(mf.ManifestEntry(touched), at=10, below=entrymap.entry_map(olds[1]))
     w.add(mf.ManifestEntry(entry(b"z-new")), at=30, late=True)
     w.tombstone(b"e.txt")
     table = frames.FrameTable(15)
@@ -164,7 +165,7 @@ def test_a_level_of_touched_files_is_small(tmp_path):
         path = str(tmp_path / name)
         w = mw.ManifestWriter(path, compression.by_name("zstd"), level=1)
         for i, e in enumerate(now):
-            w.add(mf.ManifestEntry(e), at=i * 50, below=None if below is None else below[i])
+            w.add(mf.ManifestEntry(e), at=i * 50, below=None if below is None else entrymap.entry_map(below[i]))
         w.close()
         sizes[name] = os.path.getsize(path)
     assert sizes["changes"] < 0.8 * sizes["whole"], sizes     # 0.75 when written
