@@ -218,13 +218,13 @@ class Prior:
     walk (or the digest helper) found and uses nothing from it but what a
     change entry leaves below, for a restore to check: its stat when the
     object is unchanged or only its metadata changed, its digest when a
-    touched file holds the same content.  ``resolve()`` checks the maps of the path's levels
-    (``entrymap.entry_from_map``) and builds its ManifestEntry; None when a
-    change entry's level below is not at hand (``overlay``'s
-    ``whole_chain``).
+    touched file holds the same content.  ``resolve()`` checks the maps of
+    the path's levels (``entrymap.entry_from_map``) and builds its
+    ManifestEntry; None when a change entry's level below is not at hand
+    (``overlay``'s ``whole_chain``).  Both are made once.
     """
 
-    __slots__ = ("path", "key", "map", "v4", "runs", "below", "whole_chain", "_resolved")
+    __slots__ = ("path", "key", "map", "v4", "runs", "below", "whole_chain", "_fields", "_resolved")
 
     def __init__(self, key: bytes, rec: tuple[Any, ...], below: Prior | None, whole_chain: bool) -> None:
         _t, self.map, self.v4, self.runs = rec
@@ -232,10 +232,16 @@ class Prior:
         self.key = key
         self.below = below          # the same path's entry one level down
         self.whole_chain = whole_chain
+        self._fields: list[dict[str, Any] | None] = []
         self._resolved: list[ManifestEntry | None] = []
 
     def fields(self) -> dict[str, Any] | None:
         """The effective map (unchecked), or None if a change entry has no base of its kind."""
+        if not self._fields:
+            self._fields.append(self._merged())
+        return self._fields[0]
+
+    def _merged(self) -> dict[str, Any] | None:
         changes: list[dict[str, Any]] = []
         prior: Prior | None = self
         while prior is not None and prior.map.get("dm") is True:

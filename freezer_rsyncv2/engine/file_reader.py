@@ -121,7 +121,7 @@ class FileReader:
 
         ``signed()``: whether the entry below has a signature; a file of ``SIGNED_MIN``
         bytes or more without one is read, for its signature (``FileRead._records``)."""
-        a = self._helper.answer(ticket) if self._helper is not None and ticket is not None else None
+        a = self._helper.answer(ticket) if self._helper is not None else None
         if a is None or a.changed or not stat.S_ISREG(a.mode) or not _touched_only(below, a.size):
             return None
         assert below is not None        # _touched_only
